@@ -1,0 +1,773 @@
+//! Configuration from environment variables.
+//!
+//! Variable names and defaults are those of City of Helsinki's structured-log-transfer, so an
+//! existing deployment works unchanged; new variables are additive. Every invalid value is a
+//! one-line [`ConfigError`] naming the variable and what it accepts.
+
+use crate::error::ConfigError;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// The raw environment, read with envy. Every field is a string so that a bad value gets our
+/// own message (naming the variable) instead of a deserializer's.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawEnv {
+    audit_logger_type: Option<String>,
+    audit_table_name: Option<String>,
+    user_table_name: Option<String>,
+    batch_size: Option<String>,
+    batch_limit: Option<String>,
+    chunk_size: Option<String>,
+    max_attempts: Option<String>,
+    clear_audit_log_entries: Option<String>,
+    clear_audit_log_days: Option<String>,
+    database_url: Option<String>,
+    database_password: Option<String>,
+    date_time_field: Option<String>,
+    date_time_parent_field: Option<String>,
+    db_use_ssl: Option<String>,
+    ssl_ca: Option<String>,
+    ssl_cert: Option<String>,
+    ssl_key: Option<String>,
+    ssl_cipher: Option<String>,
+    elasticsearch_host: Option<String>,
+    elasticsearch_port: Option<String>,
+    elasticsearch_scheme: Option<String>,
+    elasticsearch_username: Option<String>,
+    elasticsearch_password: Option<String>,
+    elasticsearch_api_key: Option<String>,
+    elasticsearch_app_audit_log_index: Option<String>,
+    elasticsearch_ca_cert: Option<String>,
+    elasticsearch_insecure: Option<String>,
+    elasticsearch_timeout_seconds: Option<String>,
+    elasticsearch_max_retries: Option<String>,
+    elasticsearch_retry_initial_ms: Option<String>,
+    enable_send_audit_log: Option<String>,
+    audit_log_origin: Option<String>,
+    audit_log_environment: Option<String>,
+    auditlog_operation_format: Option<String>,
+    debug: Option<String>,
+    sink: Option<String>,
+    output_path: Option<String>,
+    output_gzip: Option<String>,
+    log_format: Option<String>,
+}
+
+impl RawEnv {
+    pub fn from_env() -> Result<Self> {
+        envy::from_env::<RawEnv>()
+            .map_err(|e| ConfigError(format!("cannot read the environment: {e}")))
+    }
+
+    #[cfg(test)]
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        envy::from_iter::<_, RawEnv>(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .expect("test environment")
+    }
+}
+
+/// Which source this invocation reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    SingleColumnJson,
+    DjangoAuditlog,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A validated SQL identifier, optionally `schema.table`; quoted per dialect when used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn parse(var: &str, value: &str) -> Result<Self> {
+        let bad = || {
+            ConfigError(format!(
+                "invalid {var} {value:?}: expected a table name of letters, digits and underscores \
+                 (optionally schema.table), starting with a letter or underscore, at most 63 characters"
+            ))
+        };
+        let parts: Vec<&str> = value.split('.').collect();
+        if parts.len() > 2 || !parts.iter().all(|p| is_identifier(p)) {
+            return Err(bad());
+        }
+        Ok(match parts.as_slice() {
+            [name] => TableName { schema: None, name: name.to_string() },
+            [schema, name] => TableName { schema: Some(schema.to_string()), name: name.to_string() },
+            _ => return Err(bad()),
+        })
+    }
+
+    /// The name as written in the configuration, for messages and state keys.
+    pub fn display(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{s}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 63
+}
+
+/// Database connection settings, with DATABASE_PASSWORD and the SSL variables applied.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// The URL to connect with. Contains the password: never log it, use `redacted`.
+    pub url: url::Url,
+    pub kind: DbKind,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig").field("url", &self.redacted()).finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl DatabaseConfig {
+    /// The URL without password, safe for logs.
+    pub fn redacted(&self) -> String {
+        let mut u = self.url.clone();
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
+        }
+        u.to_string()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SingleColumnConfig {
+    pub table: TableName,
+    pub date_time_field: String,
+    pub date_time_parent_field: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperationFormat {
+    Words,
+    Numeric,
+}
+
+#[derive(Debug, Clone)]
+pub struct DjangoConfig {
+    pub user_table: TableName,
+    pub origin: String,
+    pub environment: String,
+    pub operation_format: OperationFormat,
+}
+
+#[derive(Clone)]
+pub struct ElasticsearchConfig {
+    pub url: url::Url,
+    pub index: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub api_key: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub insecure: bool,
+    pub timeout: Duration,
+    pub max_retries: usize,
+    pub retry_initial: Duration,
+}
+
+impl std::fmt::Debug for ElasticsearchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials are deliberately left out.
+        f.debug_struct("ElasticsearchConfig")
+            .field("url", &self.url.as_str())
+            .field("index", &self.index)
+            .field("username", &self.username)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    Elasticsearch(ElasticsearchConfig),
+    File { dir: PathBuf, gzip: bool },
+    Stdout,
+}
+
+/// Everything one invocation needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: SourceKind,
+    pub enable_send: bool,
+    pub batch_size: usize,
+    pub chunk_size: usize,
+    pub max_attempts: u32,
+    pub clear_entries: bool,
+    pub clear_days: u32,
+    pub debug: bool,
+    pub log_format: LogFormat,
+    pub database: Option<DatabaseConfig>,
+    pub single_column: SingleColumnConfig,
+    pub django: DjangoConfig,
+    /// Sink errors are kept until a command needs a sink: `monthly` must work without one.
+    pub sink: std::result::Result<SinkConfig, ConfigError>,
+    /// Warnings found while reading (e.g. BATCH_SIZE and BATCH_LIMIT disagree), logged at start.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self> {
+        Self::from_raw(RawEnv::from_env()?)
+    }
+
+    pub fn from_raw(raw: RawEnv) -> Result<Self> {
+        let mut warnings = Vec::new();
+        let source = match opt(&raw.audit_logger_type).unwrap_or("SINGLE_COLUMN_JSON") {
+            "SINGLE_COLUMN_JSON" => SourceKind::SingleColumnJson,
+            "DJANGO_AUDITLOG" => SourceKind::DjangoAuditlog,
+            other => {
+                return Err(ConfigError(format!(
+                    "invalid AUDIT_LOGGER_TYPE {other:?}: expected SINGLE_COLUMN_JSON or DJANGO_AUDITLOG"
+                )))
+            }
+        };
+
+        // BATCH_SIZE is the README's name, BATCH_LIMIT what the original's code read.
+        let batch_size = positive("BATCH_SIZE", &raw.batch_size)?;
+        let batch_limit = positive("BATCH_LIMIT", &raw.batch_limit)?;
+        let batch_size = match (batch_size, batch_limit) {
+            (Some(s), Some(l)) => {
+                if s != l {
+                    warnings.push(format!(
+                        "BATCH_SIZE={s} and BATCH_LIMIT={l} differ; using BATCH_SIZE"
+                    ));
+                }
+                s
+            }
+            (Some(s), None) => s,
+            (None, Some(l)) => l,
+            (None, None) => 5000,
+        };
+        let chunk_size = positive("CHUNK_SIZE", &raw.chunk_size)?.unwrap_or(500);
+        let max_attempts = positive("MAX_ATTEMPTS", &raw.max_attempts)?.unwrap_or(5);
+        let max_attempts = u32::try_from(max_attempts)
+            .map_err(|_| ConfigError("invalid MAX_ATTEMPTS: expected at most 4294967295".into()))?;
+        let clear_days = match opt(&raw.clear_audit_log_days) {
+            None => 30,
+            Some(v) => v.parse::<u32>().map_err(|_| {
+                ConfigError(format!(
+                    "invalid CLEAR_AUDIT_LOG_DAYS {v:?}: expected a whole number of days (0 or more)"
+                ))
+            })?,
+        };
+
+        let log_format = match opt(&raw.log_format).map(|s| s.to_ascii_lowercase()) {
+            None => LogFormat::Text,
+            Some(s) if s == "text" => LogFormat::Text,
+            Some(s) if s == "json" => LogFormat::Json,
+            Some(s) => {
+                return Err(ConfigError(format!(
+                    "invalid LOG_FORMAT {s:?}: expected text or json"
+                )))
+            }
+        };
+
+        let database = match opt(&raw.database_url) {
+            None => None,
+            Some(u) => Some(database_config(u, &raw, &mut warnings)?),
+        };
+
+        let single_column = SingleColumnConfig {
+            table: TableName::parse(
+                "AUDIT_TABLE_NAME",
+                opt(&raw.audit_table_name).unwrap_or("audit_logs"),
+            )?,
+            date_time_field: raw.date_time_field.clone().unwrap_or_else(|| "date_time".into()),
+            date_time_parent_field: raw
+                .date_time_parent_field
+                .clone()
+                .unwrap_or_else(|| "audit_event".into()),
+        };
+        if single_column.date_time_field.is_empty() {
+            return Err(ConfigError(
+                "invalid DATE_TIME_FIELD \"\": expected the name of the message's timestamp field"
+                    .into(),
+            ));
+        }
+
+        let django = DjangoConfig {
+            user_table: TableName::parse(
+                "USER_TABLE_NAME",
+                opt(&raw.user_table_name).unwrap_or("auth_user"),
+            )?,
+            origin: raw.audit_log_origin.clone().unwrap_or_default(),
+            environment: raw.audit_log_environment.clone().unwrap_or_default(),
+            operation_format: match opt(&raw.auditlog_operation_format) {
+                None | Some("words") => OperationFormat::Words,
+                Some("numeric") => OperationFormat::Numeric,
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "invalid AUDITLOG_OPERATION_FORMAT {other:?}: expected words or numeric"
+                    )))
+                }
+            },
+        };
+
+        Ok(Config {
+            source,
+            enable_send: boolean("ENABLE_SEND_AUDIT_LOG", &raw.enable_send_audit_log)?
+                .unwrap_or(true),
+            batch_size,
+            chunk_size,
+            max_attempts,
+            clear_entries: boolean("CLEAR_AUDIT_LOG_ENTRIES", &raw.clear_audit_log_entries)?
+                .unwrap_or(true),
+            clear_days,
+            debug: boolean("DEBUG", &raw.debug)?.unwrap_or(false),
+            log_format,
+            database,
+            single_column,
+            django,
+            sink: sink_config(&raw),
+            warnings,
+        })
+    }
+
+    /// The database settings, or the error a SQL source reports without them.
+    pub fn database(&self) -> Result<&DatabaseConfig> {
+        self.database.as_ref().ok_or_else(|| {
+            ConfigError(
+                "DATABASE_URL is not set: expected postgres://, mysql:// or sqlite:// URL of the audit log database"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// Reads LOG_FORMAT and DEBUG alone, so logging can start before the rest is validated.
+pub fn early_logging(raw: &RawEnv) -> (LogFormat, bool) {
+    let format = match opt(&raw.log_format).map(|s| s.to_ascii_lowercase()).as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    let debug = boolean("DEBUG", &raw.debug).ok().flatten().unwrap_or(false);
+    (format, debug)
+}
+
+/// An unset or empty variable is "not given" (the original treated empty as unset too).
+fn opt(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn positive(var: &str, v: &Option<String>) -> Result<Option<usize>> {
+    match opt(v) {
+        None => Ok(None),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(ConfigError(format!(
+                "invalid {var} {s:?}: expected a positive whole number"
+            ))),
+        },
+    }
+}
+
+fn boolean(var: &str, v: &Option<String>) -> Result<Option<bool>> {
+    match opt(v).map(|s| s.to_ascii_lowercase()) {
+        None => Ok(None),
+        // The original (django-environ) accepted these spellings of true.
+        Some(s) if ["true", "1", "yes", "y", "on", "ok"].contains(&s.as_str()) => Ok(Some(true)),
+        Some(s) if ["false", "0", "no", "n", "off"].contains(&s.as_str()) => Ok(Some(false)),
+        Some(s) => Err(ConfigError(format!(
+            "invalid {var} {s:?}: expected true or false"
+        ))),
+    }
+}
+
+fn database_config(
+    raw_url: &str,
+    raw: &RawEnv,
+    warnings: &mut Vec<String>,
+) -> Result<DatabaseConfig> {
+    let invalid = |why: &str| {
+        // Never echo the URL: it may hold a password.
+        ConfigError(format!(
+            "invalid DATABASE_URL: {why} (expected postgres://user@host:port/db, mysql://user@host:port/db or sqlite:///path)"
+        ))
+    };
+    let scheme = raw_url.split(':').next().unwrap_or_default().to_ascii_lowercase();
+    let kind = match scheme.as_str() {
+        "postgres" | "postgresql" | "pgsql" => DbKind::Postgres,
+        "mysql" | "mariadb" => DbKind::MySql,
+        "sqlite" | "sqlite3" => DbKind::Sqlite,
+        _ => return Err(invalid("unsupported scheme")),
+    };
+    let mut url = if kind == DbKind::Sqlite {
+        sqlite_url(raw_url).ok_or_else(|| invalid("no database file"))?
+    } else {
+        let rest = raw_url.split_once(':').map(|x| x.1).unwrap_or_default();
+        let normal = match kind {
+            DbKind::Postgres => "postgres",
+            _ => "mysql",
+        };
+        url::Url::parse(&format!("{normal}:{rest}")).map_err(|e| invalid(&e.to_string()))?
+    };
+
+    if let Some(pw) = opt(&raw.database_password) {
+        if kind == DbKind::Sqlite {
+            warnings.push("DATABASE_PASSWORD is ignored for SQLite".into());
+        } else {
+            url.set_password(Some(pw))
+                .map_err(|_| invalid("cannot set DATABASE_PASSWORD on this URL"))?;
+        }
+    }
+
+    // The original honoured the SSL variables for MySQL only; we apply them to both servers.
+    if boolean("DB_USE_SSL", &raw.db_use_ssl)?.unwrap_or(false) {
+        let files = [("SSL_CA", &raw.ssl_ca), ("SSL_CERT", &raw.ssl_cert), ("SSL_KEY", &raw.ssl_key)];
+        for (var, v) in files {
+            if let Some(path) = opt(v) {
+                if !std::path::Path::new(path).is_file() {
+                    return Err(ConfigError(format!(
+                        "invalid {var} {path:?}: expected the path of a readable PEM file"
+                    )));
+                }
+            }
+        }
+        let ca = opt(&raw.ssl_ca);
+        let mut q = url.query_pairs_mut();
+        match kind {
+            DbKind::Postgres => {
+                q.append_pair("sslmode", if ca.is_some() { "verify-ca" } else { "require" });
+                if let Some(ca) = ca {
+                    q.append_pair("sslrootcert", ca);
+                }
+                if let Some(c) = opt(&raw.ssl_cert) {
+                    q.append_pair("sslcert", c);
+                }
+                if let Some(k) = opt(&raw.ssl_key) {
+                    q.append_pair("sslkey", k);
+                }
+            }
+            DbKind::MySql => {
+                q.append_pair("ssl-mode", if ca.is_some() { "VERIFY_CA" } else { "REQUIRED" });
+                if let Some(ca) = ca {
+                    q.append_pair("ssl-ca", ca);
+                }
+                if let Some(c) = opt(&raw.ssl_cert) {
+                    q.append_pair("ssl-cert", c);
+                }
+                if let Some(k) = opt(&raw.ssl_key) {
+                    q.append_pair("ssl-key", k);
+                }
+            }
+            DbKind::Sqlite => warnings.push("DB_USE_SSL is ignored for SQLite".into()),
+        }
+        drop(q);
+        if opt(&raw.ssl_cipher).is_some() {
+            warnings.push(
+                "SSL_CIPHER is not supported (the TLS library negotiates modern ciphers only) and is ignored"
+                    .into(),
+            );
+        }
+    }
+    Ok(DatabaseConfig { url, kind })
+}
+
+/// SQLite URLs as dj-database-url reads them (`sqlite:///relative.db`, `sqlite:////abs.db`),
+/// plus sqlx's own `sqlite:relative.db`. Returned as sqlx's form.
+fn sqlite_url(raw: &str) -> Option<url::Url> {
+    let rest = raw.split_once(':')?.1;
+    let path = match rest.strip_prefix("//") {
+        Some(after) => after.strip_prefix('/').unwrap_or(after),
+        None => rest,
+    };
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() {
+        return None;
+    }
+    let abs = std::path::absolute(path).ok()?;
+    url::Url::parse(&format!("sqlite://{}", abs.to_str()?)).ok()
+}
+
+fn sink_config(raw: &RawEnv) -> Result<SinkConfig> {
+    let host = opt(&raw.elasticsearch_host);
+    let sink = match opt(&raw.sink).map(|s| s.to_ascii_lowercase()) {
+        Some(s) => s,
+        None if host.is_some() => "elasticsearch".into(),
+        None => {
+            return Err(ConfigError(
+                "no sink configured: set ELASTICSEARCH_HOST, or SINK=file (with OUTPUT_PATH) or SINK=stdout"
+                    .into(),
+            ))
+        }
+    };
+    match sink.as_str() {
+        "elasticsearch" | "opensearch" => Ok(SinkConfig::Elasticsearch(elasticsearch_config(raw)?)),
+        "file" => Ok(SinkConfig::File {
+            dir: PathBuf::from(opt(&raw.output_path).unwrap_or("output")),
+            gzip: boolean("OUTPUT_GZIP", &raw.output_gzip)?.unwrap_or(false),
+        }),
+        "stdout" => Ok(SinkConfig::Stdout),
+        other => Err(ConfigError(format!(
+            "invalid SINK {other:?}: expected elasticsearch, file or stdout"
+        ))),
+    }
+}
+
+fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
+    let host = opt(&raw.elasticsearch_host).ok_or_else(|| {
+        ConfigError("ELASTICSEARCH_HOST is not set: expected host, host:port or a URL".into())
+    })?;
+    let scheme = opt(&raw.elasticsearch_scheme).unwrap_or("https").to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(ConfigError(format!(
+            "invalid ELASTICSEARCH_SCHEME {scheme:?}: expected http or https"
+        )));
+    }
+    let port = match opt(&raw.elasticsearch_port) {
+        None => 0,
+        Some(p) => p.parse::<u16>().map_err(|_| {
+            ConfigError(format!(
+                "invalid ELASTICSEARCH_PORT {p:?}: expected a port number 0-65535 (0: take it from ELASTICSEARCH_HOST)"
+            ))
+        })?,
+    };
+    let base = if host.contains("://") { host.to_string() } else { format!("{scheme}://{host}") };
+    let mut url = url::Url::parse(&base)
+        .ok()
+        .filter(|u| u.host_str().is_some() && u.username().is_empty())
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "invalid ELASTICSEARCH_HOST {host:?}: expected host, host:port or scheme://host:port (credentials go in ELASTICSEARCH_USERNAME/PASSWORD or ELASTICSEARCH_API_KEY)"
+            ))
+        })?;
+    if port != 0 {
+        url.set_port(Some(port)).map_err(|_| {
+            ConfigError(format!("invalid ELASTICSEARCH_PORT {port}: cannot apply to {host:?}"))
+        })?;
+    }
+
+    let index = opt(&raw.elasticsearch_app_audit_log_index).unwrap_or("app_audit_log").to_string();
+    let index_ok = !index.starts_with(['-', '_', '+'])
+        && index != "."
+        && index != ".."
+        && index.len() <= 255
+        && index.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.' | '+')
+        });
+    if !index_ok {
+        return Err(ConfigError(format!(
+            "invalid ELASTICSEARCH_APP_AUDIT_LOG_INDEX {index:?}: expected a lowercase index name of letters, digits, '-', '_', '.', '+' not starting with '-', '_' or '+'"
+        )));
+    }
+
+    let ca_cert = opt(&raw.elasticsearch_ca_cert).map(PathBuf::from);
+    if let Some(p) = &ca_cert {
+        if !p.is_file() {
+            return Err(ConfigError(format!(
+                "invalid ELASTICSEARCH_CA_CERT {:?}: expected the path of a readable PEM file",
+                p.display()
+            )));
+        }
+    }
+    let username = opt(&raw.elasticsearch_username).map(String::from);
+    let password = raw.elasticsearch_password.clone().filter(|p| !p.is_empty());
+    let api_key = opt(&raw.elasticsearch_api_key).map(String::from);
+    if api_key.is_some() && username.is_some() {
+        return Err(ConfigError(
+            "both ELASTICSEARCH_API_KEY and ELASTICSEARCH_USERNAME are set: expected one way to authenticate"
+                .into(),
+        ));
+    }
+    let timeout = positive("ELASTICSEARCH_TIMEOUT_SECONDS", &raw.elasticsearch_timeout_seconds)?
+        .unwrap_or(60);
+    let max_retries = match opt(&raw.elasticsearch_max_retries) {
+        None => 8,
+        Some(s) => s.parse::<usize>().map_err(|_| {
+            ConfigError(format!(
+                "invalid ELASTICSEARCH_MAX_RETRIES {s:?}: expected a whole number (0 or more)"
+            ))
+        })?,
+    };
+    let retry_initial =
+        positive("ELASTICSEARCH_RETRY_INITIAL_MS", &raw.elasticsearch_retry_initial_ms)?
+            .unwrap_or(500);
+    Ok(ElasticsearchConfig {
+        url,
+        index,
+        username,
+        password,
+        api_key,
+        ca_cert,
+        insecure: boolean("ELASTICSEARCH_INSECURE", &raw.elasticsearch_insecure)?.unwrap_or(false),
+        timeout: Duration::from_secs(timeout as u64),
+        max_retries,
+        retry_initial: Duration::from_millis(retry_initial as u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config> {
+        Config::from_raw(RawEnv::from_pairs(pairs))
+    }
+
+    fn es(pairs: &[(&str, &str)]) -> ElasticsearchConfig {
+        match cfg(pairs).unwrap().sink.unwrap() {
+            SinkConfig::Elasticsearch(e) => e,
+            other => panic!("expected elasticsearch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.source, SourceKind::SingleColumnJson);
+        assert_eq!((c.batch_size, c.chunk_size, c.clear_days), (5000, 500, 30));
+        assert!(c.enable_send && c.clear_entries && !c.debug);
+        assert_eq!(c.single_column.table.display(), "audit_logs");
+        assert_eq!(c.single_column.date_time_field, "date_time");
+        assert_eq!(c.single_column.date_time_parent_field, "audit_event");
+        assert_eq!(c.django.user_table.display(), "auth_user");
+        assert!(c.sink.unwrap_err().0.contains("ELASTICSEARCH_HOST"));
+    }
+
+    #[test]
+    fn both_host_port_forms_give_the_same_url() {
+        let a = es(&[("ELASTICSEARCH_HOST", "es.example"), ("ELASTICSEARCH_PORT", "9243")]);
+        let b = es(&[("ELASTICSEARCH_HOST", "es.example:9243"), ("ELASTICSEARCH_PORT", "0")]);
+        let c = es(&[("ELASTICSEARCH_HOST", "es.example:9243")]);
+        assert_eq!(a.url.as_str(), "https://es.example:9243/");
+        assert_eq!(a.url, b.url);
+        assert_eq!(b.url, c.url);
+        let d = es(&[("ELASTICSEARCH_HOST", "localhost:9200"), ("ELASTICSEARCH_SCHEME", "http")]);
+        assert_eq!(d.url.as_str(), "http://localhost:9200/");
+    }
+
+    #[test]
+    fn batch_limit_is_the_original_name() {
+        assert_eq!(cfg(&[("BATCH_LIMIT", "7")]).unwrap().batch_size, 7);
+        let both = cfg(&[("BATCH_LIMIT", "7"), ("BATCH_SIZE", "9")]).unwrap();
+        assert_eq!(both.batch_size, 9);
+        assert_eq!(both.warnings.len(), 1);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, val) in [
+            ("CHUNK_SIZE", "abc"),
+            ("CHUNK_SIZE", "0"),
+            ("BATCH_SIZE", "-1"),
+            ("BATCH_LIMIT", "1e3"),
+            ("MAX_ATTEMPTS", "x"),
+            ("CLEAR_AUDIT_LOG_DAYS", "thirty"),
+            ("ENABLE_SEND_AUDIT_LOG", "maybe"),
+            ("AUDIT_LOGGER_TYPE", "KAFKA"),
+            ("AUDIT_TABLE_NAME", "logs; drop table x"),
+            ("AUDIT_TABLE_NAME", "a\"b"),
+            ("AUDIT_TABLE_NAME", "my table"),
+            ("AUDIT_TABLE_NAME", "a.b.c"),
+            ("USER_TABLE_NAME", "users`"),
+            ("LOG_FORMAT", "xml"),
+            ("DATABASE_URL", "oracle://x"),
+        ] {
+            let err = cfg(&[(var, val)]).unwrap_err().0;
+            assert!(err.contains(var), "{var}={val}: {err}");
+            assert!(!err.contains('\n'));
+        }
+        for (var, val) in [
+            ("ELASTICSEARCH_PORT", "http"),
+            ("ELASTICSEARCH_PORT", "70000"),
+            ("ELASTICSEARCH_SCHEME", "ftp"),
+            ("ELASTICSEARCH_APP_AUDIT_LOG_INDEX", "Bad Index"),
+            ("ELASTICSEARCH_MAX_RETRIES", "many"),
+            ("ELASTICSEARCH_TIMEOUT_SECONDS", "0"),
+            ("ELASTICSEARCH_INSECURE", "perhaps"),
+        ] {
+            let err = cfg(&[("ELASTICSEARCH_HOST", "h"), (var, val)]).unwrap().sink.unwrap_err().0;
+            assert!(err.contains(var), "{var}={val}: {err}");
+        }
+    }
+
+    #[test]
+    fn table_names_are_identifiers_only() {
+        assert_eq!(TableName::parse("T", "audit.logs").unwrap().schema.as_deref(), Some("audit"));
+        assert!(TableName::parse("T", "_x1").is_ok());
+        for bad in ["", "1abc", "a-b", "a.", ".a", "ä", "a b", "a;b", &"x".repeat(64)] {
+            assert!(TableName::parse("T", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn database_password_overrides_and_is_never_displayed() {
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://user:old@db:5432/logs"),
+            ("DATABASE_PASSWORD", "s3cret"),
+        ])
+        .unwrap();
+        let db = c.database.unwrap();
+        assert_eq!(db.url.password(), Some("s3cret"));
+        assert!(!db.redacted().contains("s3cret"));
+        assert!(!format!("{db:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn ssl_variables_apply_to_both_servers() {
+        let pg = cfg(&[("DATABASE_URL", "postgres://u@h/d"), ("DB_USE_SSL", "true")]).unwrap();
+        assert!(pg.database.unwrap().url.as_str().contains("sslmode=require"));
+        let my = cfg(&[("DATABASE_URL", "mysql://u@h/d"), ("DB_USE_SSL", "1")]).unwrap();
+        assert!(my.database.unwrap().url.as_str().contains("ssl-mode=REQUIRED"));
+        let missing = cfg(&[
+            ("DATABASE_URL", "mysql://u@h/d"),
+            ("DB_USE_SSL", "1"),
+            ("SSL_CA", "/nonexistent/ca.pem"),
+        ]);
+        assert!(missing.unwrap_err().0.contains("SSL_CA"));
+    }
+
+    #[test]
+    fn sqlite_urls_read_like_dj_database_url() {
+        let rel = cfg(&[("DATABASE_URL", "sqlite:///db.sqlite3")]).unwrap();
+        let path = rel.database.unwrap().url.to_file_path_lossy();
+        assert!(path.ends_with("db.sqlite3") && path != std::path::Path::new("/db.sqlite3"));
+        let abs = cfg(&[("DATABASE_URL", "sqlite:////tmp/x.db")]).unwrap();
+        assert_eq!(abs.database.unwrap().url.as_str(), "sqlite:///tmp/x.db");
+    }
+
+    trait Lossy {
+        fn to_file_path_lossy(&self) -> PathBuf;
+    }
+    impl Lossy for url::Url {
+        fn to_file_path_lossy(&self) -> PathBuf {
+            PathBuf::from(self.path())
+        }
+    }
+
+    #[test]
+    fn sink_is_chosen_explicitly_or_by_host() {
+        assert!(matches!(cfg(&[("SINK", "stdout")]).unwrap().sink, Ok(SinkConfig::Stdout)));
+        assert!(matches!(
+            cfg(&[("SINK", "file"), ("OUTPUT_GZIP", "true")]).unwrap().sink,
+            Ok(SinkConfig::File { gzip: true, .. })
+        ));
+        assert!(cfg(&[("SINK", "kafka")]).unwrap().sink.unwrap_err().0.contains("SINK"));
+    }
+}

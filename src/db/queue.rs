@@ -1,0 +1,326 @@
+//! A table of audit rows used as a queue: claim a page (locked), let the pipeline ship it,
+//! then mark the delivered rows and remember the failed ones, in the page's transaction.
+//!
+//! Shared by the SQL sources; each describes its table through [`Schema`].
+//!
+//! Why this shape:
+//! - `FOR UPDATE SKIP LOCKED` inside one short transaction per page: overlapping runs never
+//!   claim the same row, and a crash rolls back only the uncommitted page (re-shipped next run
+//!   under the same document id, so the sink answers 409 and nothing is duplicated).
+//! - Keyset pagination on `(ts, id)`: each page starts where the last one ended, never OFFSET,
+//!   and rows that failed or are locked by another run are passed over, not re-read.
+//! - Failed rows live in our own table `audit_transfer_failed_rows`: fresh pages skip them so
+//!   they never block the queue; a retry lane gives them `MAX_ATTEMPTS` tries in total.
+
+use super::{Db, Dialect};
+use crate::config::TableName;
+use crate::sources::{Lane, Page, PageResult, Parked, Record};
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::any::{Any, AnyRow};
+use sqlx::AnyConnection;
+use sqlx::{Connection, Row, Transaction};
+
+const FAILED: &str = "audit_transfer_failed_rows";
+/// Longest failure reason we store; sink errors can carry whole documents.
+const MAX_REASON: usize = 2000;
+/// Rows deleted per statement by `purge`, so the table is never locked for long.
+const PURGE_CHUNK: usize = 1000;
+
+/// How one SQL source lays out its table. Column expressions are unqualified (the claim query
+/// reads the table alone, aliased `t`) and built from validated identifiers only.
+#[async_trait]
+pub trait Schema: Send + Sync {
+    /// Key of this source in our state tables, e.g. `single_column_json:audit_logs`.
+    fn source_key(&self) -> String;
+    fn table(&self) -> &TableName;
+    /// The ordering timestamp column (`created_at`, `timestamp`).
+    fn ts_column(&self) -> &'static str;
+    /// Predicate for rows still to send.
+    fn unsent(&self, d: Dialect) -> String;
+    /// Predicate for rows already sent (the only ones `purge` may delete).
+    fn sent(&self, d: Dialect) -> String;
+    /// The SET clause that marks rows sent.
+    fn mark_set(&self, d: Dialect) -> String;
+    /// Columns claimed after `id` and the timestamp text, which are columns 0 and 1.
+    fn columns(&self, d: Dialect) -> Vec<String>;
+    /// What a missing table or column means, for the configuration error.
+    fn describe(&self) -> String;
+    /// Turns claimed rows into records; may read more from the same transaction (set-based).
+    async fn records(&self, conn: &mut AnyConnection, d: Dialect, rows: Vec<AnyRow>) -> Result<Vec<Record>>;
+}
+
+pub struct Queue<S: Schema> {
+    db: Db,
+    schema: S,
+    max_attempts: u32,
+    /// Where each lane's previous page ended: (timestamp text, id).
+    cursors: [Option<(String, i64)>; 2],
+}
+
+impl<S: Schema> Queue<S> {
+    pub fn new(db: Db, schema: S, max_attempts: u32) -> Self {
+        Queue { db, schema, max_attempts, cursors: [None, None] }
+    }
+
+    pub fn schema(&self) -> &S {
+        &self.schema
+    }
+
+    pub fn db(&mut self) -> &mut Db {
+        &mut self.db
+    }
+
+    /// Probes the table and columns; a missing one is a configuration error.
+    pub async fn check(&mut self) -> Result<()> {
+        let d = self.db.dialect;
+        let sql = format!(
+            "SELECT {} FROM {} t WHERE 1 = 0 AND {}",
+            self.select_list(d),
+            d.table(self.schema.table()),
+            self.schema.unsent(d)
+        );
+        let describe = self.schema.describe();
+        self.db.probe(sql, describe).await
+    }
+
+    /// `check`, our migrations, and forgetting failures of rows that are gone or were sent.
+    pub async fn prepare(&mut self) -> Result<()> {
+        self.check().await?;
+        self.db.migrate().await?;
+        let d = self.db.dialect;
+        let sql = format!(
+            "DELETE FROM {FAILED} WHERE source = {} AND NOT EXISTS \
+             (SELECT 1 FROM {} t WHERE t.id = {FAILED}.row_id AND {})",
+            d.ph(1),
+            d.table(self.schema.table()),
+            self.schema.unsent(d)
+        );
+        sqlx::query(&sql).bind(self.schema.source_key()).execute(&mut self.db.conn).await?;
+        Ok(())
+    }
+
+    fn select_list(&self, d: Dialect) -> String {
+        let mut cols = vec![
+            d.as_bigint("t.id"),
+            d.as_text(&format!("t.{}", d.quote(self.schema.ts_column()))),
+        ];
+        cols.extend(self.schema.columns(d));
+        cols.join(", ")
+    }
+
+    pub async fn claim(&mut self, lane: Lane, limit: usize) -> Result<Option<Box<dyn Page + '_>>> {
+        let d = self.db.dialect;
+        let ts = format!("t.{}", d.quote(self.schema.ts_column()));
+        let mut n = 0;
+        let mut ph = || {
+            n += 1;
+            d.ph(n)
+        };
+        let lane_filter = match lane {
+            Lane::Fresh => format!(
+                "NOT EXISTS (SELECT 1 FROM {FAILED} f WHERE f.source = {} AND f.row_id = t.id)",
+                ph()
+            ),
+            Lane::Retry => format!(
+                "EXISTS (SELECT 1 FROM {FAILED} f WHERE f.source = {} AND f.row_id = t.id AND f.attempts < {})",
+                ph(),
+                ph()
+            ),
+        };
+        let cursor = self.cursors[lane as usize].clone();
+        let keyset = match &cursor {
+            None => String::new(),
+            Some(_) => format!(
+                " AND ({ts} > {} OR ({ts} = {} AND t.id > {}))",
+                d.timestamp_param(&ph()),
+                d.timestamp_param(&ph()),
+                ph()
+            ),
+        };
+        let sql = format!(
+            "SELECT {} FROM {} t WHERE {} AND {ts} IS NOT NULL AND {lane_filter}{keyset} \
+             ORDER BY {ts}, t.id LIMIT {limit}{}",
+            self.select_list(d),
+            d.table(self.schema.table()),
+            self.schema.unsent(d),
+            d.claim_lock()
+        );
+
+        let Queue { db, schema, cursors, max_attempts } = self;
+        let mut tx = db.conn.begin_with(d.begin()).await.context("starting a page transaction")?;
+        let mut q = sqlx::query(&sql).bind(schema.source_key());
+        if lane == Lane::Retry {
+            q = q.bind(*max_attempts as i64);
+        }
+        if let Some((cts, cid)) = &cursor {
+            q = q.bind(cts.clone()).bind(cts.clone()).bind(*cid);
+        }
+        let rows = q.fetch_all(&mut *tx).await.context("reading a page of audit rows")?;
+        let Some(last) = rows.last() else {
+            tx.rollback().await.ok();
+            return Ok(None);
+        };
+        cursors[lane as usize] = Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
+        let ids = rows.iter().map(|r| r.try_get::<i64, _>(0)).collect::<Result<Vec<_>, _>>()?;
+        let records = schema.records(&mut tx, d, rows).await?;
+        debug_assert_eq!(ids.len(), records.len());
+        Ok(Some(Box::new(SqlPage { tx, d, schema: &*schema, lane, ids, records })))
+    }
+
+    pub async fn parked(&mut self) -> Result<Vec<Parked>> {
+        let d = self.db.dialect;
+        let sql = format!(
+            "SELECT {}, {}, last_error FROM {FAILED} WHERE source = {} AND attempts >= {} ORDER BY row_id",
+            d.as_bigint("row_id"),
+            d.as_bigint("attempts"),
+            d.ph(1),
+            d.ph(2)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(self.schema.source_key())
+            .bind(self.max_attempts as i64)
+            .fetch_all(&mut self.db.conn)
+            .await?;
+        let mut parked = rows
+            .iter()
+            .map(|r| {
+                Ok(Parked {
+                    key: r.try_get::<i64, _>(0)?.to_string(),
+                    attempts: r.try_get(1)?,
+                    last_error: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Rows without a timestamp cannot be ordered, so no page claims them: report them here
+        // every run rather than skip them in silence.
+        let ts = d.quote(self.schema.ts_column());
+        let sql = format!(
+            "SELECT {} FROM {} t WHERE {} AND {ts} IS NULL ORDER BY id",
+            d.as_bigint("t.id"),
+            d.table(self.schema.table()),
+            self.schema.unsent(d)
+        );
+        let ids: Vec<i64> = sqlx::query_scalar(&sql).fetch_all(&mut self.db.conn).await?;
+        parked.extend(ids.into_iter().map(|id| Parked {
+            key: id.to_string(),
+            attempts: 0,
+            last_error: format!("{ts} is NULL: the row cannot be ordered, so it is never sent"),
+        }));
+        Ok(parked)
+    }
+
+    /// Forgets every failure of this source: the rows are fresh again for the next run.
+    pub async fn retry_failed(&mut self) -> Result<u64> {
+        self.db.migrate().await?;
+        let sql = format!("DELETE FROM {FAILED} WHERE source = {}", self.db.dialect.ph(1));
+        let r = sqlx::query(&sql).bind(self.schema.source_key()).execute(&mut self.db.conn).await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64> {
+        let d = self.db.dialect;
+        let table = d.table(self.schema.table());
+        let ts = d.quote(self.schema.ts_column());
+        let cond = format!("{} AND {ts} <= {}", self.schema.sent(d), d.timestamp_param(&d.ph(1)));
+        let sql = match d {
+            // MySQL cannot select from the table it deletes from, but has DELETE ... LIMIT.
+            Dialect::MySql => format!("DELETE FROM {table} WHERE {cond} LIMIT {PURGE_CHUNK}"),
+            _ => format!(
+                "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {cond} LIMIT {PURGE_CHUNK})"
+            ),
+        };
+        let cutoff = cutoff.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(&sql)
+                .bind(cutoff.clone())
+                .execute(&mut self.db.conn)
+                .await
+                .context("deleting sent audit rows")?
+                .rows_affected();
+            total += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+struct SqlPage<'a, S: Schema> {
+    tx: Transaction<'a, Any>,
+    d: Dialect,
+    schema: &'a S,
+    lane: Lane,
+    ids: Vec<i64>,
+    records: Vec<Record>,
+}
+
+fn id_list(ids: impl Iterator<Item = i64>) -> String {
+    // Integers we decoded ourselves: safe to inline, and one statement serves every dialect.
+    ids.map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+}
+
+#[async_trait]
+impl<S: Schema> Page for SqlPage<'_, S> {
+    fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {
+        let SqlPage { mut tx, d, schema, lane, ids, .. } = *self;
+        let key = schema.source_key();
+        let mut marked = 0;
+        if !result.delivered.is_empty() {
+            let list = id_list(result.delivered.iter().map(|&i| ids[i]));
+            let sql = format!(
+                "UPDATE {} SET {} WHERE id IN ({list})",
+                d.table(schema.table()),
+                schema.mark_set(d)
+            );
+            marked = sqlx::query(&sql).execute(&mut *tx).await.context("marking rows sent")?.rows_affected();
+            if lane == Lane::Retry {
+                let sql = format!("DELETE FROM {FAILED} WHERE source = {} AND row_id IN ({list})", d.ph(1));
+                sqlx::query(&sql).bind(key.clone()).execute(&mut *tx).await?;
+            }
+        }
+        for chunk in result.failed.chunks(200) {
+            let mut values = Vec::with_capacity(chunk.len());
+            for (k, (i, _)) in chunk.iter().enumerate() {
+                values.push(format!("({}, {}, 1, {})", d.ph(2 * k + 1), ids[*i], d.ph(2 * k + 2)));
+            }
+            let upsert = match d {
+                Dialect::MySql => "ON DUPLICATE KEY UPDATE attempts = attempts + 1, \
+                     last_error = VALUES(last_error), last_failed_at = CURRENT_TIMESTAMP(6)"
+                    .to_string(),
+                _ => format!(
+                    "ON CONFLICT (source, row_id) DO UPDATE SET attempts = {FAILED}.attempts + 1, \
+                     last_error = excluded.last_error, last_failed_at = CURRENT_TIMESTAMP"
+                ),
+            };
+            let sql = format!(
+                "INSERT INTO {FAILED} (source, row_id, attempts, last_error) VALUES {} {upsert}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (_, reason) in chunk {
+                q = q.bind(key.clone()).bind(truncate(reason, MAX_REASON));
+            }
+            q.execute(&mut *tx).await.context("recording failed rows")?;
+        }
+        tx.commit().await.context("committing the page")?;
+        Ok(marked)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

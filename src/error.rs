@@ -1,0 +1,64 @@
+//! Exit codes and the error kinds that choose them.
+//!
+//! Exit codes are part of the interface (cron and Kubernetes alert on them), so they live
+//! in one place and `--help` and README quote this table.
+
+use std::fmt;
+
+/// Process exit status of one invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything selected was delivered and marked, nothing to do, or sending disabled.
+    Ok = 0,
+    /// The run failed: source or sink unreachable after retries, authentication refused.
+    Failed = 1,
+    /// Configuration or usage error.
+    Config = 2,
+    /// Partial: the run finished but some records were rejected or are parked as failed.
+    Partial = 3,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// A configuration problem: always one line, naming the variable and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Shorthand for building a [`ConfigError`] inside an `anyhow` chain.
+pub fn config_error(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(ConfigError(msg.into()))
+}
+
+/// The exit code an error chain maps to: configuration errors anywhere in the chain are 2.
+pub fn exit_for(err: &anyhow::Error) -> Exit {
+    if err.chain().any(|e| e.is::<ConfigError>()) {
+        Exit::Config
+    } else {
+        Exit::Failed
+    }
+}
+
+/// One line for humans: the whole cause chain joined with ": ", without newlines.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        // sqlx and reqwest repeat their source in Display; skip exact repeats.
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,169 @@
+//! JSON-lines files (optionally gzip) and stdout.
+//!
+//! Each page becomes one file, written under a temporary name, fsynced and renamed, so a
+//! reader never sees half a file and the source is marked only once the file is durable.
+//! The name is derived from the page's document ids: a page re-shipped after a crash
+//! replaces its own file instead of adding a second copy.
+
+use super::{Outcome, Sink};
+use crate::sources::Document;
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use flate2::write::GzEncoder;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+pub struct FileSink {
+    dir: PathBuf,
+    gzip: bool,
+}
+
+impl FileSink {
+    pub fn new(dir: PathBuf, gzip: bool) -> Self {
+        FileSink { dir, gzip }
+    }
+
+    fn file_name(&self, docs: &[&Document]) -> String {
+        let first: String = docs[0]
+            .id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .take(48)
+            .collect();
+        let ext = if self.gzip { "jsonl.gz" } else { "jsonl" };
+        format!("audit_{first}_{:016x}.{ext}", fnv1a(docs.iter().map(|d| d.id.as_bytes())))
+    }
+}
+
+/// FNV-1a over the ids (with a separator): stable across builds and platforms, unlike std's
+/// hasher, which the file name relies on.
+fn fnv1a<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for part in parts {
+        for &b in part.iter().chain(std::iter::once(&0u8)) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+pub fn write_lines(out: &mut impl Write, docs: &[&Document]) -> std::io::Result<()> {
+    for d in docs {
+        out.write_all(&d.body)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Writes `docs` to `dir/name` atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomically(dir: &Path, name: &str, gzip: bool, docs: &[&Document]) -> Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create OUTPUT_PATH {}", dir.display()))?;
+    let final_path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let file = File::create(&tmp)?;
+        let file = if gzip {
+            let mut gz = GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
+            write_lines(&mut gz, docs)?;
+            gz.finish()?.into_inner().map_err(|e| e.into_error())?
+        } else {
+            let mut w = BufWriter::new(file);
+            write_lines(&mut w, docs)?;
+            w.into_inner().map_err(|e| e.into_error())?
+        };
+        file.sync_all()?;
+        fs::rename(&tmp, &final_path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        anyhow::anyhow!("cannot write {}: {e}", final_path.display())
+    })?;
+    Ok(final_path)
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn name(&self) -> String {
+        format!("file:{}", self.dir.display())
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create OUTPUT_PATH {}", self.dir.display()))?;
+        let probe = self.dir.join(format!(".audit-transfer-check-{}", std::process::id()));
+        File::create(&probe)
+            .and_then(|_| fs::remove_file(&probe))
+            .with_context(|| format!("OUTPUT_PATH {} is not writable", self.dir.display()))
+    }
+
+    async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>> {
+        if docs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let path = write_atomically(&self.dir, &self.file_name(docs), self.gzip, docs)?;
+        tracing::debug!(file = %path.display(), documents = docs.len(), "wrote file");
+        Ok(vec![Outcome::Delivered; docs.len()])
+    }
+}
+
+/// JSON lines on stdout (logs go to stderr), e.g. `audit-transfer > export.log`.
+pub struct StdoutSink;
+
+#[async_trait]
+impl Sink for StdoutSink {
+    fn name(&self) -> String {
+        "stdout".into()
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>> {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        // Flushed before the page is marked: a closed pipe fails the run with the page unmarked.
+        write_lines(&mut out, docs).and_then(|_| out.flush()).context("cannot write to stdout")?;
+        Ok(vec![Outcome::Delivered; docs.len()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docs(ids: &[&str]) -> Vec<&'static Document> {
+        ids.iter()
+            .map(|id| &*Box::leak(Box::new(Document { id: id.to_string(), body: format!("{{\"id\":\"{id}\"}}").into_bytes() })))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn same_page_same_file_and_gzip_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::new(dir.path().to_path_buf(), true);
+        let page = docs(&["1-10", "2-20"]);
+        assert_eq!(sink.ship(&page).await.unwrap(), vec![Outcome::Delivered; 2]);
+        sink.ship(&page).await.unwrap();
+        sink.ship(&docs(&["3-30"])).await.unwrap();
+        let mut files: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        assert_eq!(files.len(), 2, "{files:?}");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(File::open(&files[0]).unwrap()), &mut text).unwrap();
+        assert_eq!(text, "{\"id\":\"1-10\"}\n{\"id\":\"2-20\"}\n");
+    }
+
+    #[tokio::test]
+    async fn unwritable_directory_is_an_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        File::create(&blocker).unwrap();
+        let mut sink = FileSink::new(blocker.join("sub"), false);
+        let err = sink.ship(&docs(&["1"])).await.unwrap_err().to_string();
+        assert!(err.contains("OUTPUT_PATH"), "{err}");
+    }
+}

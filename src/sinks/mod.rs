@@ -1,0 +1,43 @@
+//! Sinks: where documents go. A sink answers, per document, whether it now holds it; only
+//! then does the pipeline let the source mark the record.
+//!
+//! To add a sink: one file here implementing [`Sink`], plus one line in [`build`].
+
+pub mod elasticsearch;
+pub mod file;
+
+use crate::config::SinkConfig;
+use crate::sources::Document;
+use anyhow::Result;
+use async_trait::async_trait;
+
+/// The sink's final word on one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored now.
+    Delivered,
+    /// Already stored under the same id by an earlier run (a re-ship after a crash).
+    AlreadyPresent,
+    /// Permanently refused for this document (mapping error, too large): the reason.
+    Rejected(String),
+}
+
+#[async_trait]
+pub trait Sink: Send {
+    fn name(&self) -> String;
+    /// Connects and verifies credentials without writing.
+    async fn check(&mut self) -> Result<()>;
+    /// Ships a page. `Ok` holds one outcome per document, in order; transient failures have
+    /// already been retried. `Err` means the sink is unusable now (down after retries,
+    /// credentials refused): the run stops and the page stays unmarked.
+    async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>>;
+}
+
+/// The one place where sinks are registered.
+pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>> {
+    Ok(match cfg {
+        SinkConfig::Elasticsearch(es) => Box::new(elasticsearch::ElasticsearchSink::new(es)?),
+        SinkConfig::File { dir, gzip } => Box::new(file::FileSink::new(dir.clone(), *gzip)),
+        SinkConfig::Stdout => Box::new(file::StdoutSink),
+    })
+}

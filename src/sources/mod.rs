@@ -1,0 +1,88 @@
+//! Sources: where audit records come from. Each source hands the pipeline pages of records and
+//! is told, per page, which records the sink acknowledged; only those it marks.
+//!
+//! To add a source: one file here implementing [`Source`], plus one line in [`build`].
+
+pub mod single_column;
+
+use crate::config::{Config, SourceKind};
+use anyhow::Result;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// A document ready for a sink: a deterministic id and the serialized JSON object.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub id: String,
+    pub body: Vec<u8>,
+}
+
+/// One record of a page: either a document, or the reason it cannot become one.
+#[derive(Debug)]
+pub struct Record {
+    /// How operators find the record at the source (a primary key, a file and line).
+    pub key: String,
+    pub doc: std::result::Result<Document, String>,
+}
+
+/// Which part of the queue a page is claimed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Records never tried before.
+    Fresh,
+    /// Records that failed before and have attempts left.
+    Retry,
+}
+
+/// What happened to each record of a page, by index into [`Page::records`].
+#[derive(Debug, Default)]
+pub struct PageResult {
+    /// Acknowledged by the sink (created, or already present under our id): mark them.
+    pub delivered: Vec<usize>,
+    /// Not deliverable (no timestamp, rejected by the sink): never mark, remember why.
+    pub failed: Vec<(usize, String)>,
+}
+
+/// A claimed page. Its records stay claimed (locked) until `commit` or drop; a dropped page
+/// (crash, sink outage) leaves every record unmarked for the next run.
+#[async_trait]
+pub trait Page: Send {
+    fn records(&self) -> &[Record];
+    /// Marks the delivered records and records the failures, atomically. Returns rows marked.
+    async fn commit(self: Box<Self>, result: PageResult) -> Result<u64>;
+}
+
+/// A record that failed `MAX_ATTEMPTS` times and is no longer tried until `retry-failed`.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    pub key: String,
+    pub attempts: i64,
+    pub last_error: String,
+}
+
+#[async_trait]
+pub trait Source: Send {
+    /// Human name for logs, e.g. `single_column_json:audit_logs`.
+    fn name(&self) -> String;
+    /// Verifies the source is usable (tables, columns); a missing table is a config error.
+    async fn check(&mut self) -> Result<()>;
+    /// `check`, then creates our own state (migrations). Called before a run.
+    async fn prepare(&mut self) -> Result<()>;
+    /// Claims the next page of at most `limit` records from `lane`, after what this run has
+    /// already claimed. `None` when the lane is empty.
+    async fn claim<'a>(&'a mut self, lane: Lane, limit: usize) -> Result<Option<Box<dyn Page + 'a>>>;
+    /// Records parked after too many failed attempts.
+    async fn parked(&mut self) -> Result<Vec<Parked>>;
+    /// Makes parked records eligible again; returns how many.
+    async fn retry_failed(&mut self) -> Result<u64>;
+    /// Deletes sent records older than `cutoff`; never an unsent one. Returns how many.
+    async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64>;
+}
+
+/// The one place where sources are registered.
+pub async fn build(cfg: &Config) -> Result<Box<dyn Source>> {
+    Ok(match cfg.source {
+        SourceKind::SingleColumnJson => Box::new(single_column::SingleColumn::connect(cfg).await?),
+        SourceKind::DjangoAuditlog => anyhow::bail!(crate::error::ConfigError("AUDIT_LOGGER_TYPE=DJANGO_AUDITLOG is not available in this build yet".into())),
+    })
+}

@@ -1,0 +1,227 @@
+//! SQL table with one JSON message per row (`AUDIT_LOGGER_TYPE=SINGLE_COLUMN_JSON`):
+//! `(id, is_sent, message, created_at)`, as structured-log-transfer reads it.
+//!
+//! Document: the message object plus `@timestamp`, copied verbatim from
+//! `message[DATE_TIME_PARENT_FIELD][DATE_TIME_FIELD]` (or `message[DATE_TIME_FIELD]` when the
+//! parent is empty). Document id: `<id>-<created_at as Unix microseconds>`, so a primary key
+//! reused after a table reset never collides with an older document.
+
+use super::{Lane, Page, Parked, Record, Source};
+use crate::config::{Config, SingleColumnConfig, TableName};
+use crate::db::queue::{Queue, Schema};
+use crate::db::{parse_db_timestamp, Db, Dialect};
+use anyhow::Result;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+use sqlx::Row;
+
+pub struct SingleColumn {
+    queue: Queue<Layout>,
+}
+
+struct Layout {
+    cfg: SingleColumnConfig,
+}
+
+impl SingleColumn {
+    pub async fn connect(cfg: &Config) -> Result<Self> {
+        let db = Db::connect(cfg.database()?).await?;
+        let layout = Layout { cfg: cfg.single_column.clone() };
+        Ok(SingleColumn { queue: Queue::new(db, layout, cfg.max_attempts) })
+    }
+}
+
+#[async_trait]
+impl Schema for Layout {
+    fn source_key(&self) -> String {
+        format!("single_column_json:{}", self.cfg.table.display())
+    }
+    fn table(&self) -> &TableName {
+        &self.cfg.table
+    }
+    fn ts_column(&self) -> &'static str {
+        "created_at"
+    }
+    fn unsent(&self, _d: Dialect) -> String {
+        "is_sent = false".into()
+    }
+    fn sent(&self, _d: Dialect) -> String {
+        "is_sent = true".into()
+    }
+    fn mark_set(&self, _d: Dialect) -> String {
+        "is_sent = true".into()
+    }
+    fn columns(&self, d: Dialect) -> Vec<String> {
+        vec![d.as_bytes("t.message")]
+    }
+    fn describe(&self) -> String {
+        format!(
+            "AUDIT_TABLE_NAME {:?}: the table must exist with columns id, is_sent, message, created_at",
+            self.cfg.table.display()
+        )
+    }
+
+    async fn records(&self, _conn: &mut AnyConnection, _d: Dialect, rows: Vec<AnyRow>) -> Result<Vec<Record>> {
+        rows.iter()
+            .map(|row| {
+                let id: i64 = row.try_get(0)?;
+                let created_at: String = row.try_get(1)?;
+                let message: Option<Vec<u8>> = row.try_get(2)?;
+                Ok(Record { key: id.to_string(), doc: self.document(id, &created_at, message) })
+            })
+            .collect()
+    }
+}
+
+impl Layout {
+    fn document(&self, id: i64, created_at: &str, message: Option<Vec<u8>>) -> Result<super::Document, String> {
+        let created = parse_db_timestamp(created_at)
+            .ok_or_else(|| format!("created_at {created_at:?} is not a timestamp"))?;
+        let message = message.ok_or("message is NULL")?;
+        let mut object = parse_message(&message)?;
+        let ts = timestamp(&object, &self.cfg.date_time_parent_field, &self.cfg.date_time_field)?;
+        object.insert("@timestamp".into(), ts);
+        let body = serde_json::to_vec(&object).map_err(|e| format!("cannot serialize: {e}"))?;
+        Ok(super::Document { id: document_id(id, created), body })
+    }
+}
+
+/// `<id>-<microseconds since the epoch>` of `created_at`.
+pub fn document_id(id: i64, created: DateTime<Utc>) -> String {
+    format!("{id}-{}", created.timestamp_micros())
+}
+
+fn parse_message(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("message is not valid UTF-8 (byte {})", e.valid_up_to()))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        // Some writers store the JSON document as a JSON string (double-encoded).
+        Ok(Value::String(inner)) => match serde_json::from_str::<Value>(&inner) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err("message is a JSON string, not an object".into()),
+        },
+        Ok(other) => Err(format!("message is a JSON {}, not an object", kind(&other))),
+        Err(e) => Err(format!("message is not valid JSON: {e}")),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The timestamp copied verbatim, as the original does; it must be a string or a number.
+fn timestamp(object: &Map<String, Value>, parent: &str, field: &str) -> Result<Value, String> {
+    let (container, path) = if parent.is_empty() {
+        (Some(object), field.to_string())
+    } else {
+        (object.get(parent).and_then(Value::as_object), format!("{parent}.{field}"))
+    };
+    match container.and_then(|c| c.get(field)) {
+        Some(v @ (Value::String(_) | Value::Number(_))) => Ok(v.clone()),
+        Some(Value::Null) | None => Err(format!("message has no timestamp at {path}")),
+        Some(other) => Err(format!("timestamp at {path} is a JSON {}, expected a string", kind(other))),
+    }
+}
+
+#[async_trait]
+impl Source for SingleColumn {
+    fn name(&self) -> String {
+        self.queue.schema().source_key()
+    }
+    async fn check(&mut self) -> Result<()> {
+        self.queue.check().await
+    }
+    async fn prepare(&mut self) -> Result<()> {
+        self.queue.prepare().await
+    }
+    async fn claim<'a>(&'a mut self, lane: Lane, limit: usize) -> Result<Option<Box<dyn Page + 'a>>> {
+        self.queue.claim(lane, limit).await
+    }
+    async fn parked(&mut self) -> Result<Vec<Parked>> {
+        self.queue.parked().await
+    }
+    async fn retry_failed(&mut self) -> Result<u64> {
+        self.queue.retry_failed().await
+    }
+    async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64> {
+        self.queue.purge(cutoff).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(parent: &str, field: &str) -> Layout {
+        Layout {
+            cfg: SingleColumnConfig {
+                table: TableName::parse("T", "audit_logs").unwrap(),
+                date_time_field: field.into(),
+                date_time_parent_field: parent.into(),
+            },
+        }
+    }
+
+    fn doc(l: &Layout, msg: &[u8]) -> Result<Value, String> {
+        l.document(7, "2024-01-02 03:04:05.000006+00", Some(msg.to_vec()))
+            .map(|d| serde_json::from_slice(&d.body).unwrap())
+    }
+
+    #[test]
+    fn timestamp_is_copied_from_parent_or_root() {
+        let l = layout("audit_event", "date_time");
+        let d = doc(&l, br#"{"audit_event":{"date_time":"2024-01-01T00:00:00Z","actor":"a"}}"#).unwrap();
+        assert_eq!(d["@timestamp"], "2024-01-01T00:00:00Z");
+        assert_eq!(d["audit_event"]["actor"], "a");
+        let root = layout("", "ts");
+        assert_eq!(doc(&root, br#"{"ts":"x-verbatim"}"#).unwrap()["@timestamp"], "x-verbatim");
+    }
+
+    #[test]
+    fn document_id_is_key_and_created_at() {
+        let l = layout("", "ts");
+        let d = l.document(7, "2024-01-02 03:04:05.000006+00", Some(br#"{"ts":"t"}"#.to_vec())).unwrap();
+        assert_eq!(d.id, "7-1704164645000006");
+    }
+
+    #[test]
+    fn bad_messages_are_per_row_errors() {
+        let l = layout("audit_event", "date_time");
+        for (msg, want) in [
+            (&br#"[1,2]"#[..], "array"),
+            (br#""just text""#, "string"),
+            (b"null", "null"),
+            (b"{not json", "not valid JSON"),
+            (b"\xff\xfe{}", "UTF-8"),
+            (br#"{"audit_event":{}}"#, "no timestamp at audit_event.date_time"),
+            (br#"{"audit_event":{"date_time":null}}"#, "no timestamp"),
+            (br#"{"audit_event":{"date_time":{"a":1}}}"#, "object"),
+            (br#"{"audit_event":"flat"}"#, "no timestamp"),
+        ] {
+            let err = doc(&l, msg).unwrap_err();
+            assert!(err.contains(want), "{msg:?}: {err}");
+        }
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(doc(&l, deep.as_bytes()).unwrap_err().contains("recursion"));
+        assert!(l.document(1, "2024-01-01", None).unwrap_err().contains("NULL"));
+        assert!(l.document(1, "never", Some(b"{}".to_vec())).unwrap_err().contains("created_at"));
+    }
+
+    #[test]
+    fn double_encoded_messages_are_unwrapped() {
+        let l = layout("", "ts");
+        let inner = serde_json::to_string(r#"{"ts":"t","a":1}"#).unwrap();
+        assert_eq!(doc(&l, inner.as_bytes()).unwrap()["a"], 1);
+    }
+}
