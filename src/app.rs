@@ -27,7 +27,10 @@ pub fn main(command: Command) -> Exit {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -71,7 +74,14 @@ async fn run(cfg: &Config) -> Result<Exit> {
         "run started"
     );
     let mut summary = Summary::default();
-    let result = pipeline::run(source.as_mut(), sink.as_mut(), cfg.batch_size, cfg.chunk_size, &mut summary).await;
+    let result = pipeline::run(
+        source.as_mut(),
+        sink.as_mut(),
+        cfg.batch_size,
+        cfg.chunk_size,
+        &mut summary,
+    )
+    .await;
     summary.log(result.is_err());
     result.map(|()| summary.exit())
 }

@@ -102,8 +102,14 @@ impl TableName {
             return Err(bad());
         }
         Ok(match parts.as_slice() {
-            [name] => TableName { schema: None, name: name.to_string() },
-            [schema, name] => TableName { schema: Some(schema.to_string()), name: name.to_string() },
+            [name] => TableName {
+                schema: None,
+                name: name.to_string(),
+            },
+            [schema, name] => TableName {
+                schema: Some(schema.to_string()),
+                name: name.to_string(),
+            },
             _ => return Err(bad()),
         })
     }
@@ -134,7 +140,9 @@ pub struct DatabaseConfig {
 
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseConfig").field("url", &self.redacted()).finish()
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.redacted())
+            .finish()
     }
 }
 
@@ -170,6 +178,7 @@ pub enum OperationFormat {
 }
 
 #[derive(Debug, Clone)]
+#[allow(dead_code)] // read by the django-auditlog source
 pub struct DjangoConfig {
     pub user_table: TableName,
     pub origin: String,
@@ -205,7 +214,7 @@ impl std::fmt::Debug for ElasticsearchConfig {
 
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
-    Elasticsearch(ElasticsearchConfig),
+    Elasticsearch(Box<ElasticsearchConfig>),
     File { dir: PathBuf, gzip: bool },
     Stdout,
 }
@@ -220,10 +229,9 @@ pub struct Config {
     pub max_attempts: u32,
     pub clear_entries: bool,
     pub clear_days: u32,
-    pub debug: bool,
-    pub log_format: LogFormat,
     pub database: Option<DatabaseConfig>,
     pub single_column: SingleColumnConfig,
+    #[allow(dead_code)] // read by the django-auditlog source
     pub django: DjangoConfig,
     /// Sink errors are kept until a command needs a sink: `monthly` must work without one.
     pub sink: std::result::Result<SinkConfig, ConfigError>,
@@ -232,10 +240,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self> {
-        Self::from_raw(RawEnv::from_env()?)
-    }
-
     pub fn from_raw(raw: RawEnv) -> Result<Self> {
         let mut warnings = Vec::new();
         let source = match opt(&raw.audit_logger_type).unwrap_or("SINGLE_COLUMN_JSON") {
@@ -277,16 +281,18 @@ impl Config {
             })?,
         };
 
-        let log_format = match opt(&raw.log_format).map(|s| s.to_ascii_lowercase()) {
-            None => LogFormat::Text,
-            Some(s) if s == "text" => LogFormat::Text,
-            Some(s) if s == "json" => LogFormat::Json,
+        match opt(&raw.log_format)
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("text") | Some("json") => {}
             Some(s) => {
                 return Err(ConfigError(format!(
                     "invalid LOG_FORMAT {s:?}: expected text or json"
                 )))
             }
-        };
+        }
+        boolean("DEBUG", &raw.debug)?;
 
         let database = match opt(&raw.database_url) {
             None => None,
@@ -298,7 +304,10 @@ impl Config {
                 "AUDIT_TABLE_NAME",
                 opt(&raw.audit_table_name).unwrap_or("audit_logs"),
             )?,
-            date_time_field: raw.date_time_field.clone().unwrap_or_else(|| "date_time".into()),
+            date_time_field: raw
+                .date_time_field
+                .clone()
+                .unwrap_or_else(|| "date_time".into()),
             date_time_parent_field: raw
                 .date_time_parent_field
                 .clone()
@@ -339,8 +348,6 @@ impl Config {
             clear_entries: boolean("CLEAR_AUDIT_LOG_ENTRIES", &raw.clear_audit_log_entries)?
                 .unwrap_or(true),
             clear_days,
-            debug: boolean("DEBUG", &raw.debug)?.unwrap_or(false),
-            log_format,
             database,
             single_column,
             django,
@@ -362,7 +369,10 @@ impl Config {
 
 /// Reads LOG_FORMAT and DEBUG alone, so logging can start before the rest is validated.
 pub fn early_logging(raw: &RawEnv) -> (LogFormat, bool) {
-    let format = match opt(&raw.log_format).map(|s| s.to_ascii_lowercase()).as_deref() {
+    let format = match opt(&raw.log_format)
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
         Some("json") => LogFormat::Json,
         _ => LogFormat::Text,
     };
@@ -410,7 +420,11 @@ fn database_config(
             "invalid DATABASE_URL: {why} (expected postgres://user@host:port/db, mysql://user@host:port/db or sqlite:///path)"
         ))
     };
-    let scheme = raw_url.split(':').next().unwrap_or_default().to_ascii_lowercase();
+    let scheme = raw_url
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let kind = match scheme.as_str() {
         "postgres" | "postgresql" | "pgsql" => DbKind::Postgres,
         "mysql" | "mariadb" => DbKind::MySql,
@@ -439,7 +453,11 @@ fn database_config(
 
     // The original honoured the SSL variables for MySQL only; we apply them to both servers.
     if boolean("DB_USE_SSL", &raw.db_use_ssl)?.unwrap_or(false) {
-        let files = [("SSL_CA", &raw.ssl_ca), ("SSL_CERT", &raw.ssl_cert), ("SSL_KEY", &raw.ssl_key)];
+        let files = [
+            ("SSL_CA", &raw.ssl_ca),
+            ("SSL_CERT", &raw.ssl_cert),
+            ("SSL_KEY", &raw.ssl_key),
+        ];
         for (var, v) in files {
             if let Some(path) = opt(v) {
                 if !std::path::Path::new(path).is_file() {
@@ -453,7 +471,10 @@ fn database_config(
         let mut q = url.query_pairs_mut();
         match kind {
             DbKind::Postgres => {
-                q.append_pair("sslmode", if ca.is_some() { "verify-ca" } else { "require" });
+                q.append_pair(
+                    "sslmode",
+                    if ca.is_some() { "verify-ca" } else { "require" },
+                );
                 if let Some(ca) = ca {
                     q.append_pair("sslrootcert", ca);
                 }
@@ -465,7 +486,14 @@ fn database_config(
                 }
             }
             DbKind::MySql => {
-                q.append_pair("ssl-mode", if ca.is_some() { "VERIFY_CA" } else { "REQUIRED" });
+                q.append_pair(
+                    "ssl-mode",
+                    if ca.is_some() {
+                        "VERIFY_CA"
+                    } else {
+                        "REQUIRED"
+                    },
+                );
                 if let Some(ca) = ca {
                     q.append_pair("ssl-ca", ca);
                 }
@@ -518,7 +546,9 @@ fn sink_config(raw: &RawEnv) -> Result<SinkConfig> {
         }
     };
     match sink.as_str() {
-        "elasticsearch" | "opensearch" => Ok(SinkConfig::Elasticsearch(elasticsearch_config(raw)?)),
+        "elasticsearch" | "opensearch" => Ok(SinkConfig::Elasticsearch(Box::new(
+            elasticsearch_config(raw)?,
+        ))),
         "file" => Ok(SinkConfig::File {
             dir: PathBuf::from(opt(&raw.output_path).unwrap_or("output")),
             gzip: boolean("OUTPUT_GZIP", &raw.output_gzip)?.unwrap_or(false),
@@ -534,7 +564,9 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
     let host = opt(&raw.elasticsearch_host).ok_or_else(|| {
         ConfigError("ELASTICSEARCH_HOST is not set: expected host, host:port or a URL".into())
     })?;
-    let scheme = opt(&raw.elasticsearch_scheme).unwrap_or("https").to_ascii_lowercase();
+    let scheme = opt(&raw.elasticsearch_scheme)
+        .unwrap_or("https")
+        .to_ascii_lowercase();
     if scheme != "http" && scheme != "https" {
         return Err(ConfigError(format!(
             "invalid ELASTICSEARCH_SCHEME {scheme:?}: expected http or https"
@@ -548,7 +580,11 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
             ))
         })?,
     };
-    let base = if host.contains("://") { host.to_string() } else { format!("{scheme}://{host}") };
+    let base = if host.contains("://") {
+        host.to_string()
+    } else {
+        format!("{scheme}://{host}")
+    };
     let mut url = url::Url::parse(&base)
         .ok()
         .filter(|u| u.host_str().is_some() && u.username().is_empty())
@@ -559,11 +595,15 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
         })?;
     if port != 0 {
         url.set_port(Some(port)).map_err(|_| {
-            ConfigError(format!("invalid ELASTICSEARCH_PORT {port}: cannot apply to {host:?}"))
+            ConfigError(format!(
+                "invalid ELASTICSEARCH_PORT {port}: cannot apply to {host:?}"
+            ))
         })?;
     }
 
-    let index = opt(&raw.elasticsearch_app_audit_log_index).unwrap_or("app_audit_log").to_string();
+    let index = opt(&raw.elasticsearch_app_audit_log_index)
+        .unwrap_or("app_audit_log")
+        .to_string();
     let index_ok = !index.starts_with(['-', '_', '+'])
         && index != "."
         && index != ".."
@@ -595,8 +635,11 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
                 .into(),
         ));
     }
-    let timeout = positive("ELASTICSEARCH_TIMEOUT_SECONDS", &raw.elasticsearch_timeout_seconds)?
-        .unwrap_or(60);
+    let timeout = positive(
+        "ELASTICSEARCH_TIMEOUT_SECONDS",
+        &raw.elasticsearch_timeout_seconds,
+    )?
+    .unwrap_or(60);
     let max_retries = match opt(&raw.elasticsearch_max_retries) {
         None => 8,
         Some(s) => s.parse::<usize>().map_err(|_| {
@@ -605,9 +648,11 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
             ))
         })?,
     };
-    let retry_initial =
-        positive("ELASTICSEARCH_RETRY_INITIAL_MS", &raw.elasticsearch_retry_initial_ms)?
-            .unwrap_or(500);
+    let retry_initial = positive(
+        "ELASTICSEARCH_RETRY_INITIAL_MS",
+        &raw.elasticsearch_retry_initial_ms,
+    )?
+    .unwrap_or(500);
     Ok(ElasticsearchConfig {
         url,
         index,
@@ -632,7 +677,7 @@ mod tests {
 
     fn es(pairs: &[(&str, &str)]) -> ElasticsearchConfig {
         match cfg(pairs).unwrap().sink.unwrap() {
-            SinkConfig::Elasticsearch(e) => e,
+            SinkConfig::Elasticsearch(e) => *e,
             other => panic!("expected elasticsearch, got {other:?}"),
         }
     }
@@ -642,7 +687,7 @@ mod tests {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.source, SourceKind::SingleColumnJson);
         assert_eq!((c.batch_size, c.chunk_size, c.clear_days), (5000, 500, 30));
-        assert!(c.enable_send && c.clear_entries && !c.debug);
+        assert!(c.enable_send && c.clear_entries);
         assert_eq!(c.single_column.table.display(), "audit_logs");
         assert_eq!(c.single_column.date_time_field, "date_time");
         assert_eq!(c.single_column.date_time_parent_field, "audit_event");
@@ -652,13 +697,22 @@ mod tests {
 
     #[test]
     fn both_host_port_forms_give_the_same_url() {
-        let a = es(&[("ELASTICSEARCH_HOST", "es.example"), ("ELASTICSEARCH_PORT", "9243")]);
-        let b = es(&[("ELASTICSEARCH_HOST", "es.example:9243"), ("ELASTICSEARCH_PORT", "0")]);
+        let a = es(&[
+            ("ELASTICSEARCH_HOST", "es.example"),
+            ("ELASTICSEARCH_PORT", "9243"),
+        ]);
+        let b = es(&[
+            ("ELASTICSEARCH_HOST", "es.example:9243"),
+            ("ELASTICSEARCH_PORT", "0"),
+        ]);
         let c = es(&[("ELASTICSEARCH_HOST", "es.example:9243")]);
         assert_eq!(a.url.as_str(), "https://es.example:9243/");
         assert_eq!(a.url, b.url);
         assert_eq!(b.url, c.url);
-        let d = es(&[("ELASTICSEARCH_HOST", "localhost:9200"), ("ELASTICSEARCH_SCHEME", "http")]);
+        let d = es(&[
+            ("ELASTICSEARCH_HOST", "localhost:9200"),
+            ("ELASTICSEARCH_SCHEME", "http"),
+        ]);
         assert_eq!(d.url.as_str(), "http://localhost:9200/");
     }
 
@@ -702,16 +756,36 @@ mod tests {
             ("ELASTICSEARCH_TIMEOUT_SECONDS", "0"),
             ("ELASTICSEARCH_INSECURE", "perhaps"),
         ] {
-            let err = cfg(&[("ELASTICSEARCH_HOST", "h"), (var, val)]).unwrap().sink.unwrap_err().0;
+            let err = cfg(&[("ELASTICSEARCH_HOST", "h"), (var, val)])
+                .unwrap()
+                .sink
+                .unwrap_err()
+                .0;
             assert!(err.contains(var), "{var}={val}: {err}");
         }
     }
 
     #[test]
     fn table_names_are_identifiers_only() {
-        assert_eq!(TableName::parse("T", "audit.logs").unwrap().schema.as_deref(), Some("audit"));
+        assert_eq!(
+            TableName::parse("T", "audit.logs")
+                .unwrap()
+                .schema
+                .as_deref(),
+            Some("audit")
+        );
         assert!(TableName::parse("T", "_x1").is_ok());
-        for bad in ["", "1abc", "a-b", "a.", ".a", "ä", "a b", "a;b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a.",
+            ".a",
+            "ä",
+            "a b",
+            "a;b",
+            &"x".repeat(64),
+        ] {
             assert!(TableName::parse("T", bad).is_err(), "{bad:?}");
         }
     }
@@ -732,9 +806,19 @@ mod tests {
     #[test]
     fn ssl_variables_apply_to_both_servers() {
         let pg = cfg(&[("DATABASE_URL", "postgres://u@h/d"), ("DB_USE_SSL", "true")]).unwrap();
-        assert!(pg.database.unwrap().url.as_str().contains("sslmode=require"));
+        assert!(pg
+            .database
+            .unwrap()
+            .url
+            .as_str()
+            .contains("sslmode=require"));
         let my = cfg(&[("DATABASE_URL", "mysql://u@h/d"), ("DB_USE_SSL", "1")]).unwrap();
-        assert!(my.database.unwrap().url.as_str().contains("ssl-mode=REQUIRED"));
+        assert!(my
+            .database
+            .unwrap()
+            .url
+            .as_str()
+            .contains("ssl-mode=REQUIRED"));
         let missing = cfg(&[
             ("DATABASE_URL", "mysql://u@h/d"),
             ("DB_USE_SSL", "1"),
@@ -763,11 +847,21 @@ mod tests {
 
     #[test]
     fn sink_is_chosen_explicitly_or_by_host() {
-        assert!(matches!(cfg(&[("SINK", "stdout")]).unwrap().sink, Ok(SinkConfig::Stdout)));
         assert!(matches!(
-            cfg(&[("SINK", "file"), ("OUTPUT_GZIP", "true")]).unwrap().sink,
+            cfg(&[("SINK", "stdout")]).unwrap().sink,
+            Ok(SinkConfig::Stdout)
+        ));
+        assert!(matches!(
+            cfg(&[("SINK", "file"), ("OUTPUT_GZIP", "true")])
+                .unwrap()
+                .sink,
             Ok(SinkConfig::File { gzip: true, .. })
         ));
-        assert!(cfg(&[("SINK", "kafka")]).unwrap().sink.unwrap_err().0.contains("SINK"));
+        assert!(cfg(&[("SINK", "kafka")])
+            .unwrap()
+            .sink
+            .unwrap_err()
+            .0
+            .contains("SINK"));
     }
 }

@@ -7,7 +7,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 pub fn init(format: LogFormat, debug: bool) {
-    let ours = if debug { LevelFilter::DEBUG } else { LevelFilter::INFO };
+    let ours = if debug {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::INFO
+    };
     // Libraries speak only when something is wrong; their debug output would print SQL.
     let filter = Targets::new()
         .with_default(LevelFilter::WARN)

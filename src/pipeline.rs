@@ -34,7 +34,11 @@ impl Summary {
 
     pub fn log(&self, failed: bool) {
         let secs = self.duration.as_secs_f64();
-        let rate = if secs > 0.0 { self.selected as f64 / secs } else { 0.0 };
+        let rate = if secs > 0.0 {
+            self.selected as f64 / secs
+        } else {
+            0.0
+        };
         tracing::info!(
             selected = self.selected,
             delivered = self.delivered,
@@ -72,7 +76,10 @@ pub async fn run(
         tracing::warn!(record = %p.key, attempts = p.attempts, "parked, not sent: {}", p.last_error);
     }
     if parked.len() > LIST_PARKED {
-        tracing::warn!("{} more parked records not listed", parked.len() - LIST_PARKED);
+        tracing::warn!(
+            "{} more parked records not listed",
+            parked.len() - LIST_PARKED
+        );
     }
     if !parked.is_empty() {
         tracing::warn!(
@@ -94,7 +101,9 @@ async fn transfer(
         let mut taken = 0;
         while taken < budget {
             let limit = chunk_size.min(budget - taken);
-            let Some(page) = source.claim(lane, limit).await? else { break };
+            let Some(page) = source.claim(lane, limit).await? else {
+                break;
+            };
             let records = page.records();
             let n = records.len();
             summary.pages += 1;

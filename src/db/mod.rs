@@ -8,9 +8,9 @@ pub mod queue;
 use crate::config::{DatabaseConfig, DbKind, TableName};
 use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDateTime, Utc};
-use sqlx::{AnyConnection, any::AnyConnectOptions};
-use sqlx::{ConnectOptions, Connection};
 use futures_core::future::BoxFuture;
+use sqlx::{any::AnyConnectOptions, AnyConnection};
+use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,13 +97,6 @@ impl Dialect {
         }
     }
 
-    pub fn true_literal(self) -> &'static str {
-        match self {
-            Dialect::Postgres => "true",
-            _ => "1",
-        }
-    }
-
     fn dir(self) -> &'static str {
         match self {
             Dialect::Postgres => "postgres",
@@ -137,7 +130,10 @@ impl Db {
         let session: &[&str] = match dialect {
             // Timestamps travel as text between pages; pin the session time zone so the text
             // and its cast back mean the same instant.
-            Dialect::Postgres => &["SET TIME ZONE 'UTC'", "SET application_name = 'audit-transfer'"],
+            Dialect::Postgres => &[
+                "SET TIME ZONE 'UTC'",
+                "SET application_name = 'audit-transfer'",
+            ],
             // READ COMMITTED: no gap locks, so the application's INSERTs never wait for a page.
             Dialect::MySql => &[
                 "SET time_zone = '+00:00'",
@@ -147,7 +143,10 @@ impl Db {
             Dialect::Sqlite => &["PRAGMA busy_timeout = 60000"],
         };
         for stmt in session {
-            sqlx::query(stmt).execute(&mut conn).await.with_context(|| format!("{stmt} failed"))?;
+            sqlx::query(stmt)
+                .execute(&mut conn)
+                .await
+                .with_context(|| format!("{stmt} failed"))?;
         }
         Ok(Db { conn, dialect })
     }
@@ -162,7 +161,10 @@ impl Db {
     async fn migrate_inner(&mut self) -> Result<()> {
         let d = self.dialect;
         let lock = match d {
-            Dialect::Postgres => Some(("SELECT pg_advisory_lock(774411)", "SELECT pg_advisory_unlock(774411)")),
+            Dialect::Postgres => Some((
+                "SELECT pg_advisory_lock(774411)",
+                "SELECT pg_advisory_unlock(774411)",
+            )),
             Dialect::MySql => Some((
                 "SELECT GET_LOCK('audit_transfer_migrate', 60)",
                 "SELECT RELEASE_LOCK('audit_transfer_migrate')",
@@ -170,7 +172,10 @@ impl Db {
             Dialect::Sqlite => None,
         };
         if let Some((take, _)) = lock {
-            sqlx::query(take).execute(&mut self.conn).await.context("taking the migration lock")?;
+            sqlx::query(take)
+                .execute(&mut self.conn)
+                .await
+                .context("taking the migration lock")?;
         }
         let result = self.apply_migrations().await;
         if let Some((_, release)) = lock {
@@ -187,17 +192,31 @@ impl Db {
         .execute(&mut self.conn)
         .await
         .context("creating audit_transfer_migrations")?;
-        let sql = format!("SELECT {} FROM audit_transfer_migrations", d.as_bigint("version"));
-        let applied: Vec<i64> = sqlx::query_scalar(&sql).fetch_all(&mut self.conn).await?;
-        // Collected first: iterator closures held across an await upset Send inference.
-        let pending: Vec<&Migration> =
-            MIGRATIONS.iter().filter(|m| m.dialect == d.dir() && !applied.contains(&m.version)).collect();
-        for m in pending {
+        let mine: Vec<&Migration> = MIGRATIONS.iter().filter(|m| m.dialect == d.dir()).collect();
+        for m in mine {
             // PostgreSQL and SQLite run DDL in the transaction; MySQL commits each DDL itself,
             // which is why every migration is written to be re-runnable (IF NOT EXISTS).
             let mut tx = self.conn.begin_with(d.begin()).await?;
-            let statements: Vec<String> =
-                m.sql.split(';').map(str::trim).filter(|s| !is_comment_only(s)).map(String::from).collect();
+            // Checked inside the transaction: on SQLite that is what serializes two runs.
+            let sql = format!(
+                "SELECT COUNT(*) FROM audit_transfer_migrations WHERE version = {}",
+                d.ph(1)
+            );
+            let done: i64 = sqlx::query_scalar(&sql)
+                .bind(m.version)
+                .fetch_one(&mut *tx)
+                .await?;
+            if done > 0 {
+                tx.rollback().await?;
+                continue;
+            }
+            let statements: Vec<String> = m
+                .sql
+                .split(';')
+                .map(str::trim)
+                .filter(|s| !is_comment_only(s))
+                .map(String::from)
+                .collect();
             for stmt in statements {
                 sqlx::query(&stmt)
                     .execute(&mut *tx)
@@ -224,14 +243,18 @@ impl Db {
         Box::pin(async move {
             match sqlx::query(&sql).execute(&mut self.conn).await {
                 Ok(_) => Ok(()),
-                Err(e) => Err(crate::error::config_error(format!("{what}: {}", crate::error::one_line(&e.into())))),
+                Err(e) => Err(crate::error::config_error(format!(
+                    "{what}: {}",
+                    crate::error::one_line(&e.into())
+                ))),
             }
         })
     }
 }
 
 fn is_comment_only(stmt: &str) -> bool {
-    stmt.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
+    stmt.lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
 }
 
 struct Migration {
@@ -270,7 +293,12 @@ pub fn parse_db_timestamp(text: &str) -> Option<DateTime<Utc>> {
             return Some(t.with_timezone(&Utc));
         }
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%d",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(t.and_utc());
         }
@@ -296,7 +324,11 @@ mod tests {
             "2024-03-01 14:30:45.123456+02",
         ] {
             let t = parse_db_timestamp(s).unwrap_or_else(|| panic!("{s}"));
-            assert_eq!(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), want, "{s}");
+            assert_eq!(
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                want,
+                "{s}"
+            );
         }
         assert!(parse_db_timestamp("2024-03-01").is_some());
         assert!(parse_db_timestamp("yesterday").is_none());

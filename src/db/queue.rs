@@ -48,7 +48,12 @@ pub trait Schema: Send + Sync {
     /// What a missing table or column means, for the configuration error.
     fn describe(&self) -> String;
     /// Turns claimed rows into records; may read more from the same transaction (set-based).
-    async fn records(&self, conn: &mut AnyConnection, d: Dialect, rows: Vec<AnyRow>) -> Result<Vec<Record>>;
+    async fn records(
+        &self,
+        conn: &mut AnyConnection,
+        d: Dialect,
+        rows: Vec<AnyRow>,
+    ) -> Result<Vec<Record>>;
 }
 
 pub struct Queue<S: Schema> {
@@ -61,15 +66,16 @@ pub struct Queue<S: Schema> {
 
 impl<S: Schema> Queue<S> {
     pub fn new(db: Db, schema: S, max_attempts: u32) -> Self {
-        Queue { db, schema, max_attempts, cursors: [None, None] }
+        Queue {
+            db,
+            schema,
+            max_attempts,
+            cursors: [None, None],
+        }
     }
 
     pub fn schema(&self) -> &S {
         &self.schema
-    }
-
-    pub fn db(&mut self) -> &mut Db {
-        &mut self.db
     }
 
     /// Probes the table and columns; a missing one is a configuration error.
@@ -97,7 +103,10 @@ impl<S: Schema> Queue<S> {
             d.table(self.schema.table()),
             self.schema.unsent(d)
         );
-        sqlx::query(&sql).bind(self.schema.source_key()).execute(&mut self.db.conn).await?;
+        sqlx::query(&sql)
+            .bind(self.schema.source_key())
+            .execute(&mut self.db.conn)
+            .await?;
         Ok(())
     }
 
@@ -148,8 +157,17 @@ impl<S: Schema> Queue<S> {
             d.claim_lock()
         );
 
-        let Queue { db, schema, cursors, max_attempts } = self;
-        let mut tx = db.conn.begin_with(d.begin()).await.context("starting a page transaction")?;
+        let Queue {
+            db,
+            schema,
+            cursors,
+            max_attempts,
+        } = self;
+        let mut tx = db
+            .conn
+            .begin_with(d.begin())
+            .await
+            .context("starting a page transaction")?;
         let mut q = sqlx::query(&sql).bind(schema.source_key());
         if lane == Lane::Retry {
             q = q.bind(*max_attempts as i64);
@@ -157,24 +175,38 @@ impl<S: Schema> Queue<S> {
         if let Some((cts, cid)) = &cursor {
             q = q.bind(cts.clone()).bind(cts.clone()).bind(*cid);
         }
-        let rows = q.fetch_all(&mut *tx).await.context("reading a page of audit rows")?;
+        let rows = q
+            .fetch_all(&mut *tx)
+            .await
+            .context("reading a page of audit rows")?;
         let Some(last) = rows.last() else {
             tx.rollback().await.ok();
             return Ok(None);
         };
         cursors[lane as usize] = Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
-        let ids = rows.iter().map(|r| r.try_get::<i64, _>(0)).collect::<Result<Vec<_>, _>>()?;
+        let ids = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<Vec<_>, _>>()?;
         let records = schema.records(&mut tx, d, rows).await?;
         debug_assert_eq!(ids.len(), records.len());
-        Ok(Some(Box::new(SqlPage { tx, d, schema: &*schema, lane, ids, records })))
+        Ok(Some(Box::new(SqlPage {
+            tx,
+            d,
+            schema: &*schema,
+            lane,
+            ids,
+            records,
+        })))
     }
 
     pub async fn parked(&mut self) -> Result<Vec<Parked>> {
         let d = self.db.dialect;
         let sql = format!(
-            "SELECT {}, {}, last_error FROM {FAILED} WHERE source = {} AND attempts >= {} ORDER BY row_id",
+            "SELECT {}, {}, {} FROM {FAILED} WHERE source = {} AND attempts >= {} ORDER BY row_id",
             d.as_bigint("row_id"),
             d.as_bigint("attempts"),
+            d.as_bytes("last_error"),
             d.ph(1),
             d.ph(2)
         );
@@ -189,7 +221,7 @@ impl<S: Schema> Queue<S> {
                 Ok(Parked {
                     key: r.try_get::<i64, _>(0)?.to_string(),
                     attempts: r.try_get(1)?,
-                    last_error: r.try_get(2)?,
+                    last_error: String::from_utf8_lossy(&r.try_get::<Vec<u8>, _>(2)?).into_owned(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -202,7 +234,9 @@ impl<S: Schema> Queue<S> {
             d.table(self.schema.table()),
             self.schema.unsent(d)
         );
-        let ids: Vec<i64> = sqlx::query_scalar(&sql).fetch_all(&mut self.db.conn).await?;
+        let ids: Vec<i64> = sqlx::query_scalar(&sql)
+            .fetch_all(&mut self.db.conn)
+            .await?;
         parked.extend(ids.into_iter().map(|id| Parked {
             key: id.to_string(),
             attempts: 0,
@@ -214,8 +248,14 @@ impl<S: Schema> Queue<S> {
     /// Forgets every failure of this source: the rows are fresh again for the next run.
     pub async fn retry_failed(&mut self) -> Result<u64> {
         self.db.migrate().await?;
-        let sql = format!("DELETE FROM {FAILED} WHERE source = {}", self.db.dialect.ph(1));
-        let r = sqlx::query(&sql).bind(self.schema.source_key()).execute(&mut self.db.conn).await?;
+        let sql = format!(
+            "DELETE FROM {FAILED} WHERE source = {}",
+            self.db.dialect.ph(1)
+        );
+        let r = sqlx::query(&sql)
+            .bind(self.schema.source_key())
+            .execute(&mut self.db.conn)
+            .await?;
         Ok(r.rows_affected())
     }
 
@@ -223,7 +263,11 @@ impl<S: Schema> Queue<S> {
         let d = self.db.dialect;
         let table = d.table(self.schema.table());
         let ts = d.quote(self.schema.ts_column());
-        let cond = format!("{} AND {ts} <= {}", self.schema.sent(d), d.timestamp_param(&d.ph(1)));
+        let cond = format!(
+            "{} AND {ts} <= {}",
+            self.schema.sent(d),
+            d.timestamp_param(&d.ph(1))
+        );
         let sql = match d {
             // MySQL cannot select from the table it deletes from, but has DELETE ... LIMIT.
             Dialect::MySql => format!("DELETE FROM {table} WHERE {cond} LIMIT {PURGE_CHUNK}"),
@@ -269,7 +313,14 @@ impl<S: Schema> Page for SqlPage<'_, S> {
     }
 
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {
-        let SqlPage { mut tx, d, schema, lane, ids, .. } = *self;
+        let SqlPage {
+            mut tx,
+            d,
+            schema,
+            lane,
+            ids,
+            ..
+        } = *self;
         let key = schema.source_key();
         let mut marked = 0;
         if !result.delivered.is_empty() {
@@ -279,16 +330,31 @@ impl<S: Schema> Page for SqlPage<'_, S> {
                 d.table(schema.table()),
                 schema.mark_set(d)
             );
-            marked = sqlx::query(&sql).execute(&mut *tx).await.context("marking rows sent")?.rows_affected();
+            marked = sqlx::query(&sql)
+                .execute(&mut *tx)
+                .await
+                .context("marking rows sent")?
+                .rows_affected();
             if lane == Lane::Retry {
-                let sql = format!("DELETE FROM {FAILED} WHERE source = {} AND row_id IN ({list})", d.ph(1));
-                sqlx::query(&sql).bind(key.clone()).execute(&mut *tx).await?;
+                let sql = format!(
+                    "DELETE FROM {FAILED} WHERE source = {} AND row_id IN ({list})",
+                    d.ph(1)
+                );
+                sqlx::query(&sql)
+                    .bind(key.clone())
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         for chunk in result.failed.chunks(200) {
             let mut values = Vec::with_capacity(chunk.len());
             for (k, (i, _)) in chunk.iter().enumerate() {
-                values.push(format!("({}, {}, 1, {})", d.ph(2 * k + 1), ids[*i], d.ph(2 * k + 2)));
+                values.push(format!(
+                    "({}, {}, 1, {})",
+                    d.ph(2 * k + 1),
+                    ids[*i],
+                    d.ph(2 * k + 2)
+                ));
             }
             let upsert = match d {
                 Dialect::MySql => "ON DUPLICATE KEY UPDATE attempts = attempts + 1, \

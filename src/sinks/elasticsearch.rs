@@ -45,7 +45,10 @@ impl ElasticsearchSink {
                 None => Credentials::EncodedApiKey(key.clone()),
             });
         } else if let Some(user) = &cfg.username {
-            builder = builder.auth(Credentials::Basic(user.clone(), cfg.password.clone().unwrap_or_default()));
+            builder = builder.auth(Credentials::Basic(
+                user.clone(),
+                cfg.password.clone().unwrap_or_default(),
+            ));
         }
         if cfg.insecure {
             tracing::warn!("ELASTICSEARCH_INSECURE=true: the server's certificate is not verified");
@@ -61,8 +64,14 @@ impl ElasticsearchSink {
             })?;
             builder = builder.cert_validation(CertificateValidation::Full(cert));
         }
-        let transport = builder.build().context("cannot set up the Elasticsearch client")?;
-        Ok(ElasticsearchSink { client: Elasticsearch::new(transport), cfg: cfg.clone(), max_bytes: MAX_BULK_BYTES })
+        let transport = builder
+            .build()
+            .context("cannot set up the Elasticsearch client")?;
+        Ok(ElasticsearchSink {
+            client: Elasticsearch::new(transport),
+            cfg: cfg.clone(),
+            max_bytes: MAX_BULK_BYTES,
+        })
     }
 
     fn delays(&self) -> impl Iterator<Item = Duration> {
@@ -83,9 +92,17 @@ impl ElasticsearchSink {
             "set ELASTICSEARCH_USERNAME/ELASTICSEARCH_PASSWORD or ELASTICSEARCH_API_KEY"
         };
         if status == StatusCode::FORBIDDEN {
-            anyhow!("Elasticsearch at {} refused access to index {:?} (403): {how}", self.cfg.url, self.cfg.index)
+            anyhow!(
+                "Elasticsearch at {} refused access to index {:?} (403): {how}",
+                self.cfg.url,
+                self.cfg.index
+            )
         } else {
-            anyhow!("Elasticsearch at {} refused the credentials ({}): {how}", self.cfg.url, status.as_u16())
+            anyhow!(
+                "Elasticsearch at {} refused the credentials ({}): {how}",
+                self.cfg.url,
+                status.as_u16()
+            )
         }
     }
 
@@ -100,16 +117,29 @@ impl ElasticsearchSink {
             body.push(actions[k].as_bytes());
             body.push(&docs[i].body);
         }
-        let response = match self.client.bulk(BulkParts::Index(&self.cfg.index)).body(body).send().await {
+        let response = match self
+            .client
+            .bulk(BulkParts::Index(&self.cfg.index))
+            .body(body)
+            .send()
+            .await
+        {
             Ok(r) => r,
-            Err(e) => return Ok(Answer::Transient(format!("request failed: {}", error_text(&e)))),
+            Err(e) => {
+                return Ok(Answer::Transient(format!(
+                    "request failed: {}",
+                    error_text(&e)
+                )))
+            }
         };
         let status = response.status_code();
         match status.as_u16() {
             200 => {}
             401 | 403 => return Err(self.auth_error(status)),
             413 => return Ok(Answer::TooLarge),
-            408 | 429 | 500..=599 => return Ok(Answer::Transient(format!("HTTP {}", status.as_u16()))),
+            408 | 429 | 500..=599 => {
+                return Ok(Answer::Transient(format!("HTTP {}", status.as_u16())))
+            }
             _ => {
                 let text = response.text().await.unwrap_or_default();
                 bail!(
@@ -122,14 +152,33 @@ impl ElasticsearchSink {
         }
         let bytes = match response.bytes().await {
             Ok(b) => b,
-            Err(e) => return Ok(Answer::Transient(format!("reading the response failed: {}", error_text(&e)))),
+            Err(e) => {
+                return Ok(Answer::Transient(format!(
+                    "reading the response failed: {}",
+                    error_text(&e)
+                )))
+            }
         };
-        let parsed: BulkResponse = serde_json::from_slice(&bytes)
-            .with_context(|| format!("unexpected bulk response: {}", excerpt(&String::from_utf8_lossy(&bytes))))?;
+        let parsed: BulkResponse = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "unexpected bulk response: {}",
+                excerpt(&String::from_utf8_lossy(&bytes))
+            )
+        })?;
         if parsed.items.len() != group.len() {
-            bail!("bulk response has {} items for {} documents", parsed.items.len(), group.len());
+            bail!(
+                "bulk response has {} items for {} documents",
+                parsed.items.len(),
+                group.len()
+            );
         }
-        Ok(Answer::Items(parsed.items.into_iter().map(|item| classify(item.into_result())).collect()))
+        Ok(Answer::Items(
+            parsed
+                .items
+                .into_iter()
+                .map(|item| classify(item.into_result()))
+                .collect(),
+        ))
     }
 }
 
@@ -166,7 +215,10 @@ trait IntoResult {
 impl IntoResult for std::collections::HashMap<String, BulkItem> {
     fn into_result(self) -> BulkItem {
         // Each item is {"create": {...}}: one key, the action.
-        self.into_values().next().unwrap_or(BulkItem { status: 0, error: None })
+        self.into_values().next().unwrap_or(BulkItem {
+            status: 0,
+            error: None,
+        })
     }
 }
 
@@ -181,7 +233,10 @@ fn classify(item: BulkItem) -> ItemAnswer {
     let reason = || match &item.error {
         Some(e) => {
             let r = e.get("reason").and_then(|r| r.as_str()).unwrap_or_default();
-            let cause = e.get("caused_by").and_then(|c| c.get("reason")).and_then(|r| r.as_str());
+            let cause = e
+                .get("caused_by")
+                .and_then(|c| c.get("reason"))
+                .and_then(|r| r.as_str());
             match cause {
                 Some(c) => format!("{} {kind}: {r} ({c})", item.status),
                 None => format!("{} {kind}: {r}", item.status),
@@ -195,7 +250,10 @@ fn classify(item: BulkItem) -> ItemAnswer {
         409 => ItemAnswer::Final(Outcome::AlreadyPresent),
         429 | 500..=599 => ItemAnswer::Transient(reason()),
         _ if kind == "es_rejected_execution_exception" => ItemAnswer::Transient(reason()),
-        _ => ItemAnswer::Final(Outcome::Rejected(format!("rejected by Elasticsearch: {}", reason()))),
+        _ => ItemAnswer::Final(Outcome::Rejected(format!(
+            "rejected by Elasticsearch: {}",
+            reason()
+        ))),
     }
 }
 
@@ -247,18 +305,25 @@ impl Sink for ElasticsearchSink {
     }
 
     async fn check(&mut self) -> Result<()> {
-        let response = self
-            .client
-            .info()
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach Elasticsearch at {}: {}", self.cfg.url, error_text(&e)))?;
+        let response = self.client.info().send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach Elasticsearch at {}: {}",
+                self.cfg.url,
+                error_text(&e)
+            )
+        })?;
         let status = response.status_code();
         match status.as_u16() {
             200 => {
                 let info: serde_json::Value = response.json().await.unwrap_or_default();
-                let version = info.pointer("/version/number").and_then(|v| v.as_str()).unwrap_or("?");
-                let dist = info.pointer("/version/distribution").and_then(|v| v.as_str()).unwrap_or("elasticsearch");
+                let version = info
+                    .pointer("/version/number")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?");
+                let dist = info
+                    .pointer("/version/distribution")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("elasticsearch");
                 tracing::info!(url = %self.cfg.url, %dist, %version, "sink reachable");
                 Ok(())
             }
@@ -295,12 +360,16 @@ impl Sink for ElasticsearchSink {
                     }
                     Answer::TooLarge if group.len() > 1 => {
                         self.max_bytes = (self.max_bytes / 2).max(1);
-                        tracing::warn!(max_bytes = self.max_bytes, "bulk request too large (413); splitting");
+                        tracing::warn!(
+                            max_bytes = self.max_bytes,
+                            "bulk request too large (413); splitting"
+                        );
                         again.extend(group);
                     }
                     Answer::TooLarge => {
-                        outcomes[group[0]] =
-                            Some(Outcome::Rejected("rejected by Elasticsearch: 413 document too large".into()));
+                        outcomes[group[0]] = Some(Outcome::Rejected(
+                            "rejected by Elasticsearch: 413 document too large".into(),
+                        ));
                     }
                 }
             }
@@ -324,7 +393,10 @@ impl Sink for ElasticsearchSink {
                 }
             }
         }
-        Ok(outcomes.into_iter().map(|o| o.expect("every document has an outcome")).collect())
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every document has an outcome"))
+            .collect())
     }
 }
 
@@ -338,26 +410,52 @@ mod tests {
 
     #[test]
     fn item_outcomes_follow_the_bulk_contract() {
-        assert!(matches!(classify(item(201, None)), ItemAnswer::Final(Outcome::Delivered)));
-        assert!(matches!(classify(item(409, None)), ItemAnswer::Final(Outcome::AlreadyPresent)));
-        assert!(matches!(classify(item(429, None)), ItemAnswer::Transient(_)));
-        assert!(matches!(classify(item(503, None)), ItemAnswer::Transient(_)));
-        let rejected_exec = serde_json::json!({"type": "es_rejected_execution_exception", "reason": "queue full"});
-        assert!(matches!(classify(item(400, Some(rejected_exec))), ItemAnswer::Transient(_)));
+        assert!(matches!(
+            classify(item(201, None)),
+            ItemAnswer::Final(Outcome::Delivered)
+        ));
+        assert!(matches!(
+            classify(item(409, None)),
+            ItemAnswer::Final(Outcome::AlreadyPresent)
+        ));
+        assert!(matches!(
+            classify(item(429, None)),
+            ItemAnswer::Transient(_)
+        ));
+        assert!(matches!(
+            classify(item(503, None)),
+            ItemAnswer::Transient(_)
+        ));
+        let rejected_exec =
+            serde_json::json!({"type": "es_rejected_execution_exception", "reason": "queue full"});
+        assert!(matches!(
+            classify(item(400, Some(rejected_exec))),
+            ItemAnswer::Transient(_)
+        ));
         let mapping = serde_json::json!({"type": "mapper_parsing_exception", "reason": "failed to parse", "caused_by": {"reason": "For input string"}});
         match classify(item(400, Some(mapping))) {
             ItemAnswer::Final(Outcome::Rejected(r)) => {
-                assert!(r.contains("400 mapper_parsing_exception: failed to parse (For input string)"), "{r}")
+                assert!(
+                    r.contains("400 mapper_parsing_exception: failed to parse (For input string)"),
+                    "{r}"
+                )
             }
             _ => panic!("400 must be final"),
         }
-        assert!(matches!(classify(item(404, None)), ItemAnswer::Final(Outcome::Rejected(_))));
+        assert!(matches!(
+            classify(item(404, None)),
+            ItemAnswer::Final(Outcome::Rejected(_))
+        ));
     }
 
     #[test]
     fn requests_are_split_by_size() {
-        let docs: Vec<Document> =
-            (0..5).map(|i| Document { id: i.to_string(), body: vec![b'x'; 100] }).collect();
+        let docs: Vec<Document> = (0..5)
+            .map(|i| Document {
+                id: i.to_string(),
+                body: vec![b'x'; 100],
+            })
+            .collect();
         let docs: Vec<&Document> = docs.iter().collect();
         let all: Vec<usize> = (0..5).collect();
         assert_eq!(split_by_bytes(&all, &docs, 1 << 20).len(), 1);

@@ -28,11 +28,20 @@ impl FileSink {
         let first: String = docs[0]
             .id
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .take(48)
             .collect();
         let ext = if self.gzip { "jsonl.gz" } else { "jsonl" };
-        format!("audit_{first}_{:016x}.{ext}", fnv1a(docs.iter().map(|d| d.id.as_bytes())))
+        format!(
+            "audit_{first}_{:016x}.{ext}",
+            fnv1a(docs.iter().map(|d| d.id.as_bytes()))
+        )
     }
 }
 
@@ -59,7 +68,8 @@ pub fn write_lines(out: &mut impl Write, docs: &[&Document]) -> std::io::Result<
 
 /// Writes `docs` to `dir/name` atomically: temp file, fsync, rename, fsync of the directory.
 pub fn write_atomically(dir: &Path, name: &str, gzip: bool, docs: &[&Document]) -> Result<PathBuf> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create OUTPUT_PATH {}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create OUTPUT_PATH {}", dir.display()))?;
     let final_path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
@@ -93,7 +103,9 @@ impl Sink for FileSink {
     async fn check(&mut self) -> Result<()> {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create OUTPUT_PATH {}", self.dir.display()))?;
-        let probe = self.dir.join(format!(".audit-transfer-check-{}", std::process::id()));
+        let probe = self
+            .dir
+            .join(format!(".audit-transfer-check-{}", std::process::id()));
         File::create(&probe)
             .and_then(|_| fs::remove_file(&probe))
             .with_context(|| format!("OUTPUT_PATH {} is not writable", self.dir.display()))
@@ -126,7 +138,9 @@ impl Sink for StdoutSink {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         // Flushed before the page is marked: a closed pipe fails the run with the page unmarked.
-        write_lines(&mut out, docs).and_then(|_| out.flush()).context("cannot write to stdout")?;
+        write_lines(&mut out, docs)
+            .and_then(|_| out.flush())
+            .context("cannot write to stdout")?;
         Ok(vec![Outcome::Delivered; docs.len()])
     }
 }
@@ -137,7 +151,12 @@ mod tests {
 
     fn docs(ids: &[&str]) -> Vec<&'static Document> {
         ids.iter()
-            .map(|id| &*Box::leak(Box::new(Document { id: id.to_string(), body: format!("{{\"id\":\"{id}\"}}").into_bytes() })))
+            .map(|id| {
+                &*Box::leak(Box::new(Document {
+                    id: id.to_string(),
+                    body: format!("{{\"id\":\"{id}\"}}").into_bytes(),
+                }))
+            })
             .collect()
     }
 
@@ -149,11 +168,18 @@ mod tests {
         assert_eq!(sink.ship(&page).await.unwrap(), vec![Outcome::Delivered; 2]);
         sink.ship(&page).await.unwrap();
         sink.ship(&docs(&["3-30"])).await.unwrap();
-        let mut files: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         assert_eq!(files.len(), 2, "{files:?}");
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(File::open(&files[0]).unwrap()), &mut text).unwrap();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(File::open(&files[0]).unwrap()),
+            &mut text,
+        )
+        .unwrap();
         assert_eq!(text, "{\"id\":\"1-10\"}\n{\"id\":\"2-20\"}\n");
     }
 

@@ -70,7 +70,11 @@ pub trait Source: Send {
     async fn prepare(&mut self) -> Result<()>;
     /// Claims the next page of at most `limit` records from `lane`, after what this run has
     /// already claimed. `None` when the lane is empty.
-    async fn claim<'a>(&'a mut self, lane: Lane, limit: usize) -> Result<Option<Box<dyn Page + 'a>>>;
+    async fn claim<'a>(
+        &'a mut self,
+        lane: Lane,
+        limit: usize,
+    ) -> Result<Option<Box<dyn Page + 'a>>>;
     /// Records parked after too many failed attempts.
     async fn parked(&mut self) -> Result<Vec<Parked>>;
     /// Makes parked records eligible again; returns how many.
@@ -83,6 +87,8 @@ pub trait Source: Send {
 pub async fn build(cfg: &Config) -> Result<Box<dyn Source>> {
     Ok(match cfg.source {
         SourceKind::SingleColumnJson => Box::new(single_column::SingleColumn::connect(cfg).await?),
-        SourceKind::DjangoAuditlog => anyhow::bail!(crate::error::ConfigError("AUDIT_LOGGER_TYPE=DJANGO_AUDITLOG is not available in this build yet".into())),
+        SourceKind::DjangoAuditlog => anyhow::bail!(crate::error::ConfigError(
+            "AUDIT_LOGGER_TYPE=DJANGO_AUDITLOG is not available in this build yet".into()
+        )),
     })
 }

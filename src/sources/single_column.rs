@@ -29,8 +29,12 @@ struct Layout {
 impl SingleColumn {
     pub async fn connect(cfg: &Config) -> Result<Self> {
         let db = Db::connect(cfg.database()?).await?;
-        let layout = Layout { cfg: cfg.single_column.clone() };
-        Ok(SingleColumn { queue: Queue::new(db, layout, cfg.max_attempts) })
+        let layout = Layout {
+            cfg: cfg.single_column.clone(),
+        };
+        Ok(SingleColumn {
+            queue: Queue::new(db, layout, cfg.max_attempts),
+        })
     }
 }
 
@@ -64,28 +68,48 @@ impl Schema for Layout {
         )
     }
 
-    async fn records(&self, _conn: &mut AnyConnection, _d: Dialect, rows: Vec<AnyRow>) -> Result<Vec<Record>> {
+    async fn records(
+        &self,
+        _conn: &mut AnyConnection,
+        _d: Dialect,
+        rows: Vec<AnyRow>,
+    ) -> Result<Vec<Record>> {
         rows.iter()
             .map(|row| {
                 let id: i64 = row.try_get(0)?;
                 let created_at: String = row.try_get(1)?;
                 let message: Option<Vec<u8>> = row.try_get(2)?;
-                Ok(Record { key: id.to_string(), doc: self.document(id, &created_at, message) })
+                Ok(Record {
+                    key: id.to_string(),
+                    doc: self.document(id, &created_at, message),
+                })
             })
             .collect()
     }
 }
 
 impl Layout {
-    fn document(&self, id: i64, created_at: &str, message: Option<Vec<u8>>) -> Result<super::Document, String> {
+    fn document(
+        &self,
+        id: i64,
+        created_at: &str,
+        message: Option<Vec<u8>>,
+    ) -> Result<super::Document, String> {
         let created = parse_db_timestamp(created_at)
             .ok_or_else(|| format!("created_at {created_at:?} is not a timestamp"))?;
         let message = message.ok_or("message is NULL")?;
         let mut object = parse_message(&message)?;
-        let ts = timestamp(&object, &self.cfg.date_time_parent_field, &self.cfg.date_time_field)?;
+        let ts = timestamp(
+            &object,
+            &self.cfg.date_time_parent_field,
+            &self.cfg.date_time_field,
+        )?;
         object.insert("@timestamp".into(), ts);
         let body = serde_json::to_vec(&object).map_err(|e| format!("cannot serialize: {e}"))?;
-        Ok(super::Document { id: document_id(id, created), body })
+        Ok(super::Document {
+            id: document_id(id, created),
+            body,
+        })
     }
 }
 
@@ -125,12 +149,18 @@ fn timestamp(object: &Map<String, Value>, parent: &str, field: &str) -> Result<V
     let (container, path) = if parent.is_empty() {
         (Some(object), field.to_string())
     } else {
-        (object.get(parent).and_then(Value::as_object), format!("{parent}.{field}"))
+        (
+            object.get(parent).and_then(Value::as_object),
+            format!("{parent}.{field}"),
+        )
     };
     match container.and_then(|c| c.get(field)) {
         Some(v @ (Value::String(_) | Value::Number(_))) => Ok(v.clone()),
         Some(Value::Null) | None => Err(format!("message has no timestamp at {path}")),
-        Some(other) => Err(format!("timestamp at {path} is a JSON {}, expected a string", kind(other))),
+        Some(other) => Err(format!(
+            "timestamp at {path} is a JSON {}, expected a string",
+            kind(other)
+        )),
     }
 }
 
@@ -145,7 +175,11 @@ impl Source for SingleColumn {
     async fn prepare(&mut self) -> Result<()> {
         self.queue.prepare().await
     }
-    async fn claim<'a>(&'a mut self, lane: Lane, limit: usize) -> Result<Option<Box<dyn Page + 'a>>> {
+    async fn claim<'a>(
+        &'a mut self,
+        lane: Lane,
+        limit: usize,
+    ) -> Result<Option<Box<dyn Page + 'a>>> {
         self.queue.claim(lane, limit).await
     }
     async fn parked(&mut self) -> Result<Vec<Parked>> {
@@ -181,17 +215,30 @@ mod tests {
     #[test]
     fn timestamp_is_copied_from_parent_or_root() {
         let l = layout("audit_event", "date_time");
-        let d = doc(&l, br#"{"audit_event":{"date_time":"2024-01-01T00:00:00Z","actor":"a"}}"#).unwrap();
+        let d = doc(
+            &l,
+            br#"{"audit_event":{"date_time":"2024-01-01T00:00:00Z","actor":"a"}}"#,
+        )
+        .unwrap();
         assert_eq!(d["@timestamp"], "2024-01-01T00:00:00Z");
         assert_eq!(d["audit_event"]["actor"], "a");
         let root = layout("", "ts");
-        assert_eq!(doc(&root, br#"{"ts":"x-verbatim"}"#).unwrap()["@timestamp"], "x-verbatim");
+        assert_eq!(
+            doc(&root, br#"{"ts":"x-verbatim"}"#).unwrap()["@timestamp"],
+            "x-verbatim"
+        );
     }
 
     #[test]
     fn document_id_is_key_and_created_at() {
         let l = layout("", "ts");
-        let d = l.document(7, "2024-01-02 03:04:05.000006+00", Some(br#"{"ts":"t"}"#.to_vec())).unwrap();
+        let d = l
+            .document(
+                7,
+                "2024-01-02 03:04:05.000006+00",
+                Some(br#"{"ts":"t"}"#.to_vec()),
+            )
+            .unwrap();
         assert_eq!(d.id, "7-1704164645000006");
     }
 
@@ -204,7 +251,10 @@ mod tests {
             (b"null", "null"),
             (b"{not json", "not valid JSON"),
             (b"\xff\xfe{}", "UTF-8"),
-            (br#"{"audit_event":{}}"#, "no timestamp at audit_event.date_time"),
+            (
+                br#"{"audit_event":{}}"#,
+                "no timestamp at audit_event.date_time",
+            ),
             (br#"{"audit_event":{"date_time":null}}"#, "no timestamp"),
             (br#"{"audit_event":{"date_time":{"a":1}}}"#, "object"),
             (br#"{"audit_event":"flat"}"#, "no timestamp"),
@@ -214,8 +264,14 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(doc(&l, deep.as_bytes()).unwrap_err().contains("recursion"));
-        assert!(l.document(1, "2024-01-01", None).unwrap_err().contains("NULL"));
-        assert!(l.document(1, "never", Some(b"{}".to_vec())).unwrap_err().contains("created_at"));
+        assert!(l
+            .document(1, "2024-01-01", None)
+            .unwrap_err()
+            .contains("NULL"));
+        assert!(l
+            .document(1, "never", Some(b"{}".to_vec()))
+            .unwrap_err()
+            .contains("created_at"));
     }
 
     #[test]

@@ -1,0 +1,48 @@
+# audit-transfer: the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+CARGO ?= cargo
+# osmem-server: an in-memory OpenSearch-compatible server (PyPI) the sink tests run against.
+OSMEM_BIN = $(shell $(VENV)/bin/python -c 'import osmem_server; print(osmem_server.resolve_binary())' 2>/dev/null)
+DEMO_DIR := localtest/.run/demo
+
+.PHONY: build demo test test-unit lint fmt bench clean
+
+build:
+	$(CARGO) build --release
+
+$(VENV)/.installed: localtest/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r localtest/requirements.txt
+	touch $@
+
+## demo: SQLite source with sample audit rows -> JSON-lines files; needs no server.
+demo:
+	$(CARGO) build --release --quiet
+	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	$(PYTHON) localtest/make_demo_db.py $(DEMO_DIR)/audit.sqlite3 200
+	DATABASE_URL=sqlite:///$(DEMO_DIR)/audit.sqlite3 SINK=file OUTPUT_PATH=$(DEMO_DIR)/output \
+	  target/release/audit-transfer run
+	@echo "--- wrote $$(cat $(DEMO_DIR)/output/*.jsonl | wc -l) documents to $(DEMO_DIR)/output:"
+	@ls $(DEMO_DIR)/output
+	@head -n 2 $(DEMO_DIR)/output/*.jsonl | head -n 3
+
+## test: unit and end-to-end tests against PostgreSQL, MariaDB, SQLite and osmem-server.
+test: $(VENV)/.installed
+	@test -x "$(OSMEM_BIN)" || { echo "osmem-server binary not found in $(VENV)"; exit 1; }
+	OSMEM_SERVER_BIN="$(OSMEM_BIN)" $(CARGO) test --all-targets
+
+test-unit:
+	$(CARGO) test --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	rm -rf localtest/.run $(VENV)
+	$(CARGO) clean

@@ -1,0 +1,444 @@
+//! Test support: real PostgreSQL, MariaDB and SQLite databases created per test, one
+//! osmem-server (OpenSearch-compatible) per test process, and the binary run as a process.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use sqlx::{AnyConnection, Connection};
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_audit-transfer");
+
+pub fn pg_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn mysql_admin_url() -> String {
+    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/mysql".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos % 100_000
+    )
+}
+
+// ---------------------------------------------------------------- osmem-server
+
+pub struct Osmem {
+    pub url: String,
+    _child: Child,
+}
+
+/// One osmem-server per test process; it exits with the process (`-parent-pid`).
+pub fn osmem() -> &'static Osmem {
+    static SERVER: OnceLock<Osmem> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let bin = std::env::var("OSMEM_SERVER_BIN").expect(
+            "OSMEM_SERVER_BIN is not set: run the tests with `make test`, which installs osmem-server",
+        );
+        let mut child = Command::new(&bin)
+            .args(["-addr", "127.0.0.1:0", "-no-stdin-watch", "-no-ja", "-parent-pid"])
+            .arg(std::process::id().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start osmem-server {bin}: {e}"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("osmem-server said {line:?}"));
+        Osmem { url: ready["url"].as_str().unwrap().to_string(), _child: child }
+    })
+}
+
+impl Osmem {
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .parse()
+            .unwrap()
+    }
+
+    pub fn count(&self, index: &str) -> u64 {
+        match ureq::get(&format!("{}/{index}/_count", self.url)).call() {
+            Ok(r) => r.into_json::<Value>().unwrap()["count"].as_u64().unwrap(),
+            Err(ureq::Error::Status(404, _)) => 0,
+            Err(e) => panic!("count {index}: {e}"),
+        }
+    }
+
+    /// Every document of the index: (id, source).
+    pub fn docs(&self, index: &str) -> Vec<(String, Value)> {
+        let body = serde_json::json!({"size": 10000, "query": {"match_all": {}}});
+        let r: Value = match ureq::post(&format!("{}/{index}/_search", self.url)).send_json(body) {
+            Ok(r) => r.into_json().unwrap(),
+            Err(ureq::Error::Status(404, _)) => return Vec::new(),
+            Err(e) => panic!("search {index}: {e}"),
+        };
+        r["hits"]["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
+            .collect()
+    }
+
+    pub fn ids(&self, index: &str) -> BTreeSet<String> {
+        self.docs(index).into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// A mapping that makes `audit_event.actor` a long: a string there is a 400 per item.
+    pub fn create_strict_index(&self, index: &str) {
+        let body = serde_json::json!({"mappings": {"properties": {"audit_event": {"properties": {"actor": {"type": "long"}}}}}});
+        ureq::put(&format!("{}/{index}", self.url))
+            .send_json(body)
+            .unwrap();
+    }
+}
+
+// ---------------------------------------------------------------- databases
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+/// A database of its own for one test, dropped at the end.
+pub struct TestDb {
+    pub backend: Backend,
+    /// DATABASE_URL for the binary.
+    pub url: String,
+    name: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        sqlx::any::install_default_drivers();
+        let name = unique("at");
+        match backend {
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let mut c = AnyConnection::connect(&admin)
+                    .await
+                    .expect("PostgreSQL on 127.0.0.1:5432");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+                TestDb {
+                    backend,
+                    url,
+                    name,
+                    _dir: None,
+                }
+            }
+            Backend::MySql => {
+                let admin = mysql_admin_url();
+                let mut c = AnyConnection::connect(&admin)
+                    .await
+                    .expect("MariaDB on 127.0.0.1:3306");
+                sqlx::query(&format!("CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+                TestDb {
+                    backend,
+                    url,
+                    name,
+                    _dir: None,
+                }
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("audit.sqlite3");
+                std::fs::File::create(&path).unwrap();
+                // dj-database-url form, as an existing deployment would write it.
+                let url = format!("sqlite:///{}", path.display());
+                TestDb {
+                    backend,
+                    url,
+                    name,
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    fn sqlx_url(&self) -> String {
+        match self.backend {
+            Backend::Sqlite => self.url.replacen("sqlite:///", "sqlite://", 1),
+            _ => self.url.clone(),
+        }
+    }
+
+    pub async fn conn(&self) -> AnyConnection {
+        AnyConnection::connect(&self.sqlx_url()).await.unwrap()
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let mut c = self.conn().await;
+        sqlx::raw_sql(sql)
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await.ok();
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let mut c = self.conn().await;
+        let v: i64 = sqlx::query_scalar(sql)
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await.ok();
+        v
+    }
+
+    /// The single-column table as structured-log-transfer's Django model lays it out.
+    pub async fn create_audit_table(&self, table: &str) {
+        let sql = match self.backend {
+            Backend::Postgres => format!(
+                "CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, is_sent BOOLEAN NOT NULL DEFAULT false, \
+                 message JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            ),
+            Backend::MySql => format!(
+                "CREATE TABLE {table} (id BIGINT AUTO_INCREMENT PRIMARY KEY, is_sent TINYINT(1) NOT NULL DEFAULT 0, \
+                 message JSON NOT NULL, created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+            ),
+            Backend::Sqlite => format!(
+                "CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, is_sent BOOL NOT NULL DEFAULT 0, \
+                 message TEXT NOT NULL, created_at TEXT NOT NULL)"
+            ),
+        };
+        self.exec(&sql).await;
+    }
+
+    /// Inserts messages with increasing created_at (one second apart from `start`), in batches.
+    pub async fn insert_messages(&self, table: &str, messages: &[Value]) {
+        let start = chrono::DateTime::parse_from_rfc3339("2024-05-01T10:00:00.123456Z").unwrap();
+        self.insert_rows(
+            table,
+            messages.iter().enumerate().map(|(i, m)| {
+                (
+                    m.to_string(),
+                    start + chrono::Duration::seconds(i as i64),
+                    false,
+                )
+            }),
+        )
+        .await;
+    }
+
+    pub async fn insert_rows(
+        &self,
+        table: &str,
+        rows: impl Iterator<Item = (String, chrono::DateTime<chrono::FixedOffset>, bool)>,
+    ) {
+        let rows: Vec<_> = rows.collect();
+        let mut c = self.conn().await;
+        for chunk in rows.chunks(500) {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|(m, ts, sent)| {
+                    let ts = ts.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f");
+                    let sent = match (self.backend, sent) {
+                        (Backend::Postgres, s) => s.to_string(),
+                        (_, true) => "1".into(),
+                        (_, false) => "0".into(),
+                    };
+                    format!("('{}', '{ts}', {sent})", m.replace('\'', "''"))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO {table} (message, created_at, is_sent) VALUES {}",
+                values.join(",")
+            );
+            sqlx::raw_sql(&sql)
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("insert: {e}"));
+        }
+        c.close().await.ok();
+    }
+
+    pub async fn unsent(&self, table: &str) -> i64 {
+        self.scalar(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE is_sent = false"
+        ))
+        .await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, sql) = match self.backend {
+            Backend::Postgres => (
+                pg_admin_url(),
+                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ),
+            Backend::MySql => (
+                mysql_admin_url(),
+                format!("DROP DATABASE IF EXISTS {}", self.name),
+            ),
+            Backend::Sqlite => return,
+        };
+        // Drop runs inside the test's runtime: use a fresh thread with its own.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = AnyConnection::connect(&admin).await {
+                    let _ = sqlx::query(&sql).execute(&mut c).await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// A message with the timestamp where the original expects it.
+pub fn message(n: usize) -> Value {
+    serde_json::json!({
+        "audit_event": {
+            "actor": format!("user{n}"),
+            "date_time": format!("2024-05-01T10:{:02}:{:02}.000Z", (n / 60) % 60, n % 60),
+            "operation": "READ",
+            "target": {"path": format!("/records/{n}")},
+        }
+    })
+}
+
+// ---------------------------------------------------------------- running the binary
+
+/// Environment for one run: the variables of the original plus ours. Starts empty of any
+/// inherited configuration so the developer's own environment cannot leak in.
+#[derive(Clone, Default)]
+pub struct Env(pub Vec<(String, String)>);
+
+impl Env {
+    pub fn new() -> Env {
+        Env::default().set("LOG_FORMAT", "json")
+    }
+
+    pub fn es(db: &TestDb, index: &str) -> Env {
+        let os = osmem();
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("ELASTICSEARCH_HOST", "127.0.0.1")
+            .set("ELASTICSEARCH_PORT", &os.port().to_string())
+            .set("ELASTICSEARCH_SCHEME", "http")
+            .set("ELASTICSEARCH_APP_AUDIT_LOG_INDEX", index)
+            .set("ELASTICSEARCH_RETRY_INITIAL_MS", "50")
+    }
+
+    pub fn set(mut self, k: &str, v: &str) -> Env {
+        self.0.retain(|(key, _)| key != k);
+        self.0.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in &self.0 {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run audit-transfer"))
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// The JSON log line whose message is `msg`.
+    pub fn log(&self, msg: &str) -> Option<Value> {
+        self.stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == msg)
+    }
+
+    pub fn summary(&self) -> Value {
+        self.log("run finished")
+            .unwrap_or_else(|| panic!("no summary; exit {}; stderr:\n{}", self.code, self.stderr))
+    }
+
+    pub fn n(&self, field: &str) -> u64 {
+        self.summary()[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} in {}", self.summary()))
+    }
+
+    #[track_caller]
+    pub fn expect(&self, code: i32) -> &Run {
+        assert_eq!(self.code, code, "exit code; stderr:\n{}", self.stderr);
+        self
+    }
+}
+
+/// Waits for `cond` up to `timeout`, polling.
+pub async fn wait_for<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
