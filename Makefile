@@ -7,7 +7,7 @@ CARGO ?= cargo
 OSMEM_BIN = $(shell $(VENV)/bin/python -c 'import osmem_server; print(osmem_server.resolve_binary())' 2>/dev/null)
 DEMO_DIR := localtest/.run/demo
 
-.PHONY: build demo test test-unit lint fmt bench clean
+.PHONY: build demo test test-unit lint fmt compose-check bench clean
 
 build:
 	$(CARGO) build --release
@@ -39,6 +39,12 @@ test-unit:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+## compose-check: docker-compose.yml is accepted by `docker-compose config` (no engine needed).
+compose-check:
+	@created=; if [ ! -f .env ]; then cp .env.example .env; created=1; fi; \
+	  docker-compose config -q; rc=$$?; [ -n "$$created" ] && rm -f .env; exit $$rc
+	@echo "docker-compose.yml: valid"
 
 fmt:
 	$(CARGO) fmt --all

@@ -178,7 +178,6 @@ pub enum OperationFormat {
 }
 
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // read by the django-auditlog source
 pub struct DjangoConfig {
     pub user_table: TableName,
     pub origin: String,
@@ -231,7 +230,6 @@ pub struct Config {
     pub clear_days: u32,
     pub database: Option<DatabaseConfig>,
     pub single_column: SingleColumnConfig,
-    #[allow(dead_code)] // read by the django-auditlog source
     pub django: DjangoConfig,
     /// Sink errors are kept until a command needs a sink: `monthly` must work without one.
     pub sink: std::result::Result<SinkConfig, ConfigError>,

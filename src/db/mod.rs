@@ -252,6 +252,16 @@ impl Db {
     }
 }
 
+/// A column read with [`Dialect::as_bytes`]: MySQL reports some binary casts as text, so
+/// accept either.
+pub fn bytes_at(row: &sqlx::any::AnyRow, i: usize) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    use sqlx::Row;
+    match row.try_get::<Option<Vec<u8>>, _>(i) {
+        Ok(v) => Ok(v),
+        Err(_) => Ok(row.try_get::<Option<String>, _>(i)?.map(String::into_bytes)),
+    }
+}
+
 fn is_comment_only(stmt: &str) -> bool {
     stmt.lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))

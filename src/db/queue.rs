@@ -47,6 +47,10 @@ pub trait Schema: Send + Sync {
     fn columns(&self, d: Dialect) -> Vec<String>;
     /// What a missing table or column means, for the configuration error.
     fn describe(&self) -> String;
+    /// Another query that must run (a `1 = 0` probe of a joined table) and its error text.
+    fn extra_probe(&self, _d: Dialect) -> Option<(String, String)> {
+        None
+    }
     /// Turns claimed rows into records; may read more from the same transaction (set-based).
     async fn records(
         &self,
@@ -88,7 +92,11 @@ impl<S: Schema> Queue<S> {
             self.schema.unsent(d)
         );
         let describe = self.schema.describe();
-        self.db.probe(sql, describe).await
+        self.db.probe(sql, describe).await?;
+        if let Some((sql, describe)) = self.schema.extra_probe(d) {
+            self.db.probe(sql, describe).await?;
+        }
+        Ok(())
     }
 
     /// `check`, our migrations, and forgetting failures of rows that are gone or were sent.
@@ -221,7 +229,10 @@ impl<S: Schema> Queue<S> {
                 Ok(Parked {
                     key: r.try_get::<i64, _>(0)?.to_string(),
                     attempts: r.try_get(1)?,
-                    last_error: String::from_utf8_lossy(&r.try_get::<Vec<u8>, _>(2)?).into_owned(),
+                    last_error: String::from_utf8_lossy(
+                        &super::bytes_at(r, 2)?.unwrap_or_default(),
+                    )
+                    .into_owned(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -3,6 +3,7 @@
 //!
 //! To add a source: one file here implementing [`Source`], plus one line in [`build`].
 
+pub mod django_auditlog;
 pub mod single_column;
 
 use crate::config::{Config, SourceKind};
@@ -87,8 +88,8 @@ pub trait Source: Send {
 pub async fn build(cfg: &Config) -> Result<Box<dyn Source>> {
     Ok(match cfg.source {
         SourceKind::SingleColumnJson => Box::new(single_column::SingleColumn::connect(cfg).await?),
-        SourceKind::DjangoAuditlog => anyhow::bail!(crate::error::ConfigError(
-            "AUDIT_LOGGER_TYPE=DJANGO_AUDITLOG is not available in this build yet".into()
-        )),
+        SourceKind::DjangoAuditlog => {
+            Box::new(django_auditlog::DjangoAuditlog::connect(cfg).await?)
+        }
     })
 }

@@ -9,7 +9,7 @@
 use super::{Lane, Page, Parked, Record, Source};
 use crate::config::{Config, SingleColumnConfig, TableName};
 use crate::db::queue::{Queue, Schema};
-use crate::db::{parse_db_timestamp, Db, Dialect};
+use crate::db::{bytes_at, parse_db_timestamp, Db, Dialect};
 use anyhow::Result;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -78,7 +78,7 @@ impl Schema for Layout {
             .map(|row| {
                 let id: i64 = row.try_get(0)?;
                 let created_at: String = row.try_get(1)?;
-                let message: Option<Vec<u8>> = row.try_get(2)?;
+                let message = bytes_at(row, 2)?;
                 Ok(Record {
                     key: id.to_string(),
                     doc: self.document(id, &created_at, message),

@@ -1,0 +1,14 @@
+# Small non-root image of audit-transfer. Build: docker build -t audit-transfer .
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY migrations ./migrations
+RUN cargo build --release --locked && strip target/release/audit-transfer
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/audit-transfer /usr/local/bin/audit-transfer
+USER nonroot:nonroot
+WORKDIR /home/nonroot
+ENTRYPOINT ["/usr/local/bin/audit-transfer"]
+CMD ["run"]
