@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod db;
 mod error;
+mod failpoint;
 mod logging;
 mod pipeline;
 mod sinks;

@@ -123,6 +123,7 @@ async fn transfer(
                 }
             }
             let outcomes = sink.ship(&docs).await?;
+            crate::failpoint::hit("after_ship");
             for (k, outcome) in outcomes.into_iter().enumerate() {
                 let i = doc_index[k];
                 match outcome {

@@ -386,6 +386,7 @@ impl<S: Schema> Page for SqlPage<'_, S> {
             }
             q.execute(&mut *tx).await.context("recording failed rows")?;
         }
+        crate::failpoint::hit("before_commit");
         tx.commit().await.context("committing the page")?;
         Ok(marked)
     }
