@@ -101,9 +101,11 @@ async fn transfer(
         let mut taken = 0;
         while taken < budget {
             let limit = chunk_size.min(budget - taken);
+            crate::failpoint::hit("before_claim");
             let Some(page) = source.claim(lane, limit).await? else {
                 break;
             };
+            crate::failpoint::hit("after_claim");
             let records = page.records();
             let n = records.len();
             summary.pages += 1;

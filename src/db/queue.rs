@@ -129,69 +129,82 @@ impl<S: Schema> Queue<S> {
 
     pub async fn claim(&mut self, lane: Lane, limit: usize) -> Result<Option<Box<dyn Page + '_>>> {
         let d = self.db.dialect;
-        let ts = format!("t.{}", d.quote(self.schema.ts_column()));
-        let mut n = 0;
-        let mut ph = || {
-            n += 1;
-            d.ph(n)
-        };
-        let lane_filter = match lane {
-            Lane::Fresh => format!(
-                "NOT EXISTS (SELECT 1 FROM {FAILED} f WHERE f.source = {} AND f.row_id = t.id)",
-                ph()
-            ),
-            Lane::Retry => format!(
-                "EXISTS (SELECT 1 FROM {FAILED} f WHERE f.source = {} AND f.row_id = t.id AND f.attempts < {})",
-                ph(),
-                ph()
-            ),
-        };
-        let cursor = self.cursors[lane as usize].clone();
-        let keyset = match &cursor {
-            None => String::new(),
-            Some(_) => format!(
-                " AND ({ts} > {} OR ({ts} = {} AND t.id > {}))",
-                d.timestamp_param(&ph()),
-                d.timestamp_param(&ph()),
-                ph()
-            ),
-        };
-        let sql = format!(
-            "SELECT {} FROM {} t WHERE {} AND {ts} IS NOT NULL AND {lane_filter}{keyset} \
-             ORDER BY {ts}, t.id LIMIT {limit}{}",
-            self.select_list(d),
-            d.table(self.schema.table()),
-            self.schema.unsent(d),
-            d.claim_lock()
-        );
-
+        let select_list = self.select_list(d);
         let Queue {
             db,
             schema,
             cursors,
             max_attempts,
         } = self;
+        let schema: &S = schema;
+        let table = d.table(schema.table());
+        let ts = format!("t.{}", d.quote(schema.ts_column()));
+        let key = schema.source_key();
+        let max = *max_attempts;
+
         let mut tx = db
             .conn
             .begin_with(d.begin())
             .await
             .context("starting a page transaction")?;
-        let mut q = sqlx::query(&sql).bind(schema.source_key());
-        if lane == Lane::Retry {
-            q = q.bind(*max_attempts as i64);
-        }
-        if let Some((cts, cid)) = &cursor {
-            q = q.bind(cts.clone()).bind(cts.clone()).bind(*cid);
-        }
-        let rows = q
-            .fetch_all(&mut *tx)
-            .await
-            .context("reading a page of audit rows")?;
-        let Some(last) = rows.last() else {
+        let rows = loop {
+            let cursor = cursors[lane as usize].clone();
+            let filter = filters(schema, d, lane, cursor.is_some());
+            if d != Dialect::MySql {
+                let sql = format!(
+                    "SELECT {select_list} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {limit}{}",
+                    d.claim_lock()
+                );
+                let rows = bind_claim(&sql, key.clone(), lane, max, &cursor)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .context("reading a page of audit rows")?;
+                if let Some(last) = rows.last() {
+                    cursors[lane as usize] =
+                        Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
+                }
+                break rows;
+            }
+            // MySQL/MariaDB lock every row a locking read sorts, so without an index on the order
+            // the first run would lock the whole backlog and the others would find nothing. So:
+            // find the next candidates without locks, then lock those by primary key, skipping
+            // the ones another run holds; the cursor moves past all candidates either way.
+            let sql = format!(
+                "SELECT {}, {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {limit}",
+                d.as_bigint("t.id"),
+                d.as_text(&ts)
+            );
+            let candidates = bind_claim(&sql, key.clone(), lane, max, &cursor)
+                .fetch_all(&mut *tx)
+                .await
+                .context("reading a page of audit rows")?;
+            let Some(last) = candidates.last() else {
+                break Vec::new();
+            };
+            cursors[lane as usize] =
+                Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
+            let ids = candidates
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sql = format!(
+                "SELECT {select_list} FROM {table} t WHERE t.id IN ({}) AND {} ORDER BY {ts}, t.id{}",
+                id_list(ids.into_iter()),
+                filters(schema, d, lane, false),
+                d.claim_lock()
+            );
+            let rows = bind_claim(&sql, key.clone(), lane, max, &None)
+                .fetch_all(&mut *tx)
+                .await
+                .context("claiming a page of audit rows")?;
+            if !rows.is_empty() {
+                break rows;
+            }
+        };
+        if rows.is_empty() {
             tx.rollback().await.ok();
             return Ok(None);
-        };
-        cursors[lane as usize] = Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
+        }
         let ids = rows
             .iter()
             .map(|r| r.try_get::<i64, _>(0))
@@ -201,7 +214,7 @@ impl<S: Schema> Queue<S> {
         Ok(Some(Box::new(SqlPage {
             tx,
             d,
-            schema: &*schema,
+            schema,
             lane,
             ids,
             records,
@@ -310,6 +323,57 @@ struct SqlPage<'a, S: Schema> {
     lane: Lane,
     ids: Vec<i64>,
     records: Vec<Record>,
+}
+
+/// The WHERE clause of a claim: unsent, orderable, in `lane`, after the cursor. Binds, in
+/// order: source key, max attempts (retry lane), cursor timestamp twice and id.
+fn filters<S: Schema>(schema: &S, d: Dialect, lane: Lane, after_cursor: bool) -> String {
+    let ts = format!("t.{}", d.quote(schema.ts_column()));
+    let mut n = 0;
+    let mut ph = || {
+        n += 1;
+        d.ph(n)
+    };
+    let lane_filter = match lane {
+        Lane::Fresh => format!("NOT EXISTS (SELECT 1 FROM {FAILED} f WHERE f.source = {} AND f.row_id = t.id)", ph()),
+        Lane::Retry => format!(
+            "EXISTS (SELECT 1 FROM {FAILED} f WHERE f.source = {} AND f.row_id = t.id AND f.attempts < {})",
+            ph(),
+            ph()
+        ),
+    };
+    let keyset = if after_cursor {
+        format!(
+            " AND ({ts} > {} OR ({ts} = {} AND t.id > {}))",
+            d.timestamp_param(&ph()),
+            d.timestamp_param(&ph()),
+            ph()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{} AND {ts} IS NOT NULL AND {lane_filter}{keyset}",
+        schema.unsent(d)
+    )
+}
+
+/// Binds the parameters of [`filters`] in their order.
+fn bind_claim<'q>(
+    sql: &'q str,
+    key: String,
+    lane: Lane,
+    max_attempts: u32,
+    cursor: &Option<(String, i64)>,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(sql).bind(key);
+    if lane == Lane::Retry {
+        q = q.bind(max_attempts as i64);
+    }
+    if let Some((cts, cid)) = cursor {
+        q = q.bind(cts.clone()).bind(cts.clone()).bind(*cid);
+    }
+    q
 }
 
 fn id_list(ids: impl Iterator<Item = i64>) -> String {

@@ -2,6 +2,8 @@
 //! osmem-server (OpenSearch-compatible) per test process, and the binary run as a process.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use serde_json::Value;
 use sqlx::{AnyConnection, Connection};
 use std::collections::BTreeSet;
@@ -82,20 +84,31 @@ impl Osmem {
         }
     }
 
-    /// Every document of the index: (id, source).
+    /// Every document of the index: (id, source), paged by `_id` with search_after.
     pub fn docs(&self, index: &str) -> Vec<(String, Value)> {
-        let body = serde_json::json!({"size": 10000, "query": {"match_all": {}}});
-        let r: Value = match ureq::post(&format!("{}/{index}/_search", self.url)).send_json(body) {
-            Ok(r) => r.into_json().unwrap(),
-            Err(ureq::Error::Status(404, _)) => return Vec::new(),
-            Err(e) => panic!("search {index}: {e}"),
-        };
-        r["hits"]["hits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
-            .collect()
+        let mut out = Vec::new();
+        let mut after: Option<Value> = None;
+        loop {
+            let mut body = serde_json::json!({"size": 5000, "query": {"match_all": {}}, "sort": [{"_id": "asc"}]});
+            if let Some(a) = &after {
+                body["search_after"] = a.clone();
+            }
+            let r: Value =
+                match ureq::post(&format!("{}/{index}/_search", self.url)).send_json(body) {
+                    Ok(r) => r.into_json().unwrap(),
+                    Err(ureq::Error::Status(404, _)) => return out,
+                    Err(e) => panic!("search {index}: {e}"),
+                };
+            let hits = r["hits"]["hits"].as_array().unwrap();
+            if hits.is_empty() {
+                return out;
+            }
+            after = Some(hits.last().unwrap()["sort"].clone());
+            out.extend(
+                hits.iter()
+                    .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone())),
+            );
+        }
     }
 
     pub fn ids(&self, index: &str) -> BTreeSet<String> {
@@ -352,6 +365,11 @@ impl Env {
             .set("ELASTICSEARCH_SCHEME", "http")
             .set("ELASTICSEARCH_APP_AUDIT_LOG_INDEX", index)
             .set("ELASTICSEARCH_RETRY_INITIAL_MS", "50")
+    }
+
+    /// The same, with the sink behind a fault-injecting proxy.
+    pub fn es_via(db: &TestDb, index: &str, proxy: &proxy::Proxy) -> Env {
+        Env::es(db, index).set("ELASTICSEARCH_PORT", &proxy.port.to_string())
     }
 
     pub fn set(mut self, k: &str, v: &str) -> Env {
