@@ -6,29 +6,33 @@
 //! checkpoint moves to a window's end only when the pipeline has committed the page holding the
 //! window's last record, that is, when the sink has acknowledged every record of the window (or
 //! it was recorded as failed, below). Neither the sort order of v1 nor whether its date bounds
-//! are inclusive is documented, so nothing depends on them: a window's end is the only safe
-//! point, and each query starts one second before the checkpoint (an event exactly on the
-//! boundary is never missed, whichever bound is exclusive).
+//! are inclusive is documented, so nothing depends on them: a window's end is the only point
+//! before which everything is known to be delivered, and each query starts one second before
+//! the checkpoint (an event exactly on the boundary is never missed, whichever bound excludes).
 //!
-//! **Duplicates.** The document id is the event id, so a window re-fetched after a crash only
-//! produces "already present" answers. On top of that, ids already handed out in this run and
-//! the ids of the last second before the checkpoint (kept in the state file) are skipped, so
-//! the overlap at window boundaries reaches no sink twice, not even a file.
+//! **Inside a window** every committed page is saved too, as the ids (with event times) the
+//! sink acknowledged after the checkpoint. A run that stops inside a window (BATCH_SIZE used up,
+//! sink down, killed) is re-read from the window's start by the next run, which skips those ids;
+//! so does the one-second overlap. Only a page shipped but not yet saved when the process died
+//! reaches the sink twice, and the event id as document id makes that harmless.
 //!
-//! **BATCH_SIZE.** A window that does not fit in the run's BATCH_SIZE cannot complete; if it
-//! was the run's first window its span is halved in the state file, so the next run tries a
-//! smaller one (its records already shipped are then "already present"). After a window that
-//! used less than half of BATCH_SIZE the span doubles again, up to `CASTAI_WINDOW`.
+//! **BATCH_SIZE** caps the records of a run, CHUNK_SIZE the records per page, as for the other
+//! sources; `CASTAI_PAGE_LIMIT` is the API's page size, independent of both. When a run's first
+//! window does not fit into BATCH_SIZE its span is halved for the next run (re-reading a window
+//! costs API calls); after a window that used less than half of BATCH_SIZE it doubles again, up
+//! to `CASTAI_WINDOW`.
 //!
 //! **Records that cannot be delivered** (no id, unparseable time, rejected by the sink) do not
-//! block the checkpoint: they are stored in the state file with the item as CAST AI returned
-//! it, retried one page per run like the SQL sources' failures, and parked after
-//! `MAX_ATTEMPTS`; parked items are listed every run (exit 3) until `retry-failed`. Nothing is
-//! dropped: after the checkpoint moved on, the state file holds the only copy we have.
+//! block the checkpoint, since one bad event would otherwise stop all later ones: they are stored
+//! in the state file with the item exactly as CAST AI returned it, retried one page per run like
+//! the SQL sources' failures, and parked after `MAX_ATTEMPTS`; parked items are listed every run
+//! (exit 3) until `retry-failed`. After the checkpoint moved on, the state file holds the only
+//! copy, so nothing ever removes a failed item except its delivery.
 //!
-//! **State file** (`CASTAI_STATE_FILE`, JSON, replaced atomically): checkpoint, window span,
-//! boundary ids, failed items, and the API version and cluster filter it belongs to. A missing
-//! file starts at `CASTAI_START_FROM`; an unreadable or corrupt one stops the run (exit 2).
+//! **State file** (`CASTAI_STATE_FILE`, JSON, replaced atomically): checkpoint, next window
+//! span, acknowledged ids after the checkpoint, failed items, and the API version and cluster
+//! filter it belongs to. A missing file starts at `CASTAI_START_FROM`; an unreadable or corrupt
+//! one stops the run with exit 2 and is never replaced by a fresh start.
 
 use super::{Document, Lane, Page, PageResult, Parked, Record, Source};
 use crate::config::{CastaiApiVersion, CastaiConfig, Config, StartFrom};
@@ -85,9 +89,18 @@ struct State {
     check_point: DateTime<Utc>,
     /// Span of the next window.
     window_seconds: u64,
-    /// Ids of events in the last second before `check_point`, already delivered.
-    boundary_ids: Vec<String>,
+    /// Events from one second before `check_point` on that the sink already acknowledged:
+    /// the overlap of the next query, and what a run cut short (BATCH_SIZE, crash) delivered
+    /// of a window it did not finish. Skipped when a query returns them again.
+    acked: Vec<Acked>,
     failed: Vec<FailedItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Acked {
+    id: String,
+    time: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,8 +120,6 @@ struct Window {
     cursor: Option<Option<String>>,
     /// Records handed out in this run before this window opened.
     handed_out_before: usize,
-    /// Ids of events in the window's last second: the next window's query overlaps them.
-    recent: Vec<String>,
 }
 
 impl Window {
@@ -120,11 +131,11 @@ impl Window {
 /// A window whose every record has been handed out; it is complete once that page commits.
 struct Done {
     to: DateTime<Utc>,
-    recent: Vec<String>,
 }
 
 struct Fetched {
     record: Record,
+    time: Option<DateTime<Utc>>,
     item: Value,
 }
 
@@ -248,17 +259,11 @@ impl Castai {
             .map(|s| s.failed.iter().map(|f| f.key.as_str()).collect())
             .unwrap_or_default();
         let w = self.window.as_mut().expect("open window");
-        let recent_from = w.to - OVERLAP;
         let mut fresh = Vec::new();
         for item in page.items {
             let built = build(self.cfg.version, &item);
-            if let Some(t) = built.time {
-                if t >= recent_from && built.has_id {
-                    w.recent.push(built.record.key.clone());
-                }
-            }
-            // Handed out before (this run, or the last second before the checkpoint), or
-            // waiting in the failed list (the retry lane owns it): not a second time.
+            // Handed out before (in this run, or acknowledged in an earlier one), or waiting in
+            // the failed list (the retry lane owns it): not a second time.
             if built.has_id
                 && (self.seen.contains(&built.record.key)
                     || failed.contains(built.record.key.as_str()))
@@ -272,6 +277,7 @@ impl Castai {
             }
             fresh.push(Fetched {
                 record: built.record,
+                time: built.time,
                 item,
             });
         }
@@ -321,7 +327,6 @@ impl Castai {
                         to,
                         cursor: None,
                         handed_out_before: self.handed_out,
-                        recent: Vec::new(),
                     });
                     self.fetch().await?;
                 }
@@ -345,10 +350,7 @@ impl Castai {
                 state.window_seconds = (state.window_seconds * 2).min(max);
             }
         }
-        Done {
-            to: w.to,
-            recent: w.recent,
-        }
+        Done { to: w.to }
     }
 
     /// Applies windows completed by a commit (or by a claim that found nothing more).
@@ -356,38 +358,41 @@ impl Castai {
         let Some(state) = self.state.as_mut() else {
             return false;
         };
-        let any = !done.is_empty();
-        for d in done {
-            state.check_point = d.to;
-            state.boundary_ids = d.recent;
-        }
-        any
+        let Some(last) = done.last() else {
+            return false;
+        };
+        state.check_point = last.to;
+        // Older events are before the next query's start: no need to remember them.
+        let keep_from = state.check_point - OVERLAP;
+        state.acked.retain(|a| a.time >= keep_from);
+        true
     }
 
     /// Called after the last page of a run that ran out of BATCH_SIZE inside a window.
-    fn shrink_if_stuck(&mut self) -> Result<bool> {
+    fn shrink_if_stuck(&mut self) -> bool {
         let budget_out = self.handed_out >= self.batch_size;
-        let Some(w) = &self.window else {
-            return Ok(false);
+        let (Some(w), Some(state)) = (&self.window, self.state.as_mut()) else {
+            return false;
         };
         if !budget_out || w.handed_out_before != 0 {
-            return Ok(false);
+            return false;
         }
         let from = w.from;
-        let state = self.state()?;
         if state.window_seconds <= MIN_SPAN_SECS {
-            return Err(config_error(format!(
-                "more than BATCH_SIZE={} CAST AI events within {MIN_SPAN_SECS} s after {}: raise BATCH_SIZE",
-                self.batch_size,
-                from.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-            )));
+            // Still progresses: the acknowledged events are skipped next time.
+            tracing::warn!(
+                batch_size = self.batch_size,
+                from = %from.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                "more CAST AI events within one second than BATCH_SIZE; consider raising BATCH_SIZE"
+            );
+            return false;
         }
         state.window_seconds = (state.window_seconds / 2).max(MIN_SPAN_SECS);
         tracing::info!(
             window_seconds = state.window_seconds,
             "the window did not fit into BATCH_SIZE; the next run reads a shorter one"
         );
-        Ok(true)
+        true
     }
 
     fn retry_page(&mut self, limit: usize) -> Vec<Fetched> {
@@ -407,6 +412,7 @@ impl Castai {
                 built.record.key = f.key.clone();
                 Fetched {
                     record: built.record,
+                    time: built.time,
                     item: f.item.clone(),
                 }
             })
@@ -460,7 +466,7 @@ impl Source for Castai {
                     cluster_id: self.cfg.cluster_id.clone(),
                     check_point: start,
                     window_seconds: self.max_span(),
-                    boundary_ids: Vec::new(),
+                    acked: Vec::new(),
                     failed: Vec::new(),
                 }
             }
@@ -481,7 +487,7 @@ impl Source for Castai {
                 ))
             })?;
         self.end = Utc::now() - self.cfg.lag;
-        self.seen.extend(state.boundary_ids.iter().cloned());
+        self.seen.extend(state.acked.iter().map(|a| a.id.clone()));
         tracing::info!(
             check_point = %state.check_point.to_rfc3339_opts(SecondsFormat::AutoSi, true),
             until = %self.end.to_rfc3339_opts(SecondsFormat::AutoSi, true),
@@ -517,11 +523,19 @@ impl Source for Castai {
             }
             return Ok(None);
         }
-        let (records, items) = fetched.into_iter().map(|f| (f.record, f.item)).unzip();
+        let mut records = Vec::with_capacity(fetched.len());
+        let mut times = Vec::with_capacity(fetched.len());
+        let mut items = Vec::with_capacity(fetched.len());
+        for f in fetched {
+            records.push(f.record);
+            times.push(f.time);
+            items.push(f.item);
+        }
         Ok(Some(Box::new(CastaiPage {
             src: self,
             lane,
             records,
+            times,
             items,
             done,
         })))
@@ -572,6 +586,7 @@ struct CastaiPage<'a> {
     src: &'a mut Castai,
     lane: Lane,
     records: Vec<Record>,
+    times: Vec<Option<DateTime<Utc>>>,
     items: Vec<Value>,
     done: Vec<Done>,
 }
@@ -587,11 +602,23 @@ impl Page for CastaiPage<'_> {
             src,
             lane,
             records,
+            times,
             mut items,
             done,
         } = *self;
         let state = src.state()?;
-        let mut changed = false;
+        // Saved after every page, so a run cut short does not ship these again.
+        let mut changed = lane == Lane::Fresh && !result.delivered.is_empty();
+        if lane == Lane::Fresh {
+            for &i in &result.delivered {
+                if let Some(time) = times[i] {
+                    state.acked.push(Acked {
+                        id: records[i].key.clone(),
+                        time,
+                    });
+                }
+            }
+        }
         let delivered: HashSet<&str> = result
             .delivered
             .iter()
@@ -619,15 +646,12 @@ impl Page for CastaiPage<'_> {
             changed = true;
         }
         changed |= src.complete(done);
-        let mut stuck = Ok(false);
         if lane == Lane::Fresh {
-            stuck = src.shrink_if_stuck();
-            changed |= matches!(stuck, Ok(true));
+            changed |= src.shrink_if_stuck();
         }
         if changed {
             src.save_state()?;
         }
-        stuck?;
         Ok(result.delivered.len() as u64)
     }
 }
