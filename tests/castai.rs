@@ -234,8 +234,19 @@ fn killed_between_pages_then_rerun_delivers_each_event_once() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Page 1 is in the index, the run waits for page 2 of the window: kill it there.
+    // Page 1 is in the index, the run waits for page 2 of the window.
     assert_eq!(osmem().count(&c.index), 10);
+    // A second run of the same state file meanwhile is refused, not interleaved.
+    let overlapping = c.env().run(&["run"]);
+    overlapping.expect(1);
+    assert!(
+        overlapping
+            .stderr
+            .contains("another run is using CASTAI_STATE_FILE"),
+        "{}",
+        overlapping.stderr
+    );
+    // Kill the first one there.
     child.kill().unwrap();
     child.wait().unwrap();
     c.fake.release();

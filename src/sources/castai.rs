@@ -76,6 +76,8 @@ pub struct Castai {
     duplicates: u64,
     /// Failed items already tried in this run's retry lane.
     retried: HashSet<String>,
+    /// Held from `prepare` to exit (the OS releases it even after SIGKILL).
+    _lock: Option<std::fs::File>,
 }
 
 /// The state file.
@@ -159,6 +161,7 @@ impl Castai {
             handed_out: 0,
             duplicates: 0,
             retried: HashSet::new(),
+            _lock: None,
         })
     }
 
@@ -217,6 +220,40 @@ impl Castai {
             )));
         }
         Ok(Some(state))
+    }
+
+    /// Two runs sharing a state file would each save their own view of it (losing the other's
+    /// failed items), so a run holds an exclusive lock on `<state file>.lock`; a separate file,
+    /// because the state file itself is replaced on every save. Creating it also proves, before
+    /// anything is shipped, that the state can be saved.
+    fn lock(&self) -> Result<std::fs::File> {
+        let path = self.state_path();
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        let lock_path = path.with_file_name(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                config_error(format!(
+                    "invalid CASTAI_STATE_FILE {}: cannot create {} ({e})",
+                    path.display(),
+                    lock_path.display()
+                ))
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another run is using CASTAI_STATE_FILE {} (locked: {}); runs of one state file must not overlap",
+                path.display(),
+                lock_path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(anyhow!("cannot lock {}: {e}", lock_path.display()))
+            }
+        }
     }
 
     fn save_state(&self) -> Result<()> {
@@ -448,6 +485,7 @@ impl Source for Castai {
     }
 
     async fn prepare(&mut self) -> Result<()> {
+        self._lock = Some(self.lock()?);
         let state = match self.load_state()? {
             Some(s) => s,
             None => {
@@ -471,21 +509,6 @@ impl Source for Castai {
                 }
             }
         };
-        // Find out now, not after the first page was shipped, that the state cannot be saved.
-        let dir = match self.state_path().parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let probe = dir.join(format!(".audit-transfer-check-{}", std::process::id()));
-        std::fs::File::create(&probe)
-            .and_then(|_| std::fs::remove_file(&probe))
-            .map_err(|e| {
-                config_error(format!(
-                    "invalid CASTAI_STATE_FILE {}: cannot write in {} ({e})",
-                    self.state_path().display(),
-                    dir.display()
-                ))
-            })?;
         self.end = Utc::now() - self.cfg.lag;
         self.seen.extend(state.acked.iter().map(|a| a.id.clone()));
         tracing::info!(
