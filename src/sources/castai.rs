@@ -290,6 +290,12 @@ impl Castai {
             Some(None) => return Ok(()),
         };
         let page = self.api.page(&query).await?;
+        if let (Query::Next { cursor, .. }, Some(next)) = (&query, &page.next) {
+            // A cursor that does not move would page forever.
+            if cursor == next {
+                bail!("CAST AI returned the same page.cursor again; stopping instead of looping");
+            }
+        }
         let failed: HashSet<&str> = self
             .state
             .as_ref()
