@@ -54,6 +54,18 @@ pub struct RawEnv {
     output_path: Option<String>,
     output_gzip: Option<String>,
     log_format: Option<String>,
+    castai_api_url: Option<String>,
+    castai_api_key: Option<String>,
+    castai_api_version: Option<String>,
+    castai_page_limit: Option<String>,
+    castai_cluster_id: Option<String>,
+    castai_lag: Option<String>,
+    castai_start_from: Option<String>,
+    castai_state_file: Option<String>,
+    castai_window: Option<String>,
+    castai_timeout_seconds: Option<String>,
+    castai_max_retries: Option<String>,
+    castai_retry_initial_ms: Option<String>,
 }
 
 impl RawEnv {
@@ -74,6 +86,7 @@ impl RawEnv {
 pub enum SourceKind {
     SingleColumnJson,
     DjangoAuditlog,
+    Castai,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +198,48 @@ pub struct DjangoConfig {
     pub operation_format: OperationFormat,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CastaiApiVersion {
+    V1,
+    V2,
+}
+
+/// Where a CAST AI source without a state file starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    At(chrono::DateTime<chrono::Utc>),
+    Ago(Duration),
+}
+
+#[derive(Clone)]
+pub struct CastaiConfig {
+    pub api_url: url::Url,
+    /// Never logged; `Debug` leaves it out.
+    pub api_key: String,
+    pub version: CastaiApiVersion,
+    pub page_limit: usize,
+    pub cluster_id: Option<String>,
+    pub lag: Duration,
+    pub start_from: StartFrom,
+    pub state_file: PathBuf,
+    /// Longest time span fetched as one window (the state advances per window).
+    pub window: Duration,
+    pub timeout: Duration,
+    pub max_retries: usize,
+    pub retry_initial: Duration,
+}
+
+impl std::fmt::Debug for CastaiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CastaiConfig")
+            .field("api_url", &self.api_url.as_str())
+            .field("version", &self.version)
+            .field("cluster_id", &self.cluster_id)
+            .field("state_file", &self.state_file)
+            .finish()
+    }
+}
+
 #[derive(Clone)]
 pub struct ElasticsearchConfig {
     pub url: url::Url,
@@ -231,6 +286,8 @@ pub struct Config {
     pub database: Option<DatabaseConfig>,
     pub single_column: SingleColumnConfig,
     pub django: DjangoConfig,
+    /// Read only when `source` is [`SourceKind::Castai`]: its key is required then, not otherwise.
+    pub castai: Option<CastaiConfig>,
     /// Sink errors are kept until a command needs a sink: `monthly` must work without one.
     pub sink: std::result::Result<SinkConfig, ConfigError>,
     /// Warnings found while reading (e.g. BATCH_SIZE and BATCH_LIMIT disagree), logged at start.
@@ -243,9 +300,10 @@ impl Config {
         let source = match opt(&raw.audit_logger_type).unwrap_or("SINGLE_COLUMN_JSON") {
             "SINGLE_COLUMN_JSON" => SourceKind::SingleColumnJson,
             "DJANGO_AUDITLOG" => SourceKind::DjangoAuditlog,
+            "CASTAI" => SourceKind::Castai,
             other => {
                 return Err(ConfigError(format!(
-                    "invalid AUDIT_LOGGER_TYPE {other:?}: expected SINGLE_COLUMN_JSON or DJANGO_AUDITLOG"
+                    "invalid AUDIT_LOGGER_TYPE {other:?}: expected SINGLE_COLUMN_JSON, DJANGO_AUDITLOG or CASTAI"
                 )))
             }
         };
@@ -349,6 +407,10 @@ impl Config {
             database,
             single_column,
             django,
+            castai: match source {
+                SourceKind::Castai => Some(castai_config(&raw)?),
+                _ => None,
+            },
             sink: sink_config(&raw),
             warnings,
         })
@@ -363,6 +425,137 @@ impl Config {
             )
         })
     }
+}
+
+fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
+    let url_text = opt(&raw.castai_api_url).unwrap_or("https://api.cast.ai");
+    let api_url = url::Url::parse(url_text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .filter(|u| u.username().is_empty() && u.password().is_none())
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "invalid CASTAI_API_URL {url_text:?}: expected an http(s) URL such as https://api.cast.ai"
+            ))
+        })?;
+    let api_key = opt(&raw.castai_api_key).map(String::from).ok_or_else(|| {
+        ConfigError(
+            "CASTAI_API_KEY is not set: expected a CAST AI API access key (read-only is enough)"
+                .into(),
+        )
+    })?;
+    let version = match opt(&raw.castai_api_version)
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("v1") => CastaiApiVersion::V1,
+        Some("v2") => CastaiApiVersion::V2,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "invalid CASTAI_API_VERSION {other:?}: expected v1 or v2"
+            )))
+        }
+    };
+    // The API's own limits: v1 as the audit logs receiver validates it, v2 as documented.
+    let (min, max) = match version {
+        CastaiApiVersion::V1 => (10, 1000),
+        CastaiApiVersion::V2 => (1, 250),
+    };
+    let page_limit = match opt(&raw.castai_page_limit) {
+        None => 100,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                return Err(ConfigError(format!(
+                    "invalid CASTAI_PAGE_LIMIT {s:?}: expected a whole number from {min} to {max} for API {}",
+                    if version == CastaiApiVersion::V1 { "v1" } else { "v2" }
+                )))
+            }
+        },
+    };
+    let lag = match opt(&raw.castai_lag) {
+        None => Duration::from_secs(120),
+        Some(s) => duration(s).ok_or_else(|| {
+            ConfigError(format!(
+                "invalid CASTAI_LAG {s:?}: expected a duration such as 120s, 5m or 0"
+            ))
+        })?,
+    };
+    let start_from = match opt(&raw.castai_start_from) {
+        None => StartFrom::Ago(Duration::from_secs(90 * 86400)),
+        Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => StartFrom::At(t.with_timezone(&chrono::Utc)),
+            Err(_) => StartFrom::Ago(duration(s).ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid CASTAI_START_FROM {s:?}: expected an RFC 3339 time such as 2024-05-01T00:00:00Z or a duration back from now such as 90d or 12h"
+                ))
+            })?),
+        },
+    };
+    let state_file = opt(&raw.castai_state_file).map(PathBuf::from).ok_or_else(|| {
+        ConfigError(
+            "CASTAI_STATE_FILE is not set: expected the path of the file that keeps the checkpoint between runs (on a persistent volume)"
+                .into(),
+        )
+    })?;
+    if state_file.file_name().is_none() || state_file.is_dir() {
+        return Err(ConfigError(format!(
+            "invalid CASTAI_STATE_FILE {:?}: expected a file path, not a directory",
+            state_file.display()
+        )));
+    }
+    let window = match opt(&raw.castai_window) {
+        None => Duration::from_secs(6 * 3600),
+        Some(s) => duration(s)
+            .filter(|d| d.as_secs() >= 1)
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid CASTAI_WINDOW {s:?}: expected a duration of at least 1s, such as 6h or 30m"
+                ))
+            })?,
+    };
+    let timeout = positive("CASTAI_TIMEOUT_SECONDS", &raw.castai_timeout_seconds)?.unwrap_or(60);
+    let max_retries = match opt(&raw.castai_max_retries) {
+        None => 8,
+        Some(s) => s.parse::<usize>().map_err(|_| {
+            ConfigError(format!(
+                "invalid CASTAI_MAX_RETRIES {s:?}: expected a whole number (0 or more)"
+            ))
+        })?,
+    };
+    let retry_initial =
+        positive("CASTAI_RETRY_INITIAL_MS", &raw.castai_retry_initial_ms)?.unwrap_or(500);
+    Ok(CastaiConfig {
+        api_url,
+        api_key,
+        version,
+        page_limit,
+        cluster_id: opt(&raw.castai_cluster_id).map(String::from),
+        lag,
+        start_from,
+        state_file,
+        window,
+        timeout: Duration::from_secs(timeout as u64),
+        max_retries,
+        retry_initial: Duration::from_millis(retry_initial as u64),
+    })
+}
+
+/// `90d`, `12h`, `5m`, `30s`, or a bare number of seconds.
+fn duration(s: &str) -> Option<Duration> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(secs).map(Duration::from_secs)
 }
 
 /// Reads LOG_FORMAT and DEBUG alone, so logging can start before the rest is validated.
@@ -841,6 +1034,80 @@ mod tests {
         fn to_file_path_lossy(&self) -> PathBuf {
             PathBuf::from(self.path())
         }
+    }
+
+    fn castai(pairs: &[(&str, &str)]) -> Result<CastaiConfig> {
+        let mut all = vec![
+            ("AUDIT_LOGGER_TYPE", "CASTAI"),
+            ("CASTAI_API_KEY", "k3y-secret"),
+            ("CASTAI_STATE_FILE", "/var/lib/audit-transfer/castai.json"),
+        ];
+        all.retain(|(k, _)| !pairs.iter().any(|(p, _)| p == k));
+        all.extend_from_slice(pairs);
+        cfg(&all).map(|c| c.castai.expect("castai config"))
+    }
+
+    #[test]
+    fn castai_defaults_and_values() {
+        let c = castai(&[]).unwrap();
+        assert_eq!(c.api_url.as_str(), "https://api.cast.ai/");
+        assert_eq!(c.version, CastaiApiVersion::V1);
+        assert_eq!(c.page_limit, 100);
+        assert_eq!(c.lag, Duration::from_secs(120));
+        assert_eq!(
+            c.start_from,
+            StartFrom::Ago(Duration::from_secs(90 * 86400))
+        );
+        assert_eq!(c.window, Duration::from_secs(6 * 3600));
+        assert!(!format!("{c:?}").contains("k3y-secret"));
+        let c = castai(&[
+            ("CASTAI_API_VERSION", "V2"),
+            ("CASTAI_PAGE_LIMIT", "250"),
+            ("CASTAI_LAG", "0"),
+            ("CASTAI_START_FROM", "2024-05-01T00:00:00+02:00"),
+            ("CASTAI_WINDOW", "30m"),
+        ])
+        .unwrap();
+        assert_eq!((c.version, c.page_limit), (CastaiApiVersion::V2, 250));
+        assert_eq!(c.lag, Duration::ZERO);
+        assert_eq!(
+            c.start_from,
+            StartFrom::At("2024-04-30T22:00:00Z".parse().unwrap())
+        );
+        assert_eq!(c.window, Duration::from_secs(1800));
+        assert_eq!(
+            castai(&[("CASTAI_START_FROM", "12h")]).unwrap().start_from,
+            StartFrom::Ago(Duration::from_secs(12 * 3600))
+        );
+        // Other sources do not need the CAST AI variables.
+        assert!(cfg(&[]).unwrap().castai.is_none());
+    }
+
+    #[test]
+    fn castai_bad_values_name_the_variable() {
+        for (var, val) in [
+            ("CASTAI_API_VERSION", "v3"),
+            ("CASTAI_API_URL", "api.cast.ai"),
+            ("CASTAI_API_URL", "https://user:pw@api.cast.ai"),
+            ("CASTAI_PAGE_LIMIT", "5"),
+            ("CASTAI_PAGE_LIMIT", "1001"),
+            ("CASTAI_LAG", "soon"),
+            ("CASTAI_START_FROM", "yesterday"),
+            ("CASTAI_WINDOW", "0"),
+            ("CASTAI_TIMEOUT_SECONDS", "0"),
+            ("CASTAI_MAX_RETRIES", "-1"),
+            ("CASTAI_RETRY_INITIAL_MS", "x"),
+            ("CASTAI_API_KEY", ""),
+            ("CASTAI_STATE_FILE", ""),
+        ] {
+            let err = castai(&[(var, val)]).unwrap_err().0;
+            assert!(err.contains(var), "{var}={val}: {err}");
+            assert!(!err.contains('\n') && !err.contains("k3y-secret"));
+        }
+        let err = castai(&[("CASTAI_API_VERSION", "v2"), ("CASTAI_PAGE_LIMIT", "500")])
+            .unwrap_err()
+            .0;
+        assert!(err.contains("1 to 250"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! audit-transfer: one pass of moving audit records from a source to a sink, then exit.
 
 mod app;
+mod atomic;
 mod cli;
 mod config;
 mod db;

@@ -45,9 +45,9 @@ impl FileSink {
     }
 }
 
-/// FNV-1a over the ids (with a separator): stable across builds and platforms, unlike std's
-/// hasher, which the file name relies on.
-fn fnv1a<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u64 {
+/// FNV-1a over the parts (with a separator): stable across builds and platforms, unlike std's
+/// hasher, which file names and keys rely on.
+pub(crate) fn fnv1a<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for part in parts {
         for &b in part.iter().chain(std::iter::once(&0u8)) {
@@ -66,31 +66,23 @@ pub fn write_lines(out: &mut impl Write, docs: &[&Document]) -> std::io::Result<
     Ok(())
 }
 
-/// Writes `docs` to `dir/name` atomically: temp file, fsync, rename, fsync of the directory.
+/// Writes `docs` to `dir/name` atomically (see [`crate::atomic::replace`]).
 pub fn write_atomically(dir: &Path, name: &str, gzip: bool, docs: &[&Document]) -> Result<PathBuf> {
     fs::create_dir_all(dir)
         .with_context(|| format!("cannot create OUTPUT_PATH {}", dir.display()))?;
     let final_path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let file = File::create(&tmp)?;
-        let file = if gzip {
+    crate::atomic::replace(&final_path, |file| {
+        if gzip {
             let mut gz = GzEncoder::new(BufWriter::new(file), flate2::Compression::default());
             write_lines(&mut gz, docs)?;
-            gz.finish()?.into_inner().map_err(|e| e.into_error())?
+            gz.finish()?.into_inner().map_err(|e| e.into_error())
         } else {
             let mut w = BufWriter::new(file);
             write_lines(&mut w, docs)?;
-            w.into_inner().map_err(|e| e.into_error())?
-        };
-        file.sync_all()?;
-        fs::rename(&tmp, &final_path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        anyhow::anyhow!("cannot write {}: {e}", final_path.display())
-    })?;
+            w.into_inner().map_err(|e| e.into_error())
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", final_path.display()))?;
     Ok(final_path)
 }
 

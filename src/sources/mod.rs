@@ -3,6 +3,7 @@
 //!
 //! To add a source: one file here implementing [`Source`], plus one line in [`build`].
 
+pub mod castai;
 pub mod django_auditlog;
 pub mod single_column;
 
@@ -91,5 +92,6 @@ pub async fn build(cfg: &Config) -> Result<Box<dyn Source>> {
         SourceKind::DjangoAuditlog => {
             Box::new(django_auditlog::DjangoAuditlog::connect(cfg).await?)
         }
+        SourceKind::Castai => Box::new(castai::Castai::new(cfg)?),
     })
 }

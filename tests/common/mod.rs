@@ -2,6 +2,7 @@
 //! osmem-server (OpenSearch-compatible) per test process, and the binary run as a process.
 #![allow(dead_code)]
 
+pub mod fakes;
 pub mod proxy;
 
 use serde_json::Value;
@@ -357,9 +358,13 @@ impl Env {
     }
 
     pub fn es(db: &TestDb, index: &str) -> Env {
+        Env::osmem(index).set("DATABASE_URL", &db.url)
+    }
+
+    /// The osmem-server sink alone, for sources that are not databases.
+    pub fn osmem(index: &str) -> Env {
         let os = osmem();
         Env::new()
-            .set("DATABASE_URL", &db.url)
             .set("ELASTICSEARCH_HOST", "127.0.0.1")
             .set("ELASTICSEARCH_PORT", &os.port().to_string())
             .set("ELASTICSEARCH_SCHEME", "http")

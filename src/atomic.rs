@@ -1,0 +1,62 @@
+//! Replacing a file so that a reader (or the next run after a crash) sees either the old or the
+//! new content, never half of it: write a temporary file next to it, fsync, rename over the
+//! target, fsync the directory (without which the rename itself may not survive a power loss).
+
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+
+/// Writes `path` through `write`, which gets the temporary file and hands it back when done
+/// (encoders that own their writer return it from `finish`). On error the temporary file is
+/// removed and `path` is untouched.
+pub fn replace(path: &Path, write: impl FnOnce(File) -> io::Result<File>) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let file = write(File::create(&tmp)?)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn replaces_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        replace(&path, |mut f| f.write_all(b"one").map(|_| f)).unwrap();
+        replace(&path, |mut f| f.write_all(b"two").map(|_| f)).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "two");
+        let err = replace(&path, |mut f| {
+            f.write_all(b"half")?;
+            Err(io::Error::other("disk full"))
+        });
+        assert!(err.is_err());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "two");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+}

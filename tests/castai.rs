@@ -1,0 +1,526 @@
+//! The CAST AI source against the fake CAST AI API (tests/common/fakes/castai.rs), into
+//! osmem-server: paging, crashes, window boundaries, rate limits, bad keys and bad items.
+
+mod common;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use common::fakes::castai::{v1_event, v2_event, Event, FakeCastai};
+use common::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const KEY: &str = "castai-test-key-0123456789";
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Now, to the whole second: event times the tests compare exactly.
+fn now_s() -> DateTime<Utc> {
+    DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap()
+}
+
+struct Case {
+    fake: FakeCastai,
+    index: String,
+    dir: tempfile::TempDir,
+    start: DateTime<Utc>,
+}
+
+impl Case {
+    fn new() -> Case {
+        Case {
+            fake: FakeCastai::start(KEY),
+            index: unique("castai"),
+            dir: tempfile::tempdir().unwrap(),
+            start: now_s() - chrono::Duration::hours(3),
+        }
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.dir.path().join("state").join("castai.json")
+    }
+
+    fn state(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.state_file()).unwrap()).unwrap()
+    }
+
+    fn env(&self) -> Env {
+        std::fs::create_dir_all(self.state_file().parent().unwrap()).unwrap();
+        Env::osmem(&self.index)
+            .set("AUDIT_LOGGER_TYPE", "CASTAI")
+            .set("CASTAI_API_URL", &self.fake.url)
+            .set("CASTAI_API_KEY", KEY)
+            .set("CASTAI_STATE_FILE", self.state_file().to_str().unwrap())
+            .set("CASTAI_START_FROM", &rfc(self.start))
+            .set("CASTAI_LAG", "60s")
+            .set("CASTAI_RETRY_INITIAL_MS", "20")
+            .set("CASTAI_PAGE_LIMIT", "10")
+            .set("CHUNK_SIZE", "10")
+    }
+
+    /// `n` v1 events `step` seconds apart from `first`, ids `<prefix>-<i>`.
+    fn v1_events(&self, prefix: &str, n: usize, first: DateTime<Utc>, step: i64) -> Vec<Event> {
+        let events: Vec<Event> = (0..n)
+            .map(|i| {
+                v1_event(
+                    &format!("{prefix}-{i:03}"),
+                    first + chrono::Duration::seconds(step * i as i64),
+                    "cluster-1",
+                    "clusterDeleted",
+                )
+            })
+            .collect();
+        self.fake.add(events.clone());
+        events
+    }
+
+    fn ids(&self) -> Vec<String> {
+        osmem().ids(&self.index).into_iter().collect()
+    }
+}
+
+fn ids_of(events: &[Event], field: &str) -> Vec<String> {
+    let mut ids: Vec<String> = events
+        .iter()
+        .map(|e| e.json[field].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn state_check_point(state: &Value) -> DateTime<Utc> {
+    state["check_point"].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn v1_pages_through_the_window_and_the_next_run_only_takes_new_events() {
+    let c = Case::new();
+    let events = c.v1_events("ev", 25, c.start + chrono::Duration::minutes(30), 7);
+    let started = Utc::now();
+    let run = c.env().set("CASTAI_LAG", "0").run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("selected"), 25);
+    assert_eq!(run.n("delivered"), 25);
+    assert_eq!(run.n("pages"), 3);
+    assert_eq!(c.ids(), ids_of(&events, "id"));
+
+    // The document: the item as CAST AI returned it, plus @timestamp and topic.
+    let docs = osmem().docs(&c.index);
+    let (_, doc) = docs.iter().find(|(id, _)| id == "ev-000").unwrap();
+    let item = &events[0].json;
+    for (k, v) in item.as_object().unwrap() {
+        assert_eq!(&doc[k], v, "{k}");
+    }
+    assert_eq!(doc["@timestamp"], item["time"]);
+    assert_eq!(doc["topic"], "clusterDeleted");
+
+    // Paging as the spec says: dates on the first request, only limit and cursor after it.
+    let requests = c.fake.requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert_eq!(
+        requests[0].keys(),
+        ["fromDate", "page.limit", "toDate"],
+        "{requests:?}"
+    );
+    for r in &requests[1..] {
+        assert_eq!(r.keys(), ["page.cursor", "page.limit"]);
+        assert_eq!(r.get("page.limit"), Some("10"));
+    }
+    assert!(requests.iter().all(|r| r.status == 200));
+
+    // The checkpoint is the window's end, that is, when the run started (CASTAI_LAG=0).
+    let state = c.state();
+    let cp = state_check_point(&state);
+    assert!(cp >= started && cp <= Utc::now(), "{state}");
+    assert!(state["failed"].as_array().unwrap().is_empty());
+
+    // Second run: the old events are not asked for again; a new one is delivered alone.
+    c.fake.clear_requests();
+    std::thread::sleep(Duration::from_millis(20));
+    let late = c.v1_events("new", 2, Utc::now(), 0);
+    std::thread::sleep(Duration::from_millis(20));
+    let run = c.env().set("CASTAI_LAG", "0").run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("selected"), 2);
+    assert_eq!(run.n("delivered"), 2);
+    let from: DateTime<Utc> = c.fake.requests()[0]
+        .get("fromDate")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        from,
+        cp - chrono::Duration::seconds(1),
+        "one second of overlap"
+    );
+    assert_eq!(osmem().count(&c.index), 27);
+    assert!(ids_of(&late, "id").iter().all(|id| c.ids().contains(id)));
+}
+
+#[test]
+fn v2_with_cluster_filter() {
+    let c = Case::new();
+    let first = c.start + chrono::Duration::minutes(10);
+    let wanted: Vec<Event> = (0..12)
+        .map(|i| {
+            v2_event(
+                &format!("e2-{i:02}"),
+                first + chrono::Duration::seconds(i),
+                "c-1",
+            )
+        })
+        .collect();
+    let other: Vec<Event> = (0..5)
+        .map(|i| {
+            v2_event(
+                &format!("other-{i}"),
+                first + chrono::Duration::seconds(i),
+                "c-2",
+            )
+        })
+        .collect();
+    c.fake.add(wanted.clone());
+    c.fake.add(other);
+    let run = c
+        .env()
+        .set("CASTAI_API_VERSION", "v2")
+        .set("CASTAI_CLUSTER_ID", "c-1")
+        .set("CASTAI_PAGE_LIMIT", "5")
+        .set("CHUNK_SIZE", "5")
+        .run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("delivered"), 12);
+    assert_eq!(run.n("pages"), 3);
+    assert_eq!(c.ids(), ids_of(&wanted, "eventId"));
+    let docs = osmem().docs(&c.index);
+    let (_, doc) = docs.iter().find(|(id, _)| id == "e2-03").unwrap();
+    assert_eq!(doc["topic"], "cluster.node.delete");
+    assert_eq!(doc["@timestamp"], wanted[3].json["occurredAt"]);
+    assert_eq!(doc["actor"]["email"], "ann@example.com");
+
+    let requests = c.fake.requests();
+    assert_eq!(requests.len(), 3);
+    for r in &requests {
+        assert_eq!(r.get("sort.field"), Some("occurred_at"));
+        assert_eq!(r.get("sort.order"), Some("ASC"));
+        assert_eq!(r.get("filter.clusters"), Some("c-1"));
+    }
+    assert!(requests[1].get("page.cursor").is_some());
+    assert_eq!(c.state()["api_version"], "v2");
+
+    // A state file of another filter is refused, not reused.
+    let run = c
+        .env()
+        .set("CASTAI_API_VERSION", "v2")
+        .set("CASTAI_CLUSTER_ID", "c-2")
+        .run(&["run"]);
+    run.expect(2);
+    assert!(run.stderr.contains("CASTAI_CLUSTER_ID"), "{}", run.stderr);
+}
+
+#[test]
+fn killed_between_pages_then_rerun_delivers_each_event_once() {
+    let c = Case::new();
+    let events = c.v1_events("k", 30, c.start + chrono::Duration::minutes(5), 3);
+    c.fake.hold_page(2);
+    let mut child = c.env().spawn(&["run"]);
+    let start = std::time::Instant::now();
+    while !c.fake.is_holding() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "page 2 never requested"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Page 1 is in the index, the run waits for page 2 of the window.
+    assert_eq!(osmem().count(&c.index), 10);
+    // A second run of the same state file meanwhile is refused, not interleaved.
+    let overlapping = c.env().run(&["run"]);
+    overlapping.expect(1);
+    assert!(
+        overlapping
+            .stderr
+            .contains("another run is using CASTAI_STATE_FILE"),
+        "{}",
+        overlapping.stderr
+    );
+    // Kill the first one there.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    c.fake.release();
+
+    // The checkpoint did not move, but the delivered page is remembered.
+    let state = c.state();
+    assert_eq!(state_check_point(&state), c.start, "{state}");
+    assert_eq!(state["acked"].as_array().unwrap().len(), 10);
+
+    let run = c.env().run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("delivered"), 20);
+    assert_eq!(run.n("already_present"), 0, "page 1 is not shipped again");
+    assert_eq!(osmem().count(&c.index), 30);
+    assert_eq!(c.ids(), ids_of(&events, "id"));
+    assert!(state_check_point(&c.state()) > c.start);
+}
+
+#[test]
+fn sink_down_mid_window_then_rerun_without_duplicates() {
+    let c = Case::new();
+    let events = c.v1_events("s", 20, c.start + chrono::Duration::minutes(5), 3);
+    // Page 1 reaches osmem; page 2 goes to a closed port (a sink outage after retries).
+    c.fake.hold_page(2);
+    let env = c.env().set("ELASTICSEARCH_MAX_RETRIES", "1");
+    let mut child = env.spawn(&["run"]);
+    while !c.fake.is_holding() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    c.fake.release();
+    let down = env.set("ELASTICSEARCH_PORT", &closed_port().to_string());
+    let run = down.run(&["run"]);
+    run.expect(1);
+    assert_eq!(state_check_point(&c.state()), c.start);
+
+    let run = c.env().run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("delivered"), 10);
+    assert_eq!(osmem().count(&c.index), 20);
+    assert_eq!(c.ids(), ids_of(&events, "id"));
+}
+
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn event_on_a_window_boundary_is_delivered_once() {
+    let c = Case::new();
+    let boundary = c.start + chrono::Duration::hours(1);
+    let mut events = c.v1_events("a", 4, c.start + chrono::Duration::minutes(10), 60);
+    events.push(v1_event("edge", boundary, "cluster-1", "nodeAdded"));
+    c.fake.add(events[4..].to_vec());
+    events.extend(c.v1_events("b", 6, boundary + chrono::Duration::minutes(10), 60));
+
+    // Windows of one hour: [start, start+1h] holds a-* and edge (the fake's bounds are
+    // inclusive); the next window's query starts a second before and returns edge again.
+    // BATCH_SIZE=7 ends the first run inside the second window.
+    let env = c
+        .env()
+        .set("CASTAI_WINDOW", "1h")
+        .set("BATCH_SIZE", "7")
+        .set("CHUNK_SIZE", "3");
+    let run = env.run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("selected"), 7, "edge is handed out once");
+    assert_eq!(state_check_point(&c.state()), boundary);
+    let edge_queries = c
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.get("fromDate").is_some_and(|f| {
+                let f: DateTime<Utc> = f.parse().unwrap();
+                f <= boundary
+            })
+        })
+        .count();
+    assert_eq!(edge_queries, 2, "both windows' queries cover the boundary");
+
+    // The next run re-reads the second window: edge and the two b-* already delivered are
+    // skipped, the four others delivered.
+    let run = env.set("BATCH_SIZE", "100").run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("selected"), 4);
+    assert_eq!(run.n("already_present"), 0);
+    assert_eq!(osmem().count(&c.index), 11);
+    assert_eq!(c.ids(), ids_of(&events, "id"));
+}
+
+#[test]
+fn rate_limited_then_success() {
+    let c = Case::new();
+    let events = c.v1_events("r", 15, c.start + chrono::Duration::minutes(1), 1);
+    c.fake.fail_429(3);
+    let run = c.env().run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("delivered"), 15);
+    assert_eq!(c.ids(), ids_of(&events, "id"));
+    let statuses: Vec<u16> = c.fake.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [429, 429, 429, 200, 200]);
+    assert_eq!(run.stderr.matches("retrying").count(), 3, "{}", run.stderr);
+
+    // Still limited after the retries: the run fails (exit 1) and the state stays.
+    let before = std::fs::read(c.state_file()).unwrap();
+    c.fake.fail_429(10);
+    let run = c.env().set("CASTAI_MAX_RETRIES", "2").run(&["run"]);
+    run.expect(1);
+    assert!(run.stderr.contains("429"), "{}", run.stderr);
+    assert_eq!(std::fs::read(c.state_file()).unwrap(), before);
+}
+
+#[test]
+fn wrong_key_is_a_config_error_naming_castai_api_key() {
+    let c = Case::new();
+    c.v1_events("u", 3, c.start + chrono::Duration::minutes(1), 1);
+    c.env().run(&["run"]).expect(0);
+    let before = std::fs::read(c.state_file()).unwrap();
+
+    let wrong = "wrong-key-that-must-not-be-printed";
+    for command in ["run", "check"] {
+        let run = c.env().set("CASTAI_API_KEY", wrong).run(&[command]);
+        run.expect(2);
+        assert!(run.stderr.contains("CASTAI_API_KEY"), "{}", run.stderr);
+        assert!(run.stderr.contains("401"), "{}", run.stderr);
+        assert!(!run.stderr.contains(wrong) && !run.stderr.contains(KEY));
+        let errors: Vec<_> = run.stderr.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{}", run.stderr);
+    }
+    assert_eq!(std::fs::read(c.state_file()).unwrap(), before);
+    assert_eq!(osmem().count(&c.index), 3);
+    assert!(c.fake.requests().iter().any(|r| r.status == 401));
+}
+
+#[test]
+fn item_with_unparseable_time_is_reported_kept_and_parked() {
+    let c = Case::new();
+    let first = c.start + chrono::Duration::minutes(1);
+    let mut events = c.v1_events("t", 4, first, 10);
+    let mut bad = v1_event(
+        "bad-time",
+        first + chrono::Duration::seconds(5),
+        "cluster-1",
+        "x",
+    );
+    bad.json["time"] = Value::String("31.12.2024 25:00".into());
+    c.fake.add([bad.clone()]);
+    events.push(bad);
+
+    let env = c.env().set("MAX_ATTEMPTS", "2");
+    let run = env.run(&["run"]);
+    run.expect(3);
+    assert_eq!(run.n("delivered"), 4);
+    assert_eq!(run.n("rejected"), 1);
+    let warning = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("bad-time"))
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    assert!(warning.contains("unparseable time"), "{warning}");
+    assert_eq!(osmem().count(&c.index), 4);
+    // It does not hold up the checkpoint, and the item is kept as CAST AI sent it.
+    let state = c.state();
+    assert!(state_check_point(&state) > c.start);
+    let failed = &state["failed"][0];
+    assert_eq!(failed["key"], "bad-time");
+    assert_eq!(failed["item"], events[4].json);
+    assert_eq!(failed["attempts"], 1);
+
+    // Retried on the next run, then parked and listed every run.
+    let run = env.run(&["run"]);
+    run.expect(3);
+    assert_eq!(
+        (run.n("selected"), run.n("rejected"), run.n("parked")),
+        (1, 1, 1)
+    );
+    let run = env.run(&["run"]);
+    run.expect(3);
+    assert_eq!((run.n("selected"), run.n("parked")), (0, 1));
+    assert!(run.stderr.contains("parked, not sent"), "{}", run.stderr);
+
+    // retry-failed makes it eligible again; it is never dropped.
+    env.run(&["retry-failed"]).expect(0);
+    let run = env.run(&["run"]);
+    run.expect(3);
+    assert_eq!((run.n("selected"), run.n("rejected")), (1, 1));
+    assert_eq!(c.state()["failed"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn corrupt_state_file_stops_the_run() {
+    let c = Case::new();
+    c.v1_events("c", 3, c.start + chrono::Duration::minutes(1), 1);
+    let path = c.state_file();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, "{\"check_point\": \"2024-05-").unwrap();
+    let run = c.env().run(&["run"]);
+    run.expect(2);
+    assert!(run.stderr.contains("CASTAI_STATE_FILE"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(path.to_str().unwrap()),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{\"check_point\": \"2024-05-"
+    );
+    assert!(c.fake.requests().is_empty());
+    assert_eq!(osmem().count(&c.index), 0);
+}
+
+#[test]
+fn missing_settings_are_config_errors() {
+    let c = Case::new();
+    let run = c.env().set("CASTAI_API_KEY", "").run(&["run"]);
+    run.expect(2);
+    assert!(run.stderr.contains("CASTAI_API_KEY"), "{}", run.stderr);
+    let run = c.env().set("CASTAI_API_VERSION", "v3").run(&["run"]);
+    run.expect(2);
+    assert!(run.stderr.contains("CASTAI_API_VERSION"), "{}", run.stderr);
+    let blocked = c.dir.path().join("file");
+    std::fs::write(&blocked, "").unwrap();
+    let run = c
+        .env()
+        .set(
+            "CASTAI_STATE_FILE",
+            blocked.join("state.json").to_str().unwrap(),
+        )
+        .run(&["run"]);
+    run.expect(2);
+    assert!(run.stderr.contains("CASTAI_STATE_FILE"), "{}", run.stderr);
+    assert!(c.fake.requests().is_empty());
+}
+
+#[test]
+fn killed_after_shipping_before_saving_reships_only_that_page() {
+    let c = Case::new();
+    let events = c.v1_events("f", 30, c.start + chrono::Duration::minutes(5), 3);
+    // Stop the run right after the sink acknowledged page 2, before the state is saved.
+    let points = tempfile::tempdir().unwrap();
+    let mut child = c
+        .env()
+        .set("AUDIT_TRANSFER_FAILPOINT", "after_ship:2")
+        .set(
+            "AUDIT_TRANSFER_FAILPOINT_DIR",
+            points.path().to_str().unwrap(),
+        )
+        .spawn(&["run"]);
+    let reached = points.path().join("after_ship.reached");
+    let start = std::time::Instant::now();
+    while !reached.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "failpoint not reached"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(osmem().count(&c.index), 20);
+    assert_eq!(c.state()["acked"].as_array().unwrap().len(), 10);
+
+    let run = c.env().run(&["run"]);
+    run.expect(0);
+    assert_eq!(
+        run.n("already_present"),
+        10,
+        "page 2 again, under the same ids"
+    );
+    assert_eq!(run.n("delivered"), 10);
+    assert_eq!(osmem().count(&c.index), 30);
+    assert_eq!(c.ids(), ids_of(&events, "id"));
+}

@@ -1,0 +1,3 @@
+//! Fake third-party APIs, one file each, following their specs in `../shared/specs`.
+
+pub mod castai;
