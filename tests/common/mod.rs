@@ -2,6 +2,8 @@
 //! osmem-server (OpenSearch-compatible) per test process, and the binary run as a process.
 #![allow(dead_code)]
 
+pub mod fakes;
+
 use serde_json::Value;
 use sqlx::{AnyConnection, Connection};
 use std::collections::BTreeSet;

@@ -1,0 +1,3 @@
+//! Fake servers of SaaS APIs, for sources that read from them. One module per service.
+
+pub mod cdp;
