@@ -7,7 +7,7 @@ use crate::pipeline::{self, Summary};
 use crate::{logging, sinks, sources};
 use anyhow::Result;
 
-pub fn main(command: Command) -> Exit {
+pub fn main(command: Command, dry_run: bool) -> Exit {
     let raw = match RawEnv::from_env() {
         Ok(raw) => raw,
         Err(e) => {
@@ -24,6 +24,10 @@ pub fn main(command: Command) -> Exit {
             return Exit::Config;
         }
     };
+    if dry_run && command != Command::Run {
+        tracing::error!("--dry-run applies to `run` only");
+        return Exit::Config;
+    }
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
@@ -39,6 +43,7 @@ pub fn main(command: Command) -> Exit {
     };
     let result = runtime.block_on(async {
         match command {
+            Command::Run if dry_run => dry(&cfg).await,
             Command::Run => run(&cfg).await,
             Command::Monthly => monthly(&cfg).await,
             Command::Check => check(&cfg).await,
@@ -84,6 +89,14 @@ async fn run(cfg: &Config) -> Result<Exit> {
     .await;
     summary.log(result.is_err());
     result.map(|()| summary.exit())
+}
+
+/// Lists what a run would take; needs no sink.
+async fn dry(cfg: &Config) -> Result<Exit> {
+    let mut source = sources::build(cfg).await?;
+    source.check().await?;
+    source.dry_run().await?;
+    Ok(Exit::Ok)
 }
 
 async fn monthly(cfg: &Config) -> Result<Exit> {

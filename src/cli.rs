@@ -21,6 +21,10 @@ Configuration is read from environment variables; .env.example lists every one."
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// With `run`: list what the run would take (CDP archive batches and their event counts)
+    /// on stdout; ship nothing, mark nothing, start no batching task.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,8 @@
 //! one-line [`ConfigError`] naming the variable and what it accepts.
 
 use crate::error::ConfigError;
+use crate::sources::cdp::signing::{Credentials, PrivateKey};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +55,7 @@ pub struct RawEnv {
     sink: Option<String>,
     output_path: Option<String>,
     output_gzip: Option<String>,
+    output_layout: Option<String>,
     log_format: Option<String>,
     castai_api_url: Option<String>,
     castai_api_key: Option<String>,
@@ -66,6 +69,22 @@ pub struct RawEnv {
     castai_timeout_seconds: Option<String>,
     castai_max_retries: Option<String>,
     castai_retry_initial_ms: Option<String>,
+    cdp_access_key_id: Option<String>,
+    cdp_private_key: Option<String>,
+    cdp_access_token: Option<String>,
+    cdp_profile: Option<String>,
+    cdp_region: Option<String>,
+    cdp_endpoint_url: Option<String>,
+    cdp_batch_events: Option<String>,
+    cdp_from_timestamp: Option<String>,
+    cdp_to_timestamp: Option<String>,
+    cdp_task_timeout: Option<String>,
+    cdp_page_size: Option<String>,
+    cdp_timeout_seconds: Option<String>,
+    cdp_max_retries: Option<String>,
+    cdp_retry_initial_ms: Option<String>,
+    /// Where `~/.cdp/credentials` is looked for.
+    home: Option<String>,
 }
 
 impl RawEnv {
@@ -87,6 +106,7 @@ pub enum SourceKind {
     SingleColumnJson,
     DjangoAuditlog,
     Castai,
+    CdpArchive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,12 +286,66 @@ impl std::fmt::Debug for ElasticsearchConfig {
     }
 }
 
+/// How the file sink names and groups its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileLayout {
+    /// One file per page, named after the page's document ids.
+    Pages,
+    /// One gzipped JSON-lines file per CDP archive batch, named as CDP's own archives:
+    /// `<accountId>_<YYYYMMDDTHHMM>Z_<archiveId>.json.gz`.
+    CdpArchive,
+}
+
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     Elasticsearch(Box<ElasticsearchConfig>),
-    File { dir: PathBuf, gzip: bool },
+    File {
+        dir: PathBuf,
+        gzip: bool,
+        layout: FileLayout,
+    },
     Stdout,
 }
+
+/// How requests to the CDP API are authenticated.
+#[derive(Clone)]
+pub enum CdpAuth {
+    /// Signed requests (`x-altus-auth`) with an API access key.
+    Key(Credentials),
+    /// `Authorization: <token>`.
+    Token(String),
+}
+
+impl std::fmt::Debug for CdpAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CdpAuth::Key(c) => write!(f, "Key({}, {:?})", c.access_key_id, c.key),
+            CdpAuth::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+/// The CDP pull-based audit archive source (`AUDIT_LOGGER_TYPE=CDP_ARCHIVE`).
+#[derive(Debug, Clone)]
+pub struct CdpConfig {
+    /// `https://api.<region>.cdp.cloudera.com`, or CDP_ENDPOINT_URL.
+    pub endpoint: url::Url,
+    pub auth: CdpAuth,
+    /// Where the credentials came from, for messages (never the values).
+    pub auth_origin: String,
+    /// The window a batching task is started for; `None` with CDP_BATCH_EVENTS=false.
+    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub task_timeout: Duration,
+    pub page_size: u32,
+    pub request_timeout: Duration,
+    pub max_retries: usize,
+    pub retry_initial: Duration,
+}
+
+/// How far back the default batching window reaches, and how far it stays behind now, so
+/// that events still being written are left for the next run's window.
+pub const CDP_DEFAULT_LOOKBACK: chrono::Duration = chrono::Duration::days(7);
+pub const CDP_WINDOW_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
 
 /// Everything one invocation needs, validated.
 #[derive(Debug, Clone)]
@@ -288,6 +362,8 @@ pub struct Config {
     pub django: DjangoConfig,
     /// Read only when `source` is [`SourceKind::Castai`]: its key is required then, not otherwise.
     pub castai: Option<CastaiConfig>,
+    /// Set when `source` is [`SourceKind::CdpArchive`].
+    pub cdp: Option<CdpConfig>,
     /// Sink errors are kept until a command needs a sink: `monthly` must work without one.
     pub sink: std::result::Result<SinkConfig, ConfigError>,
     /// Warnings found while reading (e.g. BATCH_SIZE and BATCH_LIMIT disagree), logged at start.
@@ -301,9 +377,10 @@ impl Config {
             "SINGLE_COLUMN_JSON" => SourceKind::SingleColumnJson,
             "DJANGO_AUDITLOG" => SourceKind::DjangoAuditlog,
             "CASTAI" => SourceKind::Castai,
+            "CDP_ARCHIVE" => SourceKind::CdpArchive,
             other => {
                 return Err(ConfigError(format!(
-                    "invalid AUDIT_LOGGER_TYPE {other:?}: expected SINGLE_COLUMN_JSON, DJANGO_AUDITLOG or CASTAI"
+                    "invalid AUDIT_LOGGER_TYPE {other:?}: expected SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI or CDP_ARCHIVE"
                 )))
             }
         };
@@ -394,6 +471,11 @@ impl Config {
             },
         };
 
+        let cdp = match source {
+            SourceKind::CdpArchive => Some(cdp_config(&raw, Utc::now())?),
+            _ => None,
+        };
+
         Ok(Config {
             source,
             enable_send: boolean("ENABLE_SEND_AUDIT_LOG", &raw.enable_send_audit_log)?
@@ -411,7 +493,8 @@ impl Config {
                 SourceKind::Castai => Some(castai_config(&raw)?),
                 _ => None,
             },
-            sink: sink_config(&raw),
+            cdp,
+            sink: sink_config(&raw, source),
             warnings,
         })
     }
@@ -724,7 +807,7 @@ fn sqlite_url(raw: &str) -> Option<url::Url> {
     url::Url::parse(&format!("sqlite://{}", abs.to_str()?)).ok()
 }
 
-fn sink_config(raw: &RawEnv) -> Result<SinkConfig> {
+fn sink_config(raw: &RawEnv, source: SourceKind) -> Result<SinkConfig> {
     let host = opt(&raw.elasticsearch_host);
     let sink = match opt(&raw.sink).map(|s| s.to_ascii_lowercase()) {
         Some(s) => s,
@@ -740,10 +823,38 @@ fn sink_config(raw: &RawEnv) -> Result<SinkConfig> {
         "elasticsearch" | "opensearch" => Ok(SinkConfig::Elasticsearch(Box::new(
             elasticsearch_config(raw)?,
         ))),
-        "file" => Ok(SinkConfig::File {
-            dir: PathBuf::from(opt(&raw.output_path).unwrap_or("output")),
-            gzip: boolean("OUTPUT_GZIP", &raw.output_gzip)?.unwrap_or(false),
-        }),
+        "file" => {
+            let gzip = boolean("OUTPUT_GZIP", &raw.output_gzip)?;
+            let layout = match opt(&raw.output_layout)
+                .map(|s| s.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("pages") => FileLayout::Pages,
+                Some("cdp-archive") if source == SourceKind::CdpArchive => {
+                    // CDP's archives are gzip by definition.
+                    if gzip == Some(false) {
+                        return Err(ConfigError(
+                            "invalid OUTPUT_GZIP \"false\": OUTPUT_LAYOUT=cdp-archive always writes gzip (.json.gz); unset OUTPUT_GZIP".into(),
+                        ));
+                    }
+                    FileLayout::CdpArchive
+                }
+                Some("cdp-archive") => return Err(ConfigError(
+                    "invalid OUTPUT_LAYOUT \"cdp-archive\": it needs AUDIT_LOGGER_TYPE=CDP_ARCHIVE"
+                        .into(),
+                )),
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "invalid OUTPUT_LAYOUT {other:?}: expected pages or cdp-archive"
+                    )))
+                }
+            };
+            Ok(SinkConfig::File {
+                dir: PathBuf::from(opt(&raw.output_path).unwrap_or("output")),
+                gzip: gzip.unwrap_or(false) || layout == FileLayout::CdpArchive,
+                layout,
+            })
+        }
         "stdout" => Ok(SinkConfig::Stdout),
         other => Err(ConfigError(format!(
             "invalid SINK {other:?}: expected elasticsearch, file or stdout"
@@ -856,6 +967,231 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
         max_retries,
         retry_initial: Duration::from_millis(retry_initial as u64),
     })
+}
+
+fn cdp_config(raw: &RawEnv, now: DateTime<Utc>) -> Result<CdpConfig> {
+    let region = opt(&raw.cdp_region).unwrap_or("us-west-1");
+    if !region
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(ConfigError(format!(
+            "invalid CDP_REGION {region:?}: expected a CDP region such as us-west-1, eu-1, ap-1 or usg-1"
+        )));
+    }
+    let endpoint = match opt(&raw.cdp_endpoint_url) {
+        Some(u) => url::Url::parse(u)
+            .ok()
+            .filter(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+            })
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid CDP_ENDPOINT_URL {u:?}: expected http(s)://host[:port][/path] without credentials"
+                ))
+            })?,
+        None => {
+            let host = match region {
+                // The US government region lives under its own domain.
+                "usg-1" => "https://api.usg-1.cdp.clouderagovt.com".to_string(),
+                r => format!("https://api.{r}.cdp.cloudera.com"),
+            };
+            url::Url::parse(&host).map_err(|_| {
+                ConfigError(format!("invalid CDP_REGION {region:?}: not a host name"))
+            })?
+        }
+    };
+    let (auth, auth_origin) = cdp_auth(raw)?;
+
+    let to =
+        timestamp("CDP_TO_TIMESTAMP", &raw.cdp_to_timestamp)?.unwrap_or(now - CDP_WINDOW_MARGIN);
+    let from = timestamp("CDP_FROM_TIMESTAMP", &raw.cdp_from_timestamp)?
+        .unwrap_or(to - CDP_DEFAULT_LOOKBACK);
+    if from >= to {
+        return Err(ConfigError(format!(
+            "invalid CDP_FROM_TIMESTAMP {}: expected a time before CDP_TO_TIMESTAMP {}",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    let window = boolean("CDP_BATCH_EVENTS", &raw.cdp_batch_events)?
+        .unwrap_or(true)
+        .then_some((from, to));
+
+    let page_size = match opt(&raw.cdp_page_size) {
+        None => 100,
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (20..=100).contains(n))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid CDP_PAGE_SIZE {s:?}: expected a whole number from 20 to 100"
+                ))
+            })?,
+    };
+    let task_timeout = positive("CDP_TASK_TIMEOUT", &raw.cdp_task_timeout)?.unwrap_or(600);
+    let request_timeout = positive("CDP_TIMEOUT_SECONDS", &raw.cdp_timeout_seconds)?.unwrap_or(60);
+    let max_retries = match opt(&raw.cdp_max_retries) {
+        // Ten attempts, as the official clients make.
+        None => 9,
+        Some(s) => s.parse::<usize>().map_err(|_| {
+            ConfigError(format!(
+                "invalid CDP_MAX_RETRIES {s:?}: expected a whole number (0 or more)"
+            ))
+        })?,
+    };
+    let retry_initial = positive("CDP_RETRY_INITIAL_MS", &raw.cdp_retry_initial_ms)?.unwrap_or(500);
+    Ok(CdpConfig {
+        endpoint,
+        auth,
+        auth_origin,
+        window,
+        task_timeout: Duration::from_secs(task_timeout as u64),
+        page_size,
+        request_timeout: Duration::from_secs(request_timeout as u64),
+        max_retries,
+        retry_initial: Duration::from_millis(retry_initial as u64),
+    })
+}
+
+/// An RFC 3339 time (`2024-05-01T00:00:00Z`) or a date (`2024-05-01`, midnight UTC).
+fn timestamp(var: &str, v: &Option<String>) -> Result<Option<DateTime<Utc>>> {
+    let Some(s) = opt(v) else { return Ok(None) };
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(Some(t.with_timezone(&Utc)));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| Some(t.and_utc()))
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "invalid {var} {s:?}: expected an RFC 3339 time such as 2024-05-01T00:00:00Z, or a date 2024-05-01"
+            ))
+        })
+}
+
+/// CDP credentials as the CDP CLI finds them: CDP_ACCESS_KEY_ID + CDP_PRIVATE_KEY, or
+/// CDP_ACCESS_TOKEN, else profile CDP_PROFILE of `~/.cdp/credentials`. Messages name where a
+/// bad value came from and never quote a key.
+fn cdp_auth(raw: &RawEnv) -> Result<(CdpAuth, String)> {
+    let id = opt(&raw.cdp_access_key_id);
+    let key = opt(&raw.cdp_private_key);
+    let token = opt(&raw.cdp_access_token);
+    match (id, key, token) {
+        (None, None, Some(t)) => Ok((CdpAuth::Token(t.to_string()), "CDP_ACCESS_TOKEN".into())),
+        (_, _, Some(_)) => Err(ConfigError(
+            "both CDP_ACCESS_TOKEN and CDP_ACCESS_KEY_ID/CDP_PRIVATE_KEY are set: expected one way to authenticate".into(),
+        )),
+        (Some(id), Some(key), None) => {
+            let text = if looks_like_key(key) {
+                key.to_string()
+            } else {
+                std::fs::read_to_string(key).map_err(|_| {
+                    ConfigError(
+                        "invalid CDP_PRIVATE_KEY: expected a base64 Ed25519 key, an RSA key in PEM, or the path of a readable file holding one".into(),
+                    )
+                })?
+            };
+            let key = PrivateKey::parse(&unescape_newlines(&text))
+                .map_err(|why| ConfigError(format!("invalid CDP_PRIVATE_KEY: {why}")))?;
+            Ok((
+                CdpAuth::Key(Credentials {
+                    access_key_id: id.to_string(),
+                    key,
+                }),
+                "CDP_ACCESS_KEY_ID/CDP_PRIVATE_KEY".into(),
+            ))
+        }
+        (Some(_), None, None) => Err(ConfigError(
+            "CDP_PRIVATE_KEY is not set: expected it with CDP_ACCESS_KEY_ID (the key, or the path of a file holding it)".into(),
+        )),
+        (None, Some(_), None) => Err(ConfigError(
+            "CDP_ACCESS_KEY_ID is not set: expected it with CDP_PRIVATE_KEY".into(),
+        )),
+        (None, None, None) => credentials_file(raw),
+    }
+}
+
+fn looks_like_key(v: &str) -> bool {
+    v.contains("-----BEGIN") || (v.len() == 44 && v.ends_with('='))
+}
+
+/// A PEM key kept on one line (in `~/.cdp/credentials`, or a Secret) has literal `\n`s.
+fn unescape_newlines(v: &str) -> String {
+    if v.contains("-----BEGIN") {
+        v.replace("\\n", "\n")
+    } else {
+        v.to_string()
+    }
+}
+
+fn credentials_file(raw: &RawEnv) -> Result<(CdpAuth, String)> {
+    let profile = opt(&raw.cdp_profile).unwrap_or("default");
+    let none = || {
+        ConfigError(format!(
+            "no CDP credentials: set CDP_ACCESS_KEY_ID and CDP_PRIVATE_KEY, or CDP_ACCESS_TOKEN, or add profile {profile:?} (CDP_PROFILE) to ~/.cdp/credentials"
+        ))
+    };
+    let path = PathBuf::from(opt(&raw.home).ok_or_else(none)?)
+        .join(".cdp")
+        .join("credentials");
+    let text = std::fs::read_to_string(&path).map_err(|_| none())?;
+    let section = ini_section(&text, profile).ok_or_else(|| {
+        ConfigError(format!(
+            "invalid CDP_PROFILE {profile:?}: no such profile in {}",
+            path.display()
+        ))
+    })?;
+    let origin = format!("profile {profile:?} of {}", path.display());
+    let get = |k: &str| {
+        section
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ConfigError(format!("{origin} has no {k}")))
+    };
+    let id = get("cdp_access_key_id")?;
+    let key = PrivateKey::parse(&unescape_newlines(&get("cdp_private_key")?))
+        .map_err(|why| ConfigError(format!("invalid cdp_private_key in {origin}: {why}")))?;
+    Ok((
+        CdpAuth::Key(Credentials {
+            access_key_id: id,
+            key,
+        }),
+        origin,
+    ))
+}
+
+/// The `key = value` pairs of `[name]` in an INI text, or `None` without that section.
+fn ini_section(text: &str, name: &str) -> Option<Vec<(String, String)>> {
+    let mut current: Option<&str> = None;
+    let mut found = None;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = Some(section.trim());
+            if current == Some(name) {
+                found.get_or_insert_with(Vec::new);
+            }
+            continue;
+        }
+        if current == Some(name) {
+            if let Some((k, v)) = line.split_once('=') {
+                found
+                    .get_or_insert_with(Vec::new)
+                    .push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -1128,5 +1464,182 @@ mod tests {
             .unwrap_err()
             .0
             .contains("SINK"));
+    }
+
+    const SEED: &str = "VHswlNpwJnMpuXhIq7LYDfzs+R9pHvVLqgBGbhcnbSE=";
+
+    fn cdp(pairs: &[(&str, &str)]) -> Result<CdpConfig> {
+        let mut all = vec![("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE")];
+        all.extend_from_slice(pairs);
+        cfg(&all).map(|c| c.cdp.expect("cdp settings"))
+    }
+
+    #[test]
+    fn cdp_defaults() {
+        let c = cdp(&[("CDP_ACCESS_TOKEN", "tok")]).unwrap();
+        assert_eq!(
+            c.endpoint.as_str(),
+            "https://api.us-west-1.cdp.cloudera.com/"
+        );
+        assert!(matches!(c.auth, CdpAuth::Token(_)));
+        assert!(!format!("{c:?}").contains("tok\""));
+        let (from, to) = c.window.unwrap();
+        assert_eq!(to - from, CDP_DEFAULT_LOOKBACK);
+        assert!(Utc::now() - to >= CDP_WINDOW_MARGIN);
+        assert_eq!(
+            (c.page_size, c.task_timeout.as_secs(), c.max_retries),
+            (100, 600, 9)
+        );
+        let gov = cdp(&[("CDP_ACCESS_TOKEN", "t"), ("CDP_REGION", "usg-1")]).unwrap();
+        assert_eq!(
+            gov.endpoint.as_str(),
+            "https://api.usg-1.cdp.clouderagovt.com/"
+        );
+        let off = cdp(&[("CDP_ACCESS_TOKEN", "t"), ("CDP_BATCH_EVENTS", "false")]).unwrap();
+        assert!(off.window.is_none());
+        let w = cdp(&[
+            ("CDP_ACCESS_TOKEN", "t"),
+            ("CDP_FROM_TIMESTAMP", "2024-05-01"),
+            ("CDP_TO_TIMESTAMP", "2024-05-02T12:00:00+02:00"),
+        ])
+        .unwrap()
+        .window
+        .unwrap();
+        assert_eq!(stamp(w.0), "2024-05-01T00:00:00Z");
+        assert_eq!(stamp(w.1), "2024-05-02T10:00:00Z");
+    }
+
+    fn stamp(t: DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    }
+
+    #[test]
+    fn cdp_key_from_the_variable_or_a_file() {
+        let c = cdp(&[("CDP_ACCESS_KEY_ID", "id-1"), ("CDP_PRIVATE_KEY", SEED)]).unwrap();
+        assert!(matches!(&c.auth, CdpAuth::Key(k) if k.access_key_id == "id-1"));
+        assert!(!format!("{c:?}").contains(SEED));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, format!("{SEED}\n")).unwrap();
+        let c = cdp(&[
+            ("CDP_ACCESS_KEY_ID", "id-1"),
+            ("CDP_PRIVATE_KEY", file.to_str().unwrap()),
+        ])
+        .unwrap();
+        assert_eq!(c.auth_origin, "CDP_ACCESS_KEY_ID/CDP_PRIVATE_KEY");
+    }
+
+    #[test]
+    fn cdp_credentials_file_profiles() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join(".cdp")).unwrap();
+        std::fs::write(
+            home.path().join(".cdp/credentials"),
+            format!(
+                "[default]\ncdp_access_key_id = d\ncdp_private_key = {SEED}\n\n# other\n[ops]\ncdp_access_key_id=o\ncdp_private_key={SEED}\n"
+            ),
+        )
+        .unwrap();
+        let h = home.path().to_str().unwrap();
+        let d = cdp(&[("HOME", h)]).unwrap();
+        assert!(matches!(&d.auth, CdpAuth::Key(k) if k.access_key_id == "d"));
+        let o = cdp(&[("HOME", h), ("CDP_PROFILE", "ops")]).unwrap();
+        assert!(matches!(&o.auth, CdpAuth::Key(k) if k.access_key_id == "o"));
+        assert!(o.auth_origin.contains("\"ops\""));
+        let err = cdp(&[("HOME", h), ("CDP_PROFILE", "nope")]).unwrap_err().0;
+        assert!(err.contains("CDP_PROFILE"), "{err}");
+        let none = cdp(&[("HOME", "/nonexistent")]).unwrap_err().0;
+        assert!(none.contains("CDP_ACCESS_KEY_ID") && none.contains("~/.cdp/credentials"));
+    }
+
+    #[test]
+    fn cdp_bad_values_name_the_variable_and_never_quote_keys() {
+        let key = ("CDP_ACCESS_TOKEN", "t");
+        for (var, val) in [
+            ("CDP_REGION", "US West"),
+            ("CDP_ENDPOINT_URL", "ftp://x"),
+            ("CDP_ENDPOINT_URL", "https://user:pw@x"),
+            ("CDP_FROM_TIMESTAMP", "yesterday"),
+            ("CDP_TO_TIMESTAMP", "2024-13-01"),
+            ("CDP_PAGE_SIZE", "5"),
+            ("CDP_PAGE_SIZE", "101"),
+            ("CDP_TASK_TIMEOUT", "0"),
+            ("CDP_MAX_RETRIES", "-1"),
+            ("CDP_RETRY_INITIAL_MS", "x"),
+            ("CDP_TIMEOUT_SECONDS", "0"),
+            ("CDP_BATCH_EVENTS", "sometimes"),
+        ] {
+            let err = cdp(&[key, (var, val)]).unwrap_err().0;
+            assert!(err.contains(var), "{var}={val}: {err}");
+            assert!(!err.contains('\n'));
+        }
+        let err = cdp(&[
+            key,
+            ("CDP_FROM_TIMESTAMP", "2024-05-02"),
+            ("CDP_TO_TIMESTAMP", "2024-05-01"),
+        ])
+        .unwrap_err()
+        .0;
+        assert!(err.contains("CDP_FROM_TIMESTAMP"), "{err}");
+        let secret = "s3cret-but-not-a-key";
+        let err = cdp(&[("CDP_ACCESS_KEY_ID", "i"), ("CDP_PRIVATE_KEY", secret)])
+            .unwrap_err()
+            .0;
+        assert!(
+            err.contains("CDP_PRIVATE_KEY") && !err.contains(secret),
+            "{err}"
+        );
+        let err = cdp(&[("CDP_ACCESS_KEY_ID", "i")]).unwrap_err().0;
+        assert!(err.contains("CDP_PRIVATE_KEY"), "{err}");
+        let err = cdp(&[("CDP_PRIVATE_KEY", SEED)]).unwrap_err().0;
+        assert!(err.contains("CDP_ACCESS_KEY_ID"), "{err}");
+        let err = cdp(&[key, ("CDP_ACCESS_KEY_ID", "i"), ("CDP_PRIVATE_KEY", SEED)])
+            .unwrap_err()
+            .0;
+        assert!(err.contains("CDP_ACCESS_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn cdp_archive_layout_needs_the_cdp_source_and_gzip() {
+        let file = [("SINK", "file"), ("OUTPUT_LAYOUT", "cdp-archive")];
+        assert!(cfg(&file)
+            .unwrap()
+            .sink
+            .unwrap_err()
+            .0
+            .contains("OUTPUT_LAYOUT"));
+        let c = cfg(&[
+            ("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE"),
+            ("CDP_ACCESS_TOKEN", "t"),
+            file[0],
+            file[1],
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.sink,
+            Ok(SinkConfig::File {
+                gzip: true,
+                layout: FileLayout::CdpArchive,
+                ..
+            })
+        ));
+        let err = cfg(&[
+            ("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE"),
+            ("CDP_ACCESS_TOKEN", "t"),
+            file[0],
+            file[1],
+            ("OUTPUT_GZIP", "false"),
+        ])
+        .unwrap()
+        .sink
+        .unwrap_err()
+        .0;
+        assert!(err.contains("OUTPUT_GZIP"), "{err}");
+        let err = cfg(&[("SINK", "file"), ("OUTPUT_LAYOUT", "tree")])
+            .unwrap()
+            .sink
+            .unwrap_err()
+            .0;
+        assert!(err.contains("OUTPUT_LAYOUT"), "{err}");
     }
 }

@@ -18,6 +18,6 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let command = cli.command.unwrap_or(cli::Command::Run);
-    let exit = app::main(command);
+    let exit = app::main(command, cli.dry_run);
     ExitCode::from(exit.code())
 }

@@ -6,7 +6,7 @@
 
 use crate::error::Exit;
 use crate::sinks::{Outcome, Sink};
-use crate::sources::{Document, Lane, PageResult, Source};
+use crate::sources::{Document, Lane, PageResult, Paging, Source};
 use anyhow::Result;
 use std::time::{Duration, Instant};
 
@@ -97,7 +97,13 @@ async fn transfer(
     chunk_size: usize,
     summary: &mut Summary,
 ) -> Result<()> {
-    for (lane, budget) in [(Lane::Retry, chunk_size), (Lane::Fresh, batch_size)] {
+    let paging = source.paging();
+    let fresh_budget = match paging {
+        Paging::Queue => batch_size,
+        // The source stops at BATCH_SIZE itself, between its units.
+        Paging::Units => usize::MAX,
+    };
+    for (lane, budget) in [(Lane::Retry, chunk_size), (Lane::Fresh, fresh_budget)] {
         let mut taken = 0;
         while taken < budget {
             let limit = chunk_size.min(budget - taken);
@@ -124,7 +130,7 @@ async fn transfer(
                     Err(reason) => result.failed.push((i, reason.clone())),
                 }
             }
-            let outcomes = sink.ship(&docs).await?;
+            let outcomes = sink.ship_named(page.file_name().as_deref(), &docs).await?;
             crate::failpoint::hit("after_ship");
             for (k, outcome) in outcomes.into_iter().enumerate() {
                 let i = doc_index[k];
@@ -146,7 +152,7 @@ async fn transfer(
             }
             tracing::debug!(page = summary.pages, records = n, "page shipped");
             summary.marked += page.commit(result).await?;
-            if n < limit {
+            if n < limit && paging == Paging::Queue {
                 break;
             }
         }

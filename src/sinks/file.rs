@@ -4,8 +4,12 @@
 //! reader never sees half a file and the source is marked only once the file is durable.
 //! The name is derived from the page's document ids: a page re-shipped after a crash
 //! replaces its own file instead of adding a second copy.
+//!
+//! With `OUTPUT_LAYOUT=cdp-archive` a page the source names (one CDP archive batch) is written
+//! under that name, `<accountId>_<YYYYMMDDTHHMM>Z_<archiveId>.json.gz`, as CDP's own archives.
 
 use super::{Outcome, Sink};
+use crate::config::FileLayout;
 use crate::sources::Document;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
@@ -17,11 +21,21 @@ use std::path::{Path, PathBuf};
 pub struct FileSink {
     dir: PathBuf,
     gzip: bool,
+    layout: FileLayout,
 }
 
 impl FileSink {
     pub fn new(dir: PathBuf, gzip: bool) -> Self {
-        FileSink { dir, gzip }
+        FileSink {
+            dir,
+            gzip,
+            layout: FileLayout::Pages,
+        }
+    }
+
+    pub fn with_layout(mut self, layout: FileLayout) -> Self {
+        self.layout = layout;
+        self
     }
 
     fn file_name(&self, docs: &[&Document]) -> String {
@@ -104,12 +118,37 @@ impl Sink for FileSink {
     }
 
     async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>> {
+        self.ship_named(None, docs).await
+    }
+
+    async fn ship_named(&mut self, name: Option<&str>, docs: &[&Document]) -> Result<Vec<Outcome>> {
         if docs.is_empty() {
             return Ok(Vec::new());
         }
-        let path = write_atomically(&self.dir, &self.file_name(docs), self.gzip, docs)?;
+        let file_name = match (self.layout, name) {
+            (FileLayout::CdpArchive, Some(name)) => safe_name(name)?,
+            (FileLayout::CdpArchive, None) => anyhow::bail!(
+                "OUTPUT_LAYOUT=cdp-archive: the source did not name this page's archive file"
+            ),
+            (FileLayout::Pages, _) => self.file_name(docs),
+        };
+        let path = write_atomically(&self.dir, &file_name, self.gzip, docs)?;
         tracing::debug!(file = %path.display(), documents = docs.len(), "wrote file");
         Ok(vec![Outcome::Delivered; docs.len()])
+    }
+}
+
+/// A source-given name is used only if it is a plain file name: the parts come from the API.
+fn safe_name(name: &str) -> Result<String> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        anyhow::bail!("refusing to write a file named {name:?}: not a plain file name")
     }
 }
 
@@ -173,6 +212,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(text, "{\"id\":\"1-10\"}\n{\"id\":\"2-20\"}\n");
+    }
+
+    #[tokio::test]
+    async fn cdp_archive_layout_writes_the_named_gzip_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink =
+            FileSink::new(dir.path().to_path_buf(), true).with_layout(FileLayout::CdpArchive);
+        let name = "acc_20240501T1000Z_arch-1.json.gz";
+        sink.ship_named(Some(name), &docs(&["a", "b"]))
+            .await
+            .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(File::open(dir.path().join(name)).unwrap()),
+            &mut text,
+        )
+        .unwrap();
+        assert_eq!(text, "{\"id\":\"a\"}\n{\"id\":\"b\"}\n");
+        assert!(sink.ship_named(Some("../x"), &docs(&["c"])).await.is_err());
+        assert!(sink.ship_named(None, &docs(&["c"])).await.is_err());
     }
 
     #[tokio::test]

@@ -31,13 +31,21 @@ pub trait Sink: Send {
     /// already been retried. `Err` means the sink is unusable now (down after retries,
     /// credentials refused): the run stops and the page stays unmarked.
     async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>>;
+    /// Ships a page the source named as one unit (a CDP archive batch: `name` is the file name
+    /// CDP's own archives use). Sinks that have no use for names ship it as any page.
+    async fn ship_named(&mut self, name: Option<&str>, docs: &[&Document]) -> Result<Vec<Outcome>> {
+        let _ = name;
+        self.ship(docs).await
+    }
 }
 
 /// The one place where sinks are registered.
 pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>> {
     Ok(match cfg {
         SinkConfig::Elasticsearch(es) => Box::new(elasticsearch::ElasticsearchSink::new(es)?),
-        SinkConfig::File { dir, gzip } => Box::new(file::FileSink::new(dir.clone(), *gzip)),
+        SinkConfig::File { dir, gzip, layout } => {
+            Box::new(file::FileSink::new(dir.clone(), *gzip).with_layout(*layout))
+        }
         SinkConfig::Stdout => Box::new(file::StdoutSink),
     })
 }

@@ -4,6 +4,7 @@
 //! To add a source: one file here implementing [`Source`], plus one line in [`build`].
 
 pub mod castai;
+pub mod cdp;
 pub mod django_auditlog;
 pub mod single_column;
 
@@ -52,6 +53,23 @@ pub trait Page: Send {
     fn records(&self) -> &[Record];
     /// Marks the delivered records and records the failures, atomically. Returns rows marked.
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64>;
+    /// The name under which a sink that keeps files stores this page as one unit, if the
+    /// source's records come in named units (a CDP archive batch). `None`: the sink chooses.
+    fn file_name(&self) -> Option<String> {
+        None
+    }
+}
+
+/// How a source's pages relate to the pipeline's CHUNK_SIZE and BATCH_SIZE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paging {
+    /// A queue: pages of exactly `limit` records until it runs dry, so a short page means
+    /// empty; the pipeline stops taking pages at BATCH_SIZE.
+    Queue,
+    /// Records come in units acknowledged whole (CDP archive batches): a page ends where its
+    /// unit ends, so a short page is not the end (`None` is). The source applies BATCH_SIZE
+    /// itself at unit boundaries, since a unit cut short could never be marked.
+    Units,
 }
 
 /// A record that failed `MAX_ATTEMPTS` times and is no longer tried until `retry-failed`.
@@ -83,6 +101,16 @@ pub trait Source: Send {
     async fn retry_failed(&mut self) -> Result<u64>;
     /// Deletes sent records older than `cutoff`; never an unsent one. Returns how many.
     async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64>;
+    fn paging(&self) -> Paging {
+        Paging::Queue
+    }
+    /// `run --dry-run`: reports what a run would take, moving and marking nothing.
+    async fn dry_run(&mut self) -> Result<()> {
+        Err(crate::error::config_error(format!(
+            "--dry-run is not supported for {}: it lists CDP archive batches (AUDIT_LOGGER_TYPE=CDP_ARCHIVE)",
+            self.name()
+        )))
+    }
 }
 
 /// The one place where sources are registered.
@@ -93,5 +121,6 @@ pub async fn build(cfg: &Config) -> Result<Box<dyn Source>> {
             Box::new(django_auditlog::DjangoAuditlog::connect(cfg).await?)
         }
         SourceKind::Castai => Box::new(castai::Castai::new(cfg)?),
+        SourceKind::CdpArchive => Box::new(cdp::CdpArchive::new(cfg)?),
     })
 }
