@@ -147,7 +147,8 @@ impl<S: Schema> Queue<S> {
             .begin_with(d.begin())
             .await
             .context("starting a page transaction")?;
-        let rows = loop {
+        let mut rows = Vec::new();
+        loop {
             let cursor = cursors[lane as usize].clone();
             let filter = filters(schema, d, lane, cursor.is_some());
             if d != Dialect::MySql {
@@ -155,7 +156,7 @@ impl<S: Schema> Queue<S> {
                     "SELECT {select_list} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {limit}{}",
                     d.claim_lock()
                 );
-                let rows = bind_claim(&sql, key.clone(), lane, max, &cursor)
+                rows = bind_claim(&sql, key.clone(), lane, max, &cursor)
                     .fetch_all(&mut *tx)
                     .await
                     .context("reading a page of audit rows")?;
@@ -163,14 +164,17 @@ impl<S: Schema> Queue<S> {
                     cursors[lane as usize] =
                         Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
                 }
-                break rows;
+                break;
             }
             // MySQL/MariaDB lock every row a locking read sorts, so without an index on the order
             // the first run would lock the whole backlog and the others would find nothing. So:
             // find the next candidates without locks, then lock those by primary key, skipping
-            // the ones another run holds; the cursor moves past all candidates either way.
+            // the ones another run holds; the cursor moves past all candidates either way. Repeat
+            // until the page is full or the queue is exhausted, so a short page still means "no
+            // more", as it does on the other databases.
+            let want = limit - rows.len();
             let sql = format!(
-                "SELECT {}, {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {limit}",
+                "SELECT {}, {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {want}",
                 d.as_bigint("t.id"),
                 d.as_text(&ts)
             );
@@ -178,9 +182,7 @@ impl<S: Schema> Queue<S> {
                 .fetch_all(&mut *tx)
                 .await
                 .context("reading a page of audit rows")?;
-            let Some(last) = candidates.last() else {
-                break Vec::new();
-            };
+            let Some(last) = candidates.last() else { break };
             cursors[lane as usize] =
                 Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
             let ids = candidates
@@ -193,14 +195,15 @@ impl<S: Schema> Queue<S> {
                 filters(schema, d, lane, false),
                 d.claim_lock()
             );
-            let rows = bind_claim(&sql, key.clone(), lane, max, &None)
+            let locked = bind_claim(&sql, key.clone(), lane, max, &None)
                 .fetch_all(&mut *tx)
                 .await
                 .context("claiming a page of audit rows")?;
-            if !rows.is_empty() {
-                break rows;
+            rows.extend(locked);
+            if rows.len() >= limit || candidates.len() < want {
+                break;
             }
-        };
+        }
         if rows.is_empty() {
             tx.rollback().await.ok();
             return Ok(None);
