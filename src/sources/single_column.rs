@@ -281,3 +281,82 @@ mod tests {
         assert_eq!(doc(&l, inner.as_bytes()).unwrap()["a"], 1);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn layout() -> Layout {
+        Layout {
+            cfg: SingleColumnConfig {
+                table: TableName::parse("T", "audit_logs").unwrap(),
+                date_time_field: "date_time".into(),
+                date_time_parent_field: "audit_event".into(),
+            },
+        }
+    }
+
+    /// Arbitrary JSON values, nested a few levels.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            ".{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    use serde_json::json;
+
+    proptest! {
+        /// Any bytes at all: a document or a one-line reason, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), ts in ".{0,40}") {
+            let l = layout();
+            match l.document(1, &ts, Some(bytes)) {
+                Ok(d) => prop_assert!(serde_json::from_slice::<Value>(&d.body).unwrap().get("@timestamp").is_some()),
+                Err(reason) => prop_assert!(!reason.is_empty() && !reason.contains('\n')),
+            }
+        }
+
+        /// A message with a timestamp keeps every field and gains @timestamp equal to it.
+        #[test]
+        fn valid_messages_keep_every_field(extra in prop::collection::btree_map("[a-z]{1,8}", json(), 0..8), ts in "[0-9T:.Z-]{1,30}") {
+            let mut message = serde_json::Map::new();
+            for (k, v) in &extra {
+                message.insert(k.clone(), v.clone());
+            }
+            message.insert("audit_event".into(), json!({"date_time": ts}));
+            let bytes = serde_json::to_vec(&Value::Object(message.clone())).unwrap();
+            let doc = layout().document(7, "2024-01-01 00:00:00", Some(bytes)).unwrap();
+            let body: Value = serde_json::from_slice(&doc.body).unwrap();
+            prop_assert_eq!(&body["@timestamp"], &json!(ts));
+            for (k, v) in message {
+                prop_assert_eq!(&body[&k], &v);
+            }
+            prop_assert_eq!(doc.id, "7-1704067200000000");
+        }
+
+        /// The database timestamp parser never panics and round-trips what the databases print.
+        #[test]
+        fn db_timestamps_round_trip(secs in 0i64..4_102_444_800, micros in 0u32..1_000_000, junk in ".{0,40}") {
+            let _ = parse_db_timestamp(&junk);
+            let t = chrono::DateTime::from_timestamp(secs, micros * 1000).unwrap();
+            for text in [
+                t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+                t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+                t.to_rfc3339(),
+            ] {
+                prop_assert_eq!(parse_db_timestamp(&text), Some(t), "{}", text);
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Nobody let in, nothing leaked: TLS to the sink is verified by default, database TLS works,
+//! and no secret reaches the output of a failing run at any log level.
+
+mod common;
+
+use common::*;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, made with the openssl
+/// CLI: (CA certificate, server certificate, server key).
+fn private_ca(dir: &Path) -> (String, String, String) {
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p("server.key"),
+        "-out",
+        &p("server.csr"),
+    ]);
+    std::fs::write(
+        p("ext.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("server.pem"),
+    ]);
+    (p("ca.pem"), p("server.pem"), p("server.key"))
+}
+
+struct TlsFront {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn tls_front(cert: &str, key: &str) -> TlsFront {
+    let python = std::env::var("TEST_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/localtest/tls_proxy.py");
+    let mut child = Command::new(python)
+        .args([script, cert, key, &osmem().url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the TLS front");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    TlsFront {
+        port: line.trim().parse().expect("port"),
+        child,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_certificates_are_verified_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca(dir.path());
+    let front = tls_front(&cert, &key);
+    let db = TestDb::new(Backend::Sqlite).await;
+    db.create_audit_table("audit_logs").await;
+    db.insert_messages("audit_logs", &[message(1), message(2)])
+        .await;
+    let index = unique("tls");
+    let env = Env::es(&db, &index)
+        .set("ELASTICSEARCH_SCHEME", "https")
+        .set("ELASTICSEARCH_PORT", &front.port.to_string())
+        .set("ELASTICSEARCH_MAX_RETRIES", "1");
+
+    // Unknown issuer: refused, nothing marked.
+    let refused = env.run(&[]);
+    refused.expect(1);
+    assert!(
+        refused.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(db.unsent("audit_logs").await, 2);
+    env.run(&["check"]).expect(1);
+
+    // Its CA named: accepted.
+    let trusted = env.clone().set("ELASTICSEARCH_CA_CERT", &ca);
+    trusted.run(&["check"]).expect(0);
+    trusted.run(&[]).expect(0);
+    assert_eq!(osmem().count(&index), 2);
+
+    // The explicit opt-out works too, and says so.
+    db.insert_messages("audit_logs", &[message(3)]).await;
+    let insecure = env.clone().set("ELASTICSEARCH_INSECURE", "true").run(&[]);
+    insecure.expect(0);
+    assert!(insecure.stderr.contains("ELASTICSEARCH_INSECURE=true"));
+    assert_eq!(osmem().count(&index), 3);
+
+    // A CA file that is not a certificate is a configuration error.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let bad = env
+        .clone()
+        .set("ELASTICSEARCH_CA_CERT", junk.to_str().unwrap())
+        .run(&[]);
+    bad.expect(2);
+    assert!(
+        bad.stderr.contains("ELASTICSEARCH_CA_CERT"),
+        "{}",
+        bad.stderr
+    );
+}
+
+/// The local PostgreSQL has TLS enabled (Debian's default snakeoil certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_tls_against_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    assert_eq!(
+        db.scalar(
+            "SELECT CAST(CASE WHEN current_setting('ssl') = 'on' THEN 1 ELSE 0 END AS BIGINT)"
+        )
+        .await,
+        1,
+        "this test needs PostgreSQL with ssl = on"
+    );
+    db.create_audit_table("audit_logs").await;
+    db.insert_messages("audit_logs", &[message(1)]).await;
+    let out = tempfile::tempdir().unwrap();
+    let env = Env::new()
+        .set("DATABASE_URL", &db.url.replace("127.0.0.1", "localhost"))
+        .set("SINK", "file")
+        .set("OUTPUT_PATH", out.path().to_str().unwrap())
+        .set("DB_USE_SSL", "true");
+    env.run(&["check"]).expect(0);
+    // A CA that did not sign the server's certificate: the connection is refused.
+    let (wrong_ca, _, _) = private_ca(out.path());
+    let refused = env.clone().set("SSL_CA", &wrong_ca).run(&[]);
+    refused.expect(1);
+    assert!(
+        refused.stderr.contains("cannot connect to the database"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(db.unsent("audit_logs").await, 1);
+    // Encrypted, unverified (DB_USE_SSL without SSL_CA), as the original's MySQL option did.
+    env.run(&[]).expect(0);
+    assert_eq!(db.unsent("audit_logs").await, 0);
+}
+
+/// Failing runs at debug level: no password, API key, private key or token in the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_failing_runs_at_debug_level() {
+    let db = TestDb::new(Backend::Postgres).await;
+    db.create_audit_table("audit_logs").await;
+    db.insert_messages("audit_logs", &[message(1)]).await;
+    let url_with_password = db.url.replace("postgres@", "postgres:db-url-secret@");
+    let cases = [
+        Env::new()
+            .set("DATABASE_URL", &url_with_password)
+            .set("DATABASE_PASSWORD", "db-env-secret")
+            .set("ELASTICSEARCH_HOST", "127.0.0.1:1")
+            .set("ELASTICSEARCH_SCHEME", "http")
+            .set("ELASTICSEARCH_USERNAME", "u")
+            .set("ELASTICSEARCH_PASSWORD", "es-pw-secret")
+            .set("ELASTICSEARCH_MAX_RETRIES", "0"),
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("ELASTICSEARCH_HOST", "127.0.0.1:1")
+            .set("ELASTICSEARCH_SCHEME", "http")
+            .set("ELASTICSEARCH_API_KEY", "keyid:es-apikey-secret")
+            .set("ELASTICSEARCH_MAX_RETRIES", "0"),
+        Env::new()
+            .set("AUDIT_LOGGER_TYPE", "CASTAI")
+            .set("CASTAI_API_KEY", "castai-key-secret")
+            .set("CASTAI_API_URL", "http://127.0.0.1:1")
+            .set("CASTAI_MAX_RETRIES", "0")
+            .set("CASTAI_STATE_FILE", "/nonexistent-dir/state.json")
+            .set("SINK", "stdout"),
+        Env::new()
+            .set("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE")
+            .set("CDP_ACCESS_KEY_ID", "key-id")
+            .set(
+                "CDP_PRIVATE_KEY",
+                "VHswlNpwJnMpuXhIq7LYDfzs+R9pHvVLqgBGbhcnbSE=",
+            )
+            .set("CDP_ENDPOINT_URL", "http://127.0.0.1:1")
+            .set("CDP_MAX_RETRIES", "0")
+            .set("SINK", "stdout"),
+        Env::new()
+            .set("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE")
+            .set("CDP_ACCESS_TOKEN", "cdp-token-secret")
+            .set("CDP_ENDPOINT_URL", "http://127.0.0.1:1")
+            .set("CDP_MAX_RETRIES", "0")
+            .set("SINK", "stdout"),
+    ];
+    let secrets = [
+        "db-url-secret",
+        "db-env-secret",
+        "es-pw-secret",
+        "es-apikey-secret",
+        "castai-key-secret",
+        "VHswlNpwJnMpuXhIq7LYDfzs",
+        "cdp-token-secret",
+    ];
+    for env in cases {
+        for format in ["text", "json"] {
+            for args in [&["run"][..], &["check"][..]] {
+                let run = env
+                    .clone()
+                    .set("DEBUG", "true")
+                    .set("LOG_FORMAT", format)
+                    .run(args);
+                assert_ne!(run.code, 0, "{args:?} should fail: {}", run.stderr);
+                for s in secrets {
+                    assert!(
+                        !run.stderr.contains(s) && !run.stdout.contains(s),
+                        "{s} printed by {args:?}:\n{}",
+                        run.stderr
+                    );
+                }
+            }
+        }
+    }
+}
