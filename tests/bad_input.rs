@@ -115,7 +115,7 @@ async fn corpus_is_reported_and_kept(b: Backend) {
             .stderr
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["record"] == id.to_string())
+            .find(|v| v["record"].as_str() == Some(id.to_string().as_str()))
             .unwrap_or_else(|| panic!("row {id} ({reason}) not reported:\n{}", run.stderr));
         assert!(
             line["message"].as_str().unwrap().contains(reason),
