@@ -49,6 +49,12 @@ compose-check:
 fmt:
 	$(CARGO) fmt --all
 
+## bench: end-to-end throughput and memory against the floor (BENCH_FULL=1: 1,000,000 rows).
+bench: $(VENV)/.installed
+	@command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
+	$(CARGO) build --release --quiet
+	OSMEM_SERVER_BIN="$(OSMEM_BIN)" $(CARGO) bench --bench e2e
+
 clean:
 	rm -rf localtest/.run $(VENV)
 	$(CARGO) clean

@@ -68,25 +68,35 @@ async fn run(cfg: &Config) -> Result<Exit> {
         tracing::info!("sending is disabled (ENABLE_SEND_AUDIT_LOG=false); nothing to do");
         return Ok(Exit::Ok);
     }
-    let mut sink = sinks::build(&sink_config(cfg)?)?;
+    let sink_cfg = sink_config(cfg)?;
     let mut source = sources::build(cfg).await?;
     source.prepare().await?;
+    let concurrency = if source.parallel_safe() {
+        cfg.concurrency
+    } else {
+        1
+    };
+    let mut workers = vec![pipeline::Worker {
+        source,
+        sink: sinks::build(&sink_cfg)?,
+    }];
+    for _ in 1..concurrency {
+        // More connections claim pages side by side, exactly as overlapping runs would.
+        workers.push(pipeline::Worker {
+            source: sources::build(cfg).await?,
+            sink: sinks::build(&sink_cfg)?,
+        });
+    }
     tracing::info!(
-        source = %source.name(),
-        sink = %sink.name(),
+        source = %workers[0].source.name(),
+        sink = %workers[0].sink.name(),
         batch_size = cfg.batch_size,
         chunk_size = cfg.chunk_size,
+        concurrency,
         "run started"
     );
     let mut summary = Summary::default();
-    let result = pipeline::run(
-        source.as_mut(),
-        sink.as_mut(),
-        cfg.batch_size,
-        cfg.chunk_size,
-        &mut summary,
-    )
-    .await;
+    let result = pipeline::run(&mut workers, cfg.batch_size, cfg.chunk_size, &mut summary).await;
     summary.log(result.is_err());
     result.map(|()| summary.exit())
 }

@@ -23,6 +23,7 @@ pub struct RawEnv {
     batch_size: Option<String>,
     batch_limit: Option<String>,
     chunk_size: Option<String>,
+    sink_concurrency: Option<String>,
     max_attempts: Option<String>,
     clear_audit_log_entries: Option<String>,
     clear_audit_log_days: Option<String>,
@@ -354,6 +355,8 @@ pub struct Config {
     pub enable_send: bool,
     pub batch_size: usize,
     pub chunk_size: usize,
+    /// Pages in flight at once (workers), for sources that allow it.
+    pub concurrency: usize,
     pub max_attempts: u32,
     pub clear_entries: bool,
     pub clear_days: u32,
@@ -402,6 +405,12 @@ impl Config {
             (None, None) => 5000,
         };
         let chunk_size = positive("CHUNK_SIZE", &raw.chunk_size)?.unwrap_or(500);
+        let concurrency = positive("SINK_CONCURRENCY", &raw.sink_concurrency)?.unwrap_or(2);
+        if concurrency > 16 {
+            return Err(ConfigError(format!(
+                "invalid SINK_CONCURRENCY {concurrency}: expected 1 to 16 pages in flight"
+            )));
+        }
         let max_attempts = positive("MAX_ATTEMPTS", &raw.max_attempts)?.unwrap_or(5);
         let max_attempts = u32::try_from(max_attempts)
             .map_err(|_| ConfigError("invalid MAX_ATTEMPTS: expected at most 4294967295".into()))?;
@@ -482,6 +491,7 @@ impl Config {
                 .unwrap_or(true),
             batch_size,
             chunk_size,
+            concurrency,
             max_attempts,
             clear_entries: boolean("CLEAR_AUDIT_LOG_ENTRIES", &raw.clear_audit_log_entries)?
                 .unwrap_or(true),

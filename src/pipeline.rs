@@ -3,11 +3,17 @@
 //! Order of a run: first one page (at most CHUNK_SIZE) of records that failed in earlier runs
 //! and have attempts left; then fresh records in pages of CHUNK_SIZE until BATCH_SIZE are taken
 //! or the queue is empty. Failures are retried once per run, and never hold up fresh records.
+//!
+//! With SINK_CONCURRENCY > 1 (SQL sources on PostgreSQL and MySQL), several workers run this same
+//! loop at once, each with its own connection and sink client, sharing the BATCH_SIZE budget: one
+//! page's read and mark overlap another's bulk request. They claim pages with SKIP LOCKED exactly
+//! as overlapping runs do, which the concurrency tests prove never ships a row twice.
 
 use crate::error::Exit;
 use crate::sinks::{Outcome, Sink};
 use crate::sources::{Document, Lane, PageResult, Paging, Source};
 use anyhow::Result;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Counters of one run; logged as the run's last line.
@@ -24,6 +30,15 @@ pub struct Summary {
 }
 
 impl Summary {
+    fn add(&mut self, o: &Summary) {
+        self.pages += o.pages;
+        self.selected += o.selected;
+        self.delivered += o.delivered;
+        self.already_present += o.already_present;
+        self.rejected += o.rejected;
+        self.marked += o.marked;
+    }
+
     pub fn exit(&self) -> Exit {
         if self.rejected > 0 || self.parked > 0 {
             Exit::Partial
@@ -58,18 +73,68 @@ impl Summary {
 /// How many parked records are listed one by one each run; the rest are counted.
 const LIST_PARKED: usize = 100;
 
+/// One worker: a source connection and a sink client.
+pub struct Worker {
+    pub source: Box<dyn Source>,
+    pub sink: Box<dyn Sink>,
+}
+
 pub async fn run(
-    source: &mut dyn Source,
-    sink: &mut dyn Sink,
+    workers: &mut [Worker],
     batch_size: usize,
     chunk_size: usize,
     summary: &mut Summary,
 ) -> Result<()> {
     let started = Instant::now();
-    let result = transfer(source, sink, batch_size, chunk_size, summary).await;
+    let paging = workers[0].source.paging();
+    let budget = AtomicUsize::new(match paging {
+        Paging::Queue => batch_size,
+        // The source stops at BATCH_SIZE itself, between its units.
+        Paging::Units => usize::MAX,
+    });
+    let budget = &budget;
+    // Earlier failures first, by one worker alone, so no worker retries a row that another one
+    // failed a moment ago in this same run.
+    let (first, _) = workers.split_first_mut().expect("at least one worker");
+    let retried = transfer(
+        first.source.as_mut(),
+        first.sink.as_mut(),
+        budget,
+        chunk_size,
+        Lane::Retry,
+        summary,
+    )
+    .await;
+    if let Err(e) = retried {
+        summary.duration = started.elapsed();
+        return Err(e);
+    }
+    let runs = workers.iter_mut().map(|w| async move {
+        let mut mine = Summary::default();
+        let result = transfer(
+            w.source.as_mut(),
+            w.sink.as_mut(),
+            budget,
+            chunk_size,
+            Lane::Fresh,
+            &mut mine,
+        )
+        .await;
+        (result, mine)
+    });
+    let mut first_error = None;
+    for (result, mine) in futures_util::future::join_all(runs).await {
+        summary.add(&mine);
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    }
     summary.duration = started.elapsed();
-    result?;
+    if let Some(e) = first_error {
+        return Err(e);
+    }
 
+    let source = workers[0].source.as_mut();
     let parked = source.parked().await?;
     summary.parked = parked.len() as u64;
     for p in parked.iter().take(LIST_PARKED) {
@@ -90,33 +155,61 @@ pub async fn run(
     Ok(())
 }
 
+/// Takes up to `chunk` from the shared budget; what a short page leaves is given back.
+fn reserve(budget: &AtomicUsize, chunk: usize) -> usize {
+    let mut current = budget.load(Ordering::Relaxed);
+    loop {
+        let take = chunk.min(current);
+        if take == 0 {
+            return 0;
+        }
+        match budget.compare_exchange(
+            current,
+            current - take,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return take,
+            Err(now) => current = now,
+        }
+    }
+}
+
 async fn transfer(
     source: &mut dyn Source,
     sink: &mut dyn Sink,
-    batch_size: usize,
+    budget: &AtomicUsize,
     chunk_size: usize,
+    lane: Lane,
     summary: &mut Summary,
 ) -> Result<()> {
     let paging = source.paging();
-    let fresh_budget = match paging {
-        Paging::Queue => batch_size,
-        // The source stops at BATCH_SIZE itself, between its units.
-        Paging::Units => usize::MAX,
-    };
-    for (lane, budget) in [(Lane::Retry, chunk_size), (Lane::Fresh, fresh_budget)] {
-        let mut taken = 0;
-        while taken < budget {
-            let limit = chunk_size.min(budget - taken);
+    {
+        let mut retry_left = chunk_size;
+        loop {
+            let limit = match lane {
+                Lane::Retry => std::mem::take(&mut retry_left),
+                Lane::Fresh => reserve(budget, chunk_size),
+            };
+            if limit == 0 {
+                break;
+            }
             crate::failpoint::hit("before_claim");
             let Some(page) = source.claim(lane, limit).await? else {
+                if lane == Lane::Fresh {
+                    budget.fetch_add(limit, Ordering::Relaxed);
+                }
                 break;
             };
             crate::failpoint::hit("after_claim");
             let records = page.records();
             let n = records.len();
+            let exhausted = page.exhausted();
             summary.pages += 1;
             summary.selected += n as u64;
-            taken += n;
+            if lane == Lane::Fresh && n < limit && paging == Paging::Queue {
+                budget.fetch_add(limit - n, Ordering::Relaxed);
+            }
 
             let mut result = PageResult::default();
             let mut docs: Vec<&Document> = Vec::with_capacity(n);
@@ -152,7 +245,7 @@ async fn transfer(
             }
             tracing::debug!(page = summary.pages, records = n, "page shipped");
             summary.marked += page.commit(result).await?;
-            if n < limit && paging == Paging::Queue {
+            if exhausted {
                 break;
             }
         }

@@ -78,6 +78,11 @@ impl<S: Schema> Queue<S> {
         }
     }
 
+    /// PostgreSQL and MySQL claim with row locks, so several connections may work at once.
+    pub fn parallel_safe(&self) -> bool {
+        self.db.dialect != Dialect::Sqlite
+    }
+
     pub fn schema(&self) -> &S {
         &self.schema
     }
@@ -148,6 +153,7 @@ impl<S: Schema> Queue<S> {
             .await
             .context("starting a page transaction")?;
         let mut rows = Vec::new();
+        let exhausted;
         loop {
             let cursor = cursors[lane as usize].clone();
             let filter = filters(schema, d, lane, cursor.is_some());
@@ -164,6 +170,7 @@ impl<S: Schema> Queue<S> {
                     cursors[lane as usize] =
                         Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
                 }
+                exhausted = rows.len() < limit;
                 break;
             }
             // MySQL/MariaDB lock every row a locking read sorts, so without an index on the order
@@ -182,7 +189,10 @@ impl<S: Schema> Queue<S> {
                 .fetch_all(&mut *tx)
                 .await
                 .context("reading a page of audit rows")?;
-            let Some(last) = candidates.last() else { break };
+            let Some(last) = candidates.last() else {
+                exhausted = true;
+                break;
+            };
             cursors[lane as usize] =
                 Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
             let ids = candidates
@@ -201,10 +211,51 @@ impl<S: Schema> Queue<S> {
                 .context("claiming a page of audit rows")?;
             rows.extend(locked);
             if rows.len() >= limit || candidates.len() < want {
+                exhausted = candidates.len() < want;
                 break;
             }
         }
-        if rows.is_empty() {
+        // A row another worker or run failed a moment ago can still be claimed here: it was not
+        // updated, so the lock's re-check does not see the failure recorded after this
+        // statement's snapshot. A fresh statement does; such rows are dropped from the page
+        // (they stay locked, unmarked, until this page commits).
+        if !rows.is_empty() {
+            let ids = rows
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let taken = match lane {
+                Lane::Fresh => "",
+                Lane::Retry => " AND attempts >= ",
+            };
+            let sql = format!(
+                "SELECT {} FROM {FAILED} WHERE source = {} AND row_id IN ({}){taken}{}",
+                d.as_bigint("row_id"),
+                d.ph(1),
+                id_list(ids.into_iter()),
+                if lane == Lane::Retry {
+                    d.ph(2)
+                } else {
+                    String::new()
+                }
+            );
+            let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(key.clone());
+            if lane == Lane::Retry {
+                q = q.bind(max as i64);
+            }
+            let gone: Vec<i64> = q
+                .fetch_all(&mut *tx)
+                .await
+                .context("re-checking claimed rows")?;
+            if !gone.is_empty() {
+                rows.retain(|r| {
+                    r.try_get::<i64, _>(0)
+                        .map(|id| !gone.contains(&id))
+                        .unwrap_or(true)
+                });
+            }
+        }
+        if rows.is_empty() && exhausted {
             tx.rollback().await.ok();
             return Ok(None);
         }
@@ -221,6 +272,7 @@ impl<S: Schema> Queue<S> {
             lane,
             ids,
             records,
+            exhausted,
         })))
     }
 
@@ -326,6 +378,7 @@ struct SqlPage<'a, S: Schema> {
     lane: Lane,
     ids: Vec<i64>,
     records: Vec<Record>,
+    exhausted: bool,
 }
 
 /// The WHERE clause of a claim: unsent, orderable, in `lane`, after the cursor. Binds, in
@@ -388,6 +441,10 @@ fn id_list(ids: impl Iterator<Item = i64>) -> String {
 impl<S: Schema> Page for SqlPage<'_, S> {
     fn records(&self) -> &[Record] {
         &self.records
+    }
+
+    fn exhausted(&self) -> bool {
+        self.exhausted
     }
 
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {

@@ -292,6 +292,9 @@ impl Source for DjangoAuditlog {
     fn name(&self) -> String {
         self.queue.schema().source_key()
     }
+    fn parallel_safe(&self) -> bool {
+        self.queue.parallel_safe()
+    }
     async fn check(&mut self) -> Result<()> {
         self.queue.check().await
     }

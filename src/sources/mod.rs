@@ -51,6 +51,12 @@ pub struct PageResult {
 #[async_trait]
 pub trait Page: Send {
     fn records(&self) -> &[Record];
+    /// True when the source had fewer records than asked for: the lane is empty for now, so the
+    /// pipeline stops without asking again. Sources that cannot tell say false and are asked
+    /// until they answer `None`.
+    fn exhausted(&self) -> bool {
+        false
+    }
     /// Marks the delivered records and records the failures, atomically. Returns rows marked.
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64>;
     /// The name under which a sink that keeps files stores this page as one unit, if the
@@ -103,6 +109,11 @@ pub trait Source: Send {
     async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64>;
     fn paging(&self) -> Paging {
         Paging::Queue
+    }
+    /// Whether several connections may claim pages from this source at once (SKIP LOCKED).
+    /// Sources with a state or cursor file, and SQLite (one writer), say no.
+    fn parallel_safe(&self) -> bool {
+        false
     }
     /// `run --dry-run`: reports what a run would take, moving and marking nothing.
     async fn dry_run(&mut self) -> Result<()> {

@@ -169,6 +169,9 @@ impl Source for SingleColumn {
     fn name(&self) -> String {
         self.queue.schema().source_key()
     }
+    fn parallel_safe(&self) -> bool {
+        self.queue.parallel_safe()
+    }
     async fn check(&mut self) -> Result<()> {
         self.queue.check().await
     }

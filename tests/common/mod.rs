@@ -116,6 +116,18 @@ impl Osmem {
         self.docs(index).into_iter().map(|(id, _)| id).collect()
     }
 
+    /// An index whose `@timestamp` is a date, as a deployment maps it (not left to the first
+    /// document's dynamic mapping).
+    pub fn create_dated_index(&self, index: &str) {
+        let body = serde_json::json!({"mappings": {"properties": {
+            "@timestamp": {"type": "date"},
+            "audit_event": {"properties": {"date_time": {"type": "date"}}},
+        }}});
+        ureq::put(&format!("{}/{index}", self.url))
+            .send_json(body)
+            .unwrap();
+    }
+
     /// A mapping that makes `audit_event.actor` a long: a string there is a 400 per item.
     pub fn create_strict_index(&self, index: &str) {
         let body = serde_json::json!({"mappings": {"properties": {"audit_event": {"properties": {"actor": {"type": "long"}}}}}});

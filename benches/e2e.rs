@@ -1,0 +1,460 @@
+//! `make bench`: audit-transfer end to end against the floor of the work itself.
+//!
+//! For a PostgreSQL table of N rows of realistic audit JSON (N = 100,000; 1,000,000 with
+//! BENCH_FULL=1) it measures, as medians of BENCH_REPS repetitions with their spread:
+//! - `audit-transfer run` into (a) a minimal bulk endpoint of ours that parses every NDJSON line
+//!   and answers a correct per-item `created` response, (b) osmem-server, (c) the gzip file sink;
+//! - the floor on the same rows: COPY of the rows, the same UPDATEs in the same page size, and a
+//!   plain POST of the same NDJSON bodies to the same endpoint;
+//! - peak RSS at N/10 and N (memory must not grow with the batch);
+//! - MariaDB on the same data, and the cost of document sizes 200 B, 2 KB and 20 KB.
+//!
+//! Needs PostgreSQL and MariaDB as in the tests, the release binary (`make bench` builds it), GNU
+//! time for peak RSS, and OSMEM_SERVER_BIN for (b).
+
+use axum::body::Bytes;
+use axum::routing::{get, post};
+use axum::Router;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Executor, Row};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/audit-transfer");
+const CHUNK: usize = 500;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// The minimal bulk endpoint: parses each line, answers one `created` item per action.
+async fn bulk(body: Bytes) -> ([(&'static str, &'static str); 1], String) {
+    let mut items = Vec::new();
+    let mut lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    while let Some(action) = lines.next() {
+        let action: serde_json::Value = serde_json::from_slice(action).expect("action line");
+        let _doc: serde_json::Value =
+            serde_json::from_slice(lines.next().expect("document line")).expect("document");
+        let id = action["create"]["_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        items.push(serde_json::json!({"create": {"_index": "bench", "_id": id, "status": 201, "result": "created"}}));
+    }
+    let out = serde_json::json!({"took": 1, "errors": false, "items": items}).to_string();
+    ([("content-type", "application/json")], out)
+}
+
+fn start_endpoint(rt: &tokio::runtime::Runtime) -> u16 {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = Router::new()
+        .route("/", get(|| async { r#"{"version":{"number":"8.0.0"}}"# }))
+        .route("/{index}/_bulk", post(bulk));
+    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+struct Osmem {
+    url: String,
+    _child: std::process::Child,
+}
+
+fn start_osmem() -> Option<Osmem> {
+    let bin = std::env::var("OSMEM_SERVER_BIN").ok()?;
+    let mut child = Command::new(bin)
+        .args([
+            "-addr",
+            "127.0.0.1:0",
+            "-no-stdin-watch",
+            "-no-ja",
+            "-parent-pid",
+        ])
+        .arg(std::process::id().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take()?),
+        &mut line,
+    )
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    Some(Osmem {
+        url: v["url"].as_str()?.to_string(),
+        _child: child,
+    })
+}
+
+/// A realistic audit message of about `size` bytes (the padding field makes up the rest).
+fn message_sql(size: usize) -> String {
+    let pad = size.saturating_sub(560);
+    format!(
+        "jsonb_build_object('audit_event', jsonb_build_object(\
+           'origin', 'profile-backend', 'status', 'SUCCESS', 'date_time_epoch', 1714557600000 + n,\
+           'date_time', to_char(timestamptz '2024-05-01 10:00:00+00' + (n || ' ms')::interval, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),\
+           'actor', jsonb_build_object('role', 'USER', 'user_id', md5(n::text), 'provider', 'tunnistamo', 'ip_address', '192.0.2.' || (n % 250)),\
+           'operation', 'READ', 'additional_information', repeat('x', {pad}),\
+           'target', jsonb_build_object('path', '/v1/profiles/' || md5((n * 7)::text) || '/', 'object_ids', jsonb_build_array(md5((n * 3)::text)), 'type', 'Profile')))"
+    )
+}
+
+async fn pg_table(admin: &mut PgConnection, db: &str, rows: usize, size: usize) -> String {
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(format!("CREATE DATABASE {db}").as_str())
+        .await
+        .unwrap();
+    let url = format!(
+        "{}/{db}",
+        env_or(
+            "BENCH_POSTGRES_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres"
+        )
+        .rsplit_once('/')
+        .unwrap()
+        .0
+    );
+    let mut c = PgConnection::connect(&url).await.unwrap();
+    c.execute(
+        "CREATE TABLE audit_logs (id BIGSERIAL PRIMARY KEY, is_sent BOOLEAN NOT NULL DEFAULT false, \
+         message JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .unwrap();
+    c.execute(
+        format!(
+            "INSERT INTO audit_logs (message, created_at) SELECT {}, timestamptz '2024-05-01 10:00:00+00' + (n || ' ms')::interval \
+             FROM generate_series(1, {rows}) n",
+            message_sql(size)
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    c.execute("VACUUM ANALYZE audit_logs").await.unwrap();
+    url
+}
+
+async fn reset(url: &str) {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    c.execute("UPDATE audit_logs SET is_sent = false")
+        .await
+        .unwrap();
+    c.execute("DELETE FROM audit_transfer_failed_rows")
+        .await
+        .ok();
+    c.execute("VACUUM ANALYZE audit_logs").await.unwrap();
+}
+
+struct Measured {
+    secs: f64,
+    rss_kb: u64,
+}
+
+/// Runs the release binary under GNU time; returns wall time and peak RSS.
+fn run_job(envs: &[(&str, String)]) -> Measured {
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.args(["-f", "%M", BIN, "run"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let out = cmd
+        .output()
+        .expect("run /usr/bin/time (apt-get install time)");
+    let secs = start.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "audit-transfer failed:\n{stderr}");
+    let rss_kb = stderr
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    Measured { secs, rss_kb }
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn line(label: &str, rows: usize, secs: (f64, f64, f64), rss_kb: Option<u64>) {
+    let (med, lo, hi) = secs;
+    let rss = rss_kb
+        .map(|k| format!("{:>7.1} MB", k as f64 / 1024.0))
+        .unwrap_or_else(|| "        -".into());
+    println!(
+        "{label:<44} {rows:>9} rows {med:>8.3} s  [{lo:.3}..{hi:.3}]  {:>9.0} rows/s {rss}",
+        rows as f64 / med
+    );
+}
+
+/// The floor: COPY out, the same UPDATEs per page, the same bulk bodies POSTed.
+async fn floor(
+    url: &str,
+    endpoint: &str,
+    reps: usize,
+) -> ((f64, f64, f64), (f64, f64, f64), (f64, f64, f64), usize) {
+    let (mut copies, mut updates, mut posts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bodies_len = 0;
+    let http = reqwest::Client::new();
+    for _ in 0..reps {
+        reset(url).await;
+        let mut c = PgConnection::connect(url).await.unwrap();
+        let t = Instant::now();
+        let mut copy = c
+            .copy_out_raw("COPY (SELECT id, message, created_at FROM audit_logs WHERE NOT is_sent ORDER BY created_at, id) TO STDOUT")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut copy).await {
+            raw.extend_from_slice(&chunk.unwrap());
+        }
+        drop(copy);
+        copies.push(t.elapsed().as_secs_f64());
+
+        // The same bodies the job sends: documents with @timestamp, create actions with our ids.
+        let rows = sqlx::query(
+            "SELECT id, message::text, created_at FROM audit_logs ORDER BY created_at, id",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        let mut bodies = Vec::new();
+        for page in rows.chunks(CHUNK) {
+            let mut body = Vec::new();
+            for r in page {
+                let id: i64 = r.get(0);
+                let msg: String = r.get(1);
+                let at: chrono::DateTime<chrono::Utc> = r.get(2);
+                let mut v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+                let ts = v["audit_event"]["date_time"].clone();
+                v["@timestamp"] = ts;
+                body.extend_from_slice(
+                    format!(
+                        "{{\"create\":{{\"_id\":\"{id}-{}\"}}}}\n",
+                        at.timestamp_micros()
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(&serde_json::to_vec(&v).unwrap());
+                body.push(b'\n');
+            }
+            bodies.push(body);
+        }
+        bodies_len = bodies.iter().map(Vec::len).sum();
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let t = Instant::now();
+        for page in ids.chunks(CHUNK) {
+            sqlx::query("UPDATE audit_logs SET is_sent = true WHERE id = ANY($1)")
+                .bind(page)
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        updates.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for body in bodies {
+            let r = http
+                .post(format!("{endpoint}/bench/_bulk"))
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            r.bytes().await.unwrap();
+        }
+        posts.push(t.elapsed().as_secs_f64());
+    }
+    (median(copies), median(updates), median(posts), bodies_len)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let full = std::env::var("BENCH_FULL").is_ok_and(|v| v == "1");
+    let n: usize = env_or("BENCH_ROWS", if full { "1000000" } else { "100000" })
+        .parse()
+        .unwrap();
+    let reps: usize = env_or("BENCH_REPS", "3").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = start_endpoint(&rt);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let admin_url = env_or(
+        "BENCH_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
+    let mut admin = rt
+        .block_on(PgConnection::connect(&admin_url))
+        .expect("PostgreSQL");
+
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        cpu_model()
+    );
+    println!("CHUNK_SIZE={CHUNK}, repetitions={reps}: median [min..max]\n");
+    let url = rt.block_on(pg_table(&mut admin, "at_bench", n, 600));
+    let (copy, update, post, bytes) = rt.block_on(floor(&url, &endpoint, reps));
+    println!(
+        "NDJSON: {:.1} MB in {} bodies",
+        bytes as f64 / 1e6,
+        n.div_ceil(CHUNK)
+    );
+    line("floor: COPY of the rows", n, copy, None);
+    line("floor: UPDATE ... = ANY($1) per page", n, update, None);
+    line("floor: POST of the bulk bodies", n, post, None);
+    let floor_total = copy.0 + update.0 + post.0;
+    line(
+        "floor: total",
+        n,
+        (floor_total, floor_total, floor_total),
+        None,
+    );
+
+    let base = |url: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", url.to_string()),
+            ("BATCH_SIZE", "100000000".into()),
+            ("CHUNK_SIZE", CHUNK.to_string()),
+            ("LOG_FORMAT", "json".into()),
+        ]
+    };
+    let es = |url: &str, port: u16| {
+        let mut e = base(url);
+        e.extend([
+            ("ELASTICSEARCH_HOST", format!("127.0.0.1:{port}")),
+            ("ELASTICSEARCH_SCHEME", "http".into()),
+        ]);
+        e
+    };
+    let measure =
+        |label: &str, rows: usize, url: &str, envs: Vec<(&'static str, String)>| -> (f64, u64) {
+            let mut secs = Vec::new();
+            let mut rss = 0;
+            for _ in 0..reps {
+                rt.block_on(reset(url));
+                let envs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (*k, v.clone())).collect();
+                let m = run_job(&envs);
+                secs.push(m.secs);
+                rss = rss.max(m.rss_kb);
+            }
+            let s = median(secs);
+            line(label, rows, s, Some(rss));
+            (s.0, rss)
+        };
+
+    let (ours, _) = measure(
+        "(a) audit-transfer -> bench endpoint",
+        n,
+        &url,
+        es(&url, port),
+    );
+    println!("    ratio ours / floor: {:.2}", ours / floor_total);
+
+    let out = tempfile_dir();
+    let mut file_env = base(&url);
+    file_env.extend([
+        ("SINK", "file".to_string()),
+        ("OUTPUT_PATH", out.clone()),
+        ("OUTPUT_GZIP", "true".into()),
+    ]);
+    measure("(c) audit-transfer -> file sink, gzip", n, &url, file_env);
+    let _ = std::fs::remove_dir_all(&out);
+
+    // Memory with the batch: N/10 and N rows, same page size.
+    let small = rt.block_on(pg_table(&mut admin, "at_bench_small", n / 10, 600));
+    let (_, rss_small) = measure(
+        "(a) at N/10 (memory check)",
+        n / 10,
+        &small,
+        es(&small, port),
+    );
+    let (_, rss_n) = measure("(a) at N (memory check)", n, &url, es(&url, port));
+    println!(
+        "    peak RSS N/10 -> N: {:.1} MB -> {:.1} MB",
+        rss_small as f64 / 1024.0,
+        rss_n as f64 / 1024.0
+    );
+
+    // (b) osmem-server: it ingests only ~1-2k docs/s, so a smaller table; compared with posting
+    // the same bodies to it directly.
+    if let Some(os) = start_osmem() {
+        let m = n.min(20_000);
+        let small = rt.block_on(pg_table(&mut admin, "at_bench_osmem", m, 600));
+        let port = os.url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        let (_, _, direct, _) = rt.block_on(floor(&small, &os.url, 1));
+        line("(b) osmem: POST of the same bodies", m, direct, None);
+        let mut e = es(&small, port);
+        e.push(("ELASTICSEARCH_APP_AUDIT_LOG_INDEX", "bench".into()));
+        // Every run must index anew: a fresh index name per repetition.
+        let mut secs = Vec::new();
+        for i in 0..reps.min(2) {
+            rt.block_on(reset(&small));
+            let mut e = e.clone();
+            e.push(("ELASTICSEARCH_APP_AUDIT_LOG_INDEX", format!("bench{i}")));
+            secs.push(run_job(&e.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>()).secs);
+        }
+        let s = median(secs);
+        line("(b) audit-transfer -> osmem-server", m, s, None);
+        println!(
+            "    ratio ours / osmem's own ingestion: {:.2}",
+            s.0 / direct.0
+        );
+    } else {
+        println!("(b) osmem-server: skipped, OSMEM_SERVER_BIN not set (make bench sets it)");
+    }
+
+    // Document size: cost per row for 200 B, 2 KB and 20 KB messages.
+    for size in [200, 2_000, 20_000] {
+        let rows = if size >= 20_000 { n / 10 } else { n / 2 };
+        let db = format!("at_bench_size_{size}");
+        let u = rt.block_on(pg_table(&mut admin, &db, rows, size));
+        measure(
+            &format!("(a) documents of ~{size} B"),
+            rows,
+            &u,
+            es(&u, port),
+        );
+        rt.block_on(admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()))
+            .unwrap();
+    }
+    for db in ["at_bench", "at_bench_small", "at_bench_osmem"] {
+        rt.block_on(admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()))
+            .ok();
+    }
+    let _ = Duration::from_secs(0);
+}
+
+fn tempfile_dir() -> String {
+    let d = std::env::temp_dir().join(format!("at-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.to_string_lossy().into_owned()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
