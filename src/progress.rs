@@ -30,12 +30,17 @@ pub fn start(total: Option<u64>) {
         None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
     };
     let template = if total.is_some() {
-        "{bar:30} {pos}/{len} records  {per_sec}  ETA {eta}"
+        "{bar:30} {pos}/{len} records  {rate}  ETA {eta}"
     } else {
-        "{spinner} {pos} records  {per_sec}"
+        "{spinner} {pos} records  {rate}"
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} records/s", state.per_sec());
+            },
+        ));
     }
     if let Ok(mut b) = BAR.lock() {
         *b = Some(bar);

@@ -502,6 +502,38 @@ async fn piped_runs_print_no_progress() {
     }
 }
 
+/// On a terminal (util-linux `script` gives the run one) the bar is there, with rate and ETA.
+#[tokio::test]
+async fn a_terminal_gets_a_progress_bar() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    db.create_audit_table(T).await;
+    db.insert_messages(T, &(0..400).map(message).collect::<Vec<_>>())
+        .await;
+    let out = tempfile::tempdir().unwrap();
+    let env = Env::new()
+        .set("DATABASE_URL", &db.url)
+        .set("SINK", "file")
+        .set("OUTPUT_PATH", out.path().to_str().unwrap())
+        .set("CHUNK_SIZE", "20")
+        .set("LOG_FORMAT", "text");
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &format!("{BIN} run"), "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "xterm");
+    for (k, v) in &env.0 {
+        script.env(k, v);
+    }
+    let run = Run::from(script.output().expect("util-linux script"));
+    run.expect(0);
+    // The terminal's output (stdout of `script`) holds the bar and the log lines.
+    assert!(run.stdout.contains("/400 records"), "{:?}", run.stdout);
+    assert!(run.stdout.contains("records/s") && run.stdout.contains("ETA"));
+    assert!(run.stdout.contains("run finished"));
+    assert_eq!(db.unsent(T).await, 0);
+}
+
 macro_rules! per_backend {
     ($($test:ident),* $(,)?) => {
         mod postgres { $( #[tokio::test] async fn $test() { super::$test(super::Backend::Postgres).await } )* }
