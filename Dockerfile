@@ -1,10 +1,12 @@
 # Small non-root image of audit-transfer. Build: docker build -t audit-transfer .
+# With the revision in --version: docker build --build-arg GIT_REV=$(git rev-parse --short HEAD) -t audit-transfer .
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+ARG GIT_REV=
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
-RUN cargo build --release --locked && strip target/release/audit-transfer
+RUN AUDIT_TRANSFER_GIT_REV="$GIT_REV" cargo build --release --locked && strip target/release/audit-transfer
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/audit-transfer /usr/local/bin/audit-transfer

@@ -7,7 +7,7 @@ CARGO ?= cargo
 OSMEM_BIN = $(shell $(VENV)/bin/python -c 'import osmem_server; print(osmem_server.resolve_binary())' 2>/dev/null)
 DEMO_DIR := localtest/.run/demo
 
-.PHONY: build demo test test-unit lint fmt compose-check bench clean
+.PHONY: build demo test test-unit lint fmt compose-check deploy-check bench clean
 
 build:
 	$(CARGO) build --release
@@ -15,6 +15,11 @@ build:
 $(VENV)/.installed: localtest/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r localtest/requirements.txt
+	touch $@
+
+$(VENV)/.deploy-installed: deploy/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
 	touch $@
 
 ## demo: SQLite source with sample audit rows -> JSON-lines files; needs no server.
@@ -45,6 +50,11 @@ compose-check:
 	@created=; if [ ! -f .env ]; then cp .env.example .env; created=1; fi; \
 	  docker-compose config -q; rc=$$?; [ -n "$$created" ] && rm -f .env; exit $$rc
 	@echo "docker-compose.yml: valid"
+
+## deploy-check: Helm lint + template of deploy/helm (Helm's engine from PyPI), yamllint, and every
+## rendered and plain manifest in deploy/ validated against the Kubernetes API schemas.
+deploy-check: $(VENV)/.deploy-installed
+	$(VENV)/bin/python deploy/check.py
 
 fmt:
 	$(CARGO) fmt --all

@@ -4,7 +4,8 @@ use crate::cli::Command;
 use crate::config::{early_logging, Config, RawEnv};
 use crate::error::{config_error, exit_for, one_line, Exit};
 use crate::pipeline::{self, Summary};
-use crate::{logging, sinks, sources};
+use crate::sources::{RunRecord, Source};
+use crate::{logging, metrics, sinks, sources};
 use anyhow::Result;
 
 pub fn main(command: Command, dry_run: bool) -> Exit {
@@ -48,6 +49,14 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
             Command::Monthly => monthly(&cfg).await,
             Command::Check => check(&cfg).await,
             Command::RetryFailed => retry_failed(&cfg).await,
+            Command::Status {
+                json,
+                max_age,
+                max_since_success,
+            } => status(&cfg, json, max_age, max_since_success).await,
+            Command::InitIndex => init_index(&cfg).await,
+            // Handled in main before any configuration is read.
+            Command::Completions { .. } | Command::Man => Ok(Exit::Ok),
         }
     });
     match result {
@@ -68,18 +77,46 @@ async fn run(cfg: &Config) -> Result<Exit> {
         tracing::info!("sending is disabled (ENABLE_SEND_AUDIT_LOG=false); nothing to do");
         return Ok(Exit::Ok);
     }
+    let mut workers = Vec::new();
+    let mut summary = Summary::default();
+    let result = transfer(cfg, &mut workers, &mut summary).await;
+    let exit = match &result {
+        Ok(exit) => *exit,
+        Err(e) => exit_for(e),
+    };
+    finish(
+        cfg,
+        workers.first_mut().map(|w| &mut w.source),
+        &summary,
+        exit,
+    )
+    .await;
+    result
+}
+
+/// One pass; the workers are kept for [`finish`] even when the pass fails.
+async fn transfer(
+    cfg: &Config,
+    workers: &mut Vec<pipeline::Worker>,
+    summary: &mut Summary,
+) -> Result<Exit> {
     let sink_cfg = sink_config(cfg)?;
-    let mut source = sources::build(cfg).await?;
-    source.prepare().await?;
-    let concurrency = if source.parallel_safe() {
+    let sink = sinks::build(&sink_cfg)?;
+    workers.push(pipeline::Worker {
+        source: sources::build(cfg).await?,
+        sink,
+    });
+    workers[0].source.prepare().await?;
+    if let crate::config::SinkConfig::Elasticsearch(es) = &sink_cfg {
+        if es.create_index {
+            sinks::index::ensure(es).await?;
+        }
+    }
+    let concurrency = if workers[0].source.parallel_safe() {
         cfg.concurrency
     } else {
         1
     };
-    let mut workers = vec![pipeline::Worker {
-        source,
-        sink: sinks::build(&sink_cfg)?,
-    }];
     for _ in 1..concurrency {
         // More connections claim pages side by side, exactly as overlapping runs would.
         workers.push(pipeline::Worker {
@@ -95,10 +132,72 @@ async fn run(cfg: &Config) -> Result<Exit> {
         concurrency,
         "run started"
     );
-    let mut summary = Summary::default();
-    let result = pipeline::run(&mut workers, cfg.batch_size, cfg.chunk_size, &mut summary).await;
+    if crate::progress::wanted() {
+        // How far this run will get: the backlog up to BATCH_SIZE, where the source knows it.
+        let total = match workers[0].source.backlog().await {
+            Ok(Some(b)) => Some(b.unsent.min(cfg.batch_size as u64)),
+            _ => None,
+        };
+        crate::progress::start(total);
+    }
+    let result = pipeline::run(workers, cfg.batch_size, cfg.chunk_size, summary).await;
+    crate::progress::finish();
     summary.log(result.is_err());
     result.map(|()| summary.exit())
+}
+
+/// After the pass, whatever its outcome: the run is recorded in the source's state (SQL
+/// sources), and its numbers with the backlog go to METRICS_TEXTFILE / METRICS_PUSHGATEWAY_URL.
+/// Nothing here changes the exit code; failures are warnings.
+async fn finish(cfg: &Config, source: Option<&mut Box<dyn Source>>, summary: &Summary, exit: Exit) {
+    let finished_at = chrono::Utc::now();
+    let mut backlog = None;
+    let mut previous_success = None;
+    if let Some(source) = source {
+        // A configuration error stopped the run before it touched the source's state.
+        if exit != Exit::Config {
+            let record = RunRecord {
+                finished_at,
+                exit_code: exit.code(),
+                selected: summary.selected,
+                delivered: summary.delivered,
+                already_present: summary.already_present,
+                rejected: summary.rejected,
+                parked: summary.parked,
+                marked: summary.marked,
+                duration_ms: summary.duration.as_millis() as u64,
+            };
+            if let Err(e) = source.record_run(&record).await {
+                tracing::warn!("cannot record the run: {}", one_line(&e));
+            }
+        }
+        let wants_metrics = cfg.metrics.textfile.is_some() || cfg.metrics.pushgateway.is_some();
+        if wants_metrics && exit != Exit::Config {
+            match source.backlog().await {
+                Ok(b) => backlog = b,
+                Err(e) => tracing::warn!("cannot count the backlog: {}", one_line(&e)),
+            }
+            if let Ok(Some(runs)) = source.last_runs().await {
+                previous_success = runs.last_success.map(|r| r.finished_at);
+            }
+        }
+    }
+    if let Some(b) = &backlog {
+        tracing::info!(
+            backlog = b.unsent,
+            oldest_unsent = b.oldest_unsent.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            "left to send"
+        );
+    }
+    let m = metrics::RunMetrics {
+        source: cfg.source_label(),
+        summary: summary.clone(),
+        exit_code: exit.code(),
+        finished_at,
+        backlog,
+        previous_success,
+    };
+    metrics::report(&cfg.metrics, &m).await;
 }
 
 /// Lists what a run would take; needs no sink.
@@ -144,4 +243,60 @@ async fn retry_failed(cfg: &Config) -> Result<Exit> {
     let n = source.retry_failed().await?;
     tracing::info!(source = %source.name(), records = n, "failed records are eligible again for the next run");
     Ok(Exit::Ok)
+}
+
+/// `status`: what is left to send and how the last runs went, from the SQL source's tables.
+async fn status(
+    cfg: &Config,
+    json: bool,
+    max_age: Option<std::time::Duration>,
+    max_since_success: Option<std::time::Duration>,
+) -> Result<Exit> {
+    use crate::config::SourceKind;
+    if !matches!(
+        cfg.source,
+        SourceKind::SingleColumnJson | SourceKind::DjangoAuditlog
+    ) {
+        return Err(config_error(format!(
+            "status reads the state tables of the SQL sources (AUDIT_LOGGER_TYPE=SINGLE_COLUMN_JSON or DJANGO_AUDITLOG), not {}; use METRICS_TEXTFILE or METRICS_PUSHGATEWAY_URL for it",
+            cfg.source_label()
+        )));
+    }
+    let mut source = sources::build(cfg).await?;
+    source.prepare().await?;
+    let backlog = source.backlog().await?.unwrap_or_default();
+    let parked = source.parked().await?;
+    let runs = source.last_runs().await?.unwrap_or_default();
+    let report = crate::status::Report::new(
+        source.name(),
+        chrono::Utc::now(),
+        backlog,
+        parked.len() as u64,
+        runs,
+        max_age,
+        max_since_success,
+    );
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(if report.healthy() {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    })
+}
+
+/// `init-index`: creates the index with the audit mapping unless it exists.
+async fn init_index(cfg: &Config) -> Result<Exit> {
+    match sink_config(cfg)? {
+        crate::config::SinkConfig::Elasticsearch(es) => {
+            sinks::index::ensure(&es).await?;
+            Ok(Exit::Ok)
+        }
+        _ => Err(config_error(
+            "init-index needs the elasticsearch sink: set ELASTICSEARCH_HOST (SINK=elasticsearch)",
+        )),
+    }
 }

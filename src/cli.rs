@@ -1,6 +1,15 @@
 //! Command-line interface. Configuration itself comes from the environment (see `config`).
 
 use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+/// `--version`: the crate version and the git revision it was built from (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("AUDIT_TRANSFER_GIT_REV"),
+    ")"
+);
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -14,7 +23,7 @@ Configuration is read from environment variables; .env.example lists every one."
 #[derive(Debug, Parser)]
 #[command(
     name = "audit-transfer",
-    version,
+    version = VERSION,
     about = "Moves audit logs from a database or audit API to Elasticsearch/OpenSearch or JSON-lines files, one pass per invocation.",
     after_help = EXIT_CODES
 )]
@@ -41,4 +50,46 @@ pub enum Command {
     /// Make rows parked after MAX_ATTEMPTS failed deliveries eligible again for the next run.
     #[command(name = "retry-failed", after_help = EXIT_CODES)]
     RetryFailed,
+    /// Print backlog, age of the oldest unsent record, parked records and the last runs (SQL
+    /// sources). Exit 0 when healthy, 1 when not (parked records, last run failed, or an age
+    /// limit exceeded) or when the state cannot be read, 2 on configuration errors.
+    Status {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Unhealthy when the oldest unsent record is older than this (e.g. 30m, 2h, 1d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        max_age: Option<Duration>,
+        /// Unhealthy when no successful run ended within this time (e.g. 1h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        max_since_success: Option<Duration>,
+    },
+    /// Create the Elasticsearch/OpenSearch index with the audit mapping, if it does not exist.
+    #[command(name = "init-index", after_help = EXIT_CODES)]
+    InitIndex,
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: audit-transfer man > audit-transfer.1
+    Man,
+}
+
+/// `90s`, `30m`, `2h`, `1d`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::duration(s.trim())
+        .ok_or_else(|| format!("{s:?}: expected a duration such as 90s, 30m, 2h or 1d"))
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "audit-transfer", out);
+}
+
+/// Writes the man page to `out`.
+pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd).render(out)
 }

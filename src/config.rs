@@ -84,6 +84,9 @@ pub struct RawEnv {
     cdp_timeout_seconds: Option<String>,
     cdp_max_retries: Option<String>,
     cdp_retry_initial_ms: Option<String>,
+    metrics_textfile: Option<String>,
+    metrics_pushgateway_url: Option<String>,
+    elasticsearch_create_index: Option<String>,
     /// Where `~/.cdp/credentials` is looked for.
     home: Option<String>,
 }
@@ -273,6 +276,8 @@ pub struct ElasticsearchConfig {
     pub timeout: Duration,
     pub max_retries: usize,
     pub retry_initial: Duration,
+    /// ELASTICSEARCH_CREATE_INDEX: create the index with the audit mapping at run start.
+    pub create_index: bool,
 }
 
 impl std::fmt::Debug for ElasticsearchConfig {
@@ -348,6 +353,15 @@ pub struct CdpConfig {
 pub const CDP_DEFAULT_LOOKBACK: chrono::Duration = chrono::Duration::days(7);
 pub const CDP_WINDOW_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
 
+/// Where a run reports its metrics (both may be set).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// METRICS_TEXTFILE: a `.prom` file for node-exporter's textfile collector.
+    pub textfile: Option<PathBuf>,
+    /// METRICS_PUSHGATEWAY_URL: base URL of a Prometheus Pushgateway.
+    pub pushgateway: Option<url::Url>,
+}
+
 /// Everything one invocation needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -371,6 +385,7 @@ pub struct Config {
     pub sink: std::result::Result<SinkConfig, ConfigError>,
     /// Warnings found while reading (e.g. BATCH_SIZE and BATCH_LIMIT disagree), logged at start.
     pub warnings: Vec<String>,
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -505,8 +520,22 @@ impl Config {
             },
             cdp,
             sink: sink_config(&raw, source),
+            metrics: metrics_config(&raw)?,
             warnings,
         })
+    }
+
+    /// A stable name of what this invocation reads, for metrics labels: the same whether or not
+    /// the source could be reached.
+    pub fn source_label(&self) -> String {
+        match self.source {
+            SourceKind::SingleColumnJson => {
+                format!("single_column_json:{}", self.single_column.table.display())
+            }
+            SourceKind::DjangoAuditlog => "django_auditlog:auditlog_logentry".into(),
+            SourceKind::Castai => "castai".into(),
+            SourceKind::CdpArchive => "cdp_archive".into(),
+        }
     }
 
     /// The database settings, or the error a SQL source reports without them.
@@ -634,8 +663,48 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
     })
 }
 
+fn metrics_config(raw: &RawEnv) -> Result<MetricsConfig> {
+    let textfile = match opt(&raw.metrics_textfile) {
+        None => None,
+        Some(p) => {
+            let path = PathBuf::from(p);
+            if path.file_name().is_none() || path.is_dir() || !p.ends_with(".prom") {
+                return Err(ConfigError(format!(
+                    "invalid METRICS_TEXTFILE {p:?}: expected a file path ending in .prom (node-exporter reads only those)"
+                )));
+            }
+            Some(path)
+        }
+    };
+    let pushgateway = match opt(&raw.metrics_pushgateway_url) {
+        None => None,
+        Some(u) => Some(
+            url::Url::parse(u)
+                .ok()
+                .filter(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some()
+                        && u.username().is_empty()
+                        && u.password().is_none()
+                        && u.query().is_none()
+                })
+                .ok_or_else(|| {
+                    // The value is not echoed: it may hold credentials.
+                    ConfigError(
+                        "invalid METRICS_PUSHGATEWAY_URL: expected http(s)://host:port of a Pushgateway, without credentials or query"
+                            .to_string(),
+                    )
+                })?,
+        ),
+    };
+    Ok(MetricsConfig {
+        textfile,
+        pushgateway,
+    })
+}
+
 /// `90d`, `12h`, `5m`, `30s`, or a bare number of seconds.
-fn duration(s: &str) -> Option<Duration> {
+pub fn duration(s: &str) -> Option<Duration> {
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, "s"),
@@ -976,6 +1045,11 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
         timeout: Duration::from_secs(timeout as u64),
         max_retries,
         retry_initial: Duration::from_millis(retry_initial as u64),
+        create_index: boolean(
+            "ELASTICSEARCH_CREATE_INDEX",
+            &raw.elasticsearch_create_index,
+        )?
+        .unwrap_or(false),
     })
 }
 
@@ -1254,6 +1328,32 @@ mod tests {
     }
 
     #[test]
+    fn metrics_destinations() {
+        let c = cfg(&[
+            ("METRICS_TEXTFILE", "/var/lib/node_exporter/audit.prom"),
+            ("METRICS_PUSHGATEWAY_URL", "http://pushgateway:9091"),
+        ])
+        .unwrap();
+        assert!(c.metrics.textfile.is_some());
+        assert_eq!(
+            c.metrics.pushgateway.unwrap().as_str(),
+            "http://pushgateway:9091/"
+        );
+        assert!(cfg(&[]).unwrap().metrics.pushgateway.is_none());
+        for (var, val) in [
+            ("METRICS_TEXTFILE", "/tmp/audit.txt"),
+            ("METRICS_PUSHGATEWAY_URL", "pushgateway:9091"),
+            ("METRICS_PUSHGATEWAY_URL", "http://u:secret@pg:9091"),
+        ] {
+            let err = cfg(&[(var, val)]).unwrap_err().0;
+            assert!(
+                err.contains(var) && !err.contains('\n') && !err.contains("secret"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn batch_limit_is_the_original_name() {
         assert_eq!(cfg(&[("BATCH_LIMIT", "7")]).unwrap().batch_size, 7);
         let both = cfg(&[("BATCH_LIMIT", "7"), ("BATCH_SIZE", "9")]).unwrap();
@@ -1292,6 +1392,7 @@ mod tests {
             ("ELASTICSEARCH_MAX_RETRIES", "many"),
             ("ELASTICSEARCH_TIMEOUT_SECONDS", "0"),
             ("ELASTICSEARCH_INSECURE", "perhaps"),
+            ("ELASTICSEARCH_CREATE_INDEX", "sure"),
         ] {
             let err = cfg(&[("ELASTICSEARCH_HOST", "h"), (var, val)])
                 .unwrap()

@@ -21,7 +21,7 @@ pub fn init(format: LogFormat, debug: bool) {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(crate::progress::LogWriter)
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .with_target(false),
             )
@@ -34,7 +34,7 @@ pub fn init(format: LogFormat, debug: bool) {
                     .with_current_span(false)
                     .with_span_list(false)
                     .with_target(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(crate::progress::LogWriter),
             )
             .try_init(),
     };

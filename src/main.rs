@@ -8,9 +8,12 @@ mod db;
 mod error;
 mod failpoint;
 mod logging;
+mod metrics;
 mod pipeline;
+mod progress;
 mod sinks;
 mod sources;
+mod status;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -18,6 +21,23 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let command = cli.command.unwrap_or(cli::Command::Run);
+    // Generated from the command line alone: no configuration needed.
+    match command {
+        cli::Command::Completions { shell } => {
+            cli::completions(shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        cli::Command::Man => {
+            return match cli::man(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("audit-transfer: error: cannot write the man page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     let exit = app::main(command, cli.dry_run);
     ExitCode::from(exit.code())
 }

@@ -245,6 +245,7 @@ async fn transfer(
             }
             tracing::debug!(page = summary.pages, records = n, "page shipped");
             summary.marked += page.commit(result).await?;
+            crate::progress::advance(n as u64);
             if exhausted {
                 break;
             }

@@ -289,6 +289,9 @@ const MIGRATIONS: &[Migration] = &[
     migration!("postgres", 1, "0001_failed_rows"),
     migration!("mysql", 1, "0001_failed_rows"),
     migration!("sqlite", 1, "0001_failed_rows"),
+    migration!("postgres", 2, "0002_runs"),
+    migration!("mysql", 2, "0002_runs"),
+    migration!("sqlite", 2, "0002_runs"),
 ];
 
 /// Parses a timestamp as the three databases print it (`as_text`), assuming UTC without offset.
@@ -347,7 +350,9 @@ mod tests {
     #[test]
     fn every_dialect_has_its_migrations() {
         for d in ["postgres", "mysql", "sqlite"] {
-            assert!(MIGRATIONS.iter().any(|m| m.dialect == d && m.version == 1));
+            for v in [1, 2] {
+                assert!(MIGRATIONS.iter().any(|m| m.dialect == d && m.version == v));
+            }
         }
     }
 }

@@ -14,7 +14,7 @@
 
 use super::{Db, Dialect};
 use crate::config::TableName;
-use crate::sources::{Lane, Page, PageResult, Parked, Record};
+use crate::sources::{Backlog, Lane, LastRuns, Page, PageResult, Parked, Record, RunRecord};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -23,6 +23,9 @@ use sqlx::AnyConnection;
 use sqlx::{Connection, Row, Transaction};
 
 const FAILED: &str = "audit_transfer_failed_rows";
+const RUNS: &str = "audit_transfer_runs";
+/// How long `audit_transfer_runs` keeps a source's runs (the last success is always kept).
+const KEEP_RUNS_DAYS: i64 = 30;
 /// Longest failure reason we store; sink errors can carry whole documents.
 const MAX_REASON: usize = 2000;
 /// Rows deleted per statement by `purge`, so the table is never locked for long.
@@ -369,6 +372,155 @@ impl<S: Schema> Queue<S> {
             }
         }
     }
+}
+
+impl<S: Schema> Queue<S> {
+    /// Unsent rows that a run would still take (not parked, orderable) and the oldest of them.
+    pub async fn backlog(&mut self) -> Result<Backlog> {
+        let d = self.db.dialect;
+        let ts = format!("t.{}", d.quote(self.schema.ts_column()));
+        let sql = format!(
+            "SELECT {}, {} FROM {} t WHERE {} AND {ts} IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM {FAILED} f WHERE f.source = {} AND f.row_id = t.id AND f.attempts >= {})",
+            d.as_bigint("COUNT(*)"),
+            d.as_text(&format!("MIN({ts})")),
+            d.table(self.schema.table()),
+            self.schema.unsent(d),
+            d.ph(1),
+            d.ph(2)
+        );
+        let row = sqlx::query(&sql)
+            .bind(self.schema.source_key())
+            .bind(self.max_attempts as i64)
+            .fetch_one(&mut self.db.conn)
+            .await
+            .context("counting unsent audit rows")?;
+        let unsent: i64 = row.try_get(0)?;
+        let oldest: Option<String> = row.try_get(1)?;
+        Ok(Backlog {
+            unsent: unsent.max(0) as u64,
+            oldest_unsent: oldest.as_deref().and_then(super::parse_db_timestamp),
+        })
+    }
+
+    /// Appends the run to `audit_transfer_runs` and forgets this source's runs older than
+    /// [`KEEP_RUNS_DAYS`], except its last successful one.
+    pub async fn record_run(&mut self, run: &RunRecord) -> Result<()> {
+        let d = self.db.dialect;
+        let key = self.schema.source_key();
+        let ph: Vec<String> = (1..=11).map(|n| d.ph(n)).collect();
+        let sql = format!(
+            "INSERT INTO {RUNS} (source, finished_at, exit_code, selected, delivered, already_present, \
+             rejected, parked, marked, duration_ms) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+            ph[0],
+            d.timestamp_param(&ph[1]),
+            ph[2],
+            ph[3],
+            ph[4],
+            ph[5],
+            ph[6],
+            ph[7],
+            ph[8],
+            ph[9]
+        );
+        sqlx::query(&sql)
+            .bind(key.clone())
+            .bind(db_time(run.finished_at))
+            .bind(run.exit_code as i32)
+            .bind(run.selected as i64)
+            .bind(run.delivered as i64)
+            .bind(run.already_present as i64)
+            .bind(run.rejected as i64)
+            .bind(run.parked as i64)
+            .bind(run.marked as i64)
+            .bind(run.duration_ms as i64)
+            .execute(&mut self.db.conn)
+            .await
+            .context("recording the run in audit_transfer_runs")?;
+        let cutoff = run.finished_at - chrono::Duration::days(KEEP_RUNS_DAYS);
+        // MySQL cannot select from the table it deletes from: the subquery is wrapped once more.
+        let keep = match d {
+            Dialect::MySql => format!(
+                "SELECT id FROM (SELECT COALESCE(MAX(id), 0) AS id FROM {RUNS} WHERE source = {} AND exit_code IN (0, 3)) k",
+                d.ph(3)
+            ),
+            _ => format!(
+                "SELECT COALESCE(MAX(id), 0) FROM {RUNS} WHERE source = {} AND exit_code IN (0, 3)",
+                d.ph(3)
+            ),
+        };
+        let sql = format!(
+            "DELETE FROM {RUNS} WHERE source = {} AND finished_at < {} AND id NOT IN ({keep})",
+            d.ph(1),
+            d.timestamp_param(&d.ph(2))
+        );
+        sqlx::query(&sql)
+            .bind(key.clone())
+            .bind(db_time(cutoff))
+            .bind(key)
+            .execute(&mut self.db.conn)
+            .await
+            .context("pruning audit_transfer_runs")?;
+        Ok(())
+    }
+
+    /// The last run of this source, and its last successful one (exit 0 or 3: the pass completed).
+    pub async fn last_runs(&mut self) -> Result<LastRuns> {
+        let d = self.db.dialect;
+        let mut out = LastRuns::default();
+        for success in [false, true] {
+            let filter = if success {
+                " AND exit_code IN (0, 3)"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT {}, {}, {}, {}, {}, {}, {}, {}, {} FROM {RUNS} WHERE source = {}{filter} \
+                 ORDER BY finished_at DESC, id DESC LIMIT 1",
+                d.as_text("finished_at"),
+                d.as_bigint("exit_code"),
+                d.as_bigint("selected"),
+                d.as_bigint("delivered"),
+                d.as_bigint("already_present"),
+                d.as_bigint("rejected"),
+                d.as_bigint("parked"),
+                d.as_bigint("marked"),
+                d.as_bigint("duration_ms"),
+                d.ph(1)
+            );
+            let row = sqlx::query(&sql)
+                .bind(self.schema.source_key())
+                .fetch_optional(&mut self.db.conn)
+                .await
+                .context("reading audit_transfer_runs")?;
+            let Some(row) = row else { continue };
+            let n = |i: usize| -> Result<u64> { Ok(row.try_get::<i64, _>(i)?.max(0) as u64) };
+            let finished: String = row.try_get(0)?;
+            let record = RunRecord {
+                finished_at: super::parse_db_timestamp(&finished)
+                    .with_context(|| format!("finished_at {finished:?} is not a timestamp"))?,
+                exit_code: n(1)? as u8,
+                selected: n(2)?,
+                delivered: n(3)?,
+                already_present: n(4)?,
+                rejected: n(5)?,
+                parked: n(6)?,
+                marked: n(7)?,
+                duration_ms: n(8)?,
+            };
+            if success {
+                out.last_success = Some(record);
+            } else {
+                out.last = Some(record);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A timestamp as every dialect's [`Dialect::timestamp_param`] reads it back (UTC, microseconds).
+fn db_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
 }
 
 struct SqlPage<'a, S: Schema> {

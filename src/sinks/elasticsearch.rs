@@ -74,6 +74,11 @@ impl ElasticsearchSink {
         })
     }
 
+    /// The configured client, for index setup (`super::index`).
+    pub fn client(&self) -> &Elasticsearch {
+        &self.client
+    }
+
     fn delays(&self) -> impl Iterator<Item = Duration> {
         backon::ExponentialBuilder::default()
             .with_min_delay(self.cfg.retry_initial)

@@ -5,6 +5,7 @@
 
 pub mod elasticsearch;
 pub mod file;
+pub mod index;
 
 use crate::config::SinkConfig;
 use crate::sources::Document;

@@ -317,6 +317,15 @@ impl Source for DjangoAuditlog {
     async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64> {
         self.queue.purge(cutoff).await
     }
+    async fn backlog(&mut self) -> Result<Option<super::Backlog>> {
+        self.queue.backlog().await.map(Some)
+    }
+    async fn record_run(&mut self, run: &super::RunRecord) -> Result<()> {
+        self.queue.record_run(run).await
+    }
+    async fn last_runs(&mut self) -> Result<Option<super::LastRuns>> {
+        self.queue.last_runs().await.map(Some)
+    }
 }
 
 #[cfg(test)]

@@ -78,6 +78,36 @@ pub enum Paging {
     Units,
 }
 
+/// What is left to send, for metrics and `status`: the numbers an alert wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Records still to send, not counting parked ones.
+    pub unsent: u64,
+    /// Ordering timestamp of the oldest of them; `None` when there are none.
+    pub oldest_unsent: Option<DateTime<Utc>>,
+}
+
+/// How a run ended, as a source keeps it (SQL sources: table `audit_transfer_runs`).
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub finished_at: DateTime<Utc>,
+    pub exit_code: u8,
+    pub selected: u64,
+    pub delivered: u64,
+    pub already_present: u64,
+    pub rejected: u64,
+    pub parked: u64,
+    pub marked: u64,
+    pub duration_ms: u64,
+}
+
+/// The runs `status` reports.
+#[derive(Debug, Clone, Default)]
+pub struct LastRuns {
+    pub last: Option<RunRecord>,
+    pub last_success: Option<RunRecord>,
+}
+
 /// A record that failed `MAX_ATTEMPTS` times and is no longer tried until `retry-failed`.
 #[derive(Debug, Clone)]
 pub struct Parked {
@@ -114,6 +144,22 @@ pub trait Source: Send {
     /// Sources with a state or cursor file, and SQLite (one writer), say no.
     fn parallel_safe(&self) -> bool {
         false
+    }
+    /// What is left to send. `None` where the source cannot know without fetching it (the
+    /// APIs); the SQL queue counts it.
+    async fn backlog(&mut self) -> Result<Option<Backlog>> {
+        Ok(None)
+    }
+    /// Records the end of a run in the source's own state, for `status`. Sources without a
+    /// state table keep nothing.
+    async fn record_run(&mut self, run: &RunRecord) -> Result<()> {
+        let _ = run;
+        Ok(())
+    }
+    /// The last run recorded by [`Source::record_run`] that ended with exit code 0 or 3 (it
+    /// finished), and the last run of any outcome. `None` where nothing is kept.
+    async fn last_runs(&mut self) -> Result<Option<LastRuns>> {
+        Ok(None)
     }
     /// `run --dry-run`: reports what a run would take, moving and marking nothing.
     async fn dry_run(&mut self) -> Result<()> {
