@@ -751,7 +751,9 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
 
 fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
     let bucket = opt(&raw.s3_bucket).ok_or_else(|| {
-        ConfigError("S3_BUCKET is not set: expected the name of the bucket holding the export files".into())
+        ConfigError(
+            "S3_BUCKET is not set: expected the name of the bucket holding the export files".into(),
+        )
     })?;
     // S3's own rules, loosely (dots and capitals exist in old buckets and other stores).
     if bucket.len() > 255
@@ -763,8 +765,15 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
             "invalid S3_BUCKET {bucket:?}: expected a bucket name of letters, digits, '-', '.' and '_'"
         )));
     }
-    let prefix = opt(&raw.s3_prefix).unwrap_or("").trim_matches('/').to_string();
-    if prefix.split('/').any(|p| p.is_empty() || p == "." || p == "..") && !prefix.is_empty() {
+    let prefix = opt(&raw.s3_prefix)
+        .unwrap_or("")
+        .trim_matches('/')
+        .to_string();
+    if prefix
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+        && !prefix.is_empty()
+    {
         return Err(ConfigError(format!(
             "invalid S3_PREFIX {prefix:?}: expected a folder such as exports/account-1 (no empty, . or .. parts)"
         )));
@@ -802,7 +811,10 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
             cursor_file.display()
         )));
     }
-    let format = match opt(&raw.s3_format).map(|s| s.to_ascii_lowercase()).as_deref() {
+    let format = match opt(&raw.s3_format)
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
         None | Some("auto") => S3Format::Auto,
         Some("json") => S3Format::Json,
         Some("cef") => S3Format::Cef,
@@ -812,7 +824,10 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
             )))
         }
     };
-    let order = match opt(&raw.s3_order).map(|s| s.to_ascii_lowercase()).as_deref() {
+    let order = match opt(&raw.s3_order)
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
         None | Some("auto") => S3Order::Auto,
         Some("index") => S3Order::Index,
         Some("key") => S3Order::Key,
@@ -823,9 +838,8 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
         }
     };
     let max_attempts = positive("S3_MAX_ATTEMPTS", &raw.s3_max_attempts)?.unwrap_or(5);
-    let max_attempts = u32::try_from(max_attempts).map_err(|_| {
-        ConfigError("invalid S3_MAX_ATTEMPTS: expected at most 4294967295".into())
-    })?;
+    let max_attempts = u32::try_from(max_attempts)
+        .map_err(|_| ConfigError("invalid S3_MAX_ATTEMPTS: expected at most 4294967295".into()))?;
     let on_bad_file = match opt(&raw.s3_on_bad_file)
         .map(|s| s.to_ascii_lowercase())
         .as_deref()
@@ -839,7 +853,10 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
         }
     };
     let to_stdout = matches!(sink, Ok(SinkConfig::Stdout));
-    let output = match opt(&raw.s3_output).map(|s| s.to_ascii_lowercase()).as_deref() {
+    let output = match opt(&raw.s3_output)
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
         // On stdout the lines as the vendor's client script wrote them (`> export.log`).
         None if to_stdout => S3Output::Original,
         None | Some("document") => S3Output::Document,
@@ -1756,7 +1773,10 @@ mod tests {
         assert!(c.accept_gaps);
         assert_eq!(c.output, S3Output::Original, "stdout: the vendor's lines");
         let debug = format!("{c:?}");
-        assert!(!debug.contains("s3cr3t-value") && !debug.contains("z1p-secret"), "{debug}");
+        assert!(
+            !debug.contains("s3cr3t-value") && !debug.contains("z1p-secret"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -1772,12 +1792,19 @@ mod tests {
         assert!(err(&[("S3_ON_BAD_FILE", "ignore")]).starts_with("invalid S3_ON_BAD_FILE"));
         assert!(err(&[("S3_ACCEPT_GAPS", "maybe")]).starts_with("invalid S3_ACCEPT_GAPS"));
         assert!(err(&[("S3_OUTPUT", "xml")]).starts_with("invalid S3_OUTPUT"));
-        let e = err(&[("S3_OUTPUT", "original"), ("SINK", ""), ("ELASTICSEARCH_HOST", "es")]);
+        let e = err(&[
+            ("S3_OUTPUT", "original"),
+            ("SINK", ""),
+            ("ELASTICSEARCH_HOST", "es"),
+        ]);
         assert!(e.contains("Elasticsearch needs JSON"), "{e}");
         let e = err(&[("AWS_ACCESS_KEY_ID", "AKIA")]);
         assert!(e.starts_with("AWS_SECRET_ACCESS_KEY is not set"), "{e}");
         let e = err(&[("AWS_SECRET_ACCESS_KEY", "s3cr3t")]);
-        assert!(e.starts_with("AWS_ACCESS_KEY_ID is not set") && !e.contains("s3cr3t"), "{e}");
+        assert!(
+            e.starts_with("AWS_ACCESS_KEY_ID is not set") && !e.contains("s3cr3t"),
+            "{e}"
+        );
         let e = err(&[("AWS_PROFILE", "nope"), ("HOME", "/nonexistent")]);
         assert!(e.starts_with("invalid AWS_PROFILE"), "{e}");
     }
@@ -1802,7 +1829,9 @@ mod tests {
         }
         assert!(c.credentials_origin.contains("profile \"audit\""));
         let c = s3(&[("AWS_SHARED_CREDENTIALS_FILE", f)]).unwrap();
-        assert!(matches!(&c.credentials, S3Credentials::Static { key_id, .. } if key_id == "AKIADEFAULT"));
+        assert!(
+            matches!(&c.credentials, S3Credentials::Static { key_id, .. } if key_id == "AKIADEFAULT")
+        );
     }
 
     #[test]

@@ -142,36 +142,48 @@ fn delivered_files(run: &Run) -> Vec<String> {
 #[test]
 fn zip_gzip_and_plain_files_in_json_and_cef_go_in_index_order() {
     let c = Case::new();
-    // Index order is numeric: 2 before 10, whatever the extension.
-    c.put("exp-1.zip", zip_of(&cef_lines(1, 3), None));
-    c.put("exp-10.log", text(&cef_lines(10, 2)));
-    c.put("exp-2.json.gz", gz_of(&json_lines(2, 4)));
-    c.put("exp-3.log", text(&json_lines(3, 1)));
-    c.put("exp-4.gz", gz_of(&cef_lines(4, 6)));
+    // Index order is numeric: 9 before 10, whatever the extension.
+    c.put("exp-8.zip", zip_of(&cef_lines(1, 3), None));
+    c.put("exp-12.log", text(&cef_lines(10, 2)));
+    c.put("exp-9.json.gz", gz_of(&json_lines(2, 4)));
+    c.put("exp-10.log", text(&json_lines(3, 1)));
+    c.put("exp-11.gz", gz_of(&cef_lines(4, 6)));
     let run = c.env().run(&["run"]);
     run.expect(0);
     assert_eq!(
         delivered_files(&run),
-        ["exp-1.zip", "exp-2.json.gz", "exp-3.log", "exp-4.gz", "exp-10.log"]
+        [
+            "exp-8.zip",
+            "exp-9.json.gz",
+            "exp-10.log",
+            "exp-11.gz",
+            "exp-12.log"
+        ]
     );
     assert_eq!(run.n("selected"), 16);
     assert_eq!(run.n("delivered"), 16);
     assert_eq!(osmem().count(&c.index), 16);
 
-    let d = c.doc("exp-1.zip", 2);
+    let d = c.doc("exp-8.zip", 2);
     assert_eq!(d["@timestamp"], "2024-05-01T10:00:01.002Z", "from rt");
     assert_eq!(d["cef"]["device"]["vendor"], "Cato Networks");
     assert_eq!(d["cef"]["name"], "Internet Firewall");
     assert_eq!(d["cef"]["extensions"]["msg"], "file 1 line 2");
     assert_eq!(d["cef"]["extensions"]["src"], "10.0.1.2");
-    let d = c.doc("exp-2.json.gz", 4);
+    let d = c.doc("exp-9.json.gz", 4);
     assert_eq!(d["sourceIp"], "10.1.2.4");
-    assert_eq!(d["@timestamp"], "2024-05-01T10:00:02.004Z", "from creationTime");
-    assert_eq!(c.doc("exp-10.log", 1)["cef"]["extensions"]["src"], "10.0.10.1");
+    assert_eq!(
+        d["@timestamp"], "2024-05-01T10:00:02.004Z",
+        "from creationTime"
+    );
+    assert_eq!(
+        c.doc("exp-12.log", 1)["cef"]["extensions"]["src"],
+        "10.0.10.1"
+    );
 
     let cursor = c.cursor();
-    assert_eq!(cursor["last"]["key"], c.key("exp-10.log"));
-    assert_eq!(cursor["last"]["index"], 10);
+    assert_eq!(cursor["last"]["key"], c.key("exp-12.log"));
+    assert_eq!(cursor["last"]["index"], 12);
     assert_eq!(cursor["order"], "index");
     assert!(cursor["next"].is_null());
 }
@@ -206,7 +218,11 @@ fn batch_size_stops_at_a_file_boundary() {
         c.put(&cato(i), zip_of(&cef_lines(i, 4), None));
     }
     // BATCH_SIZE=5: file 1 (4), then file 2 is started and finished (8), file 3 waits.
-    let run = c.env().set("BATCH_SIZE", "5").set("CHUNK_SIZE", "3").run(&["run"]);
+    let run = c
+        .env()
+        .set("BATCH_SIZE", "5")
+        .set("CHUNK_SIZE", "3")
+        .run(&["run"]);
     run.expect(0);
     assert_eq!(delivered_files(&run), [cato(1), cato(2)]);
     assert_eq!(run.n("selected"), 8);
@@ -225,12 +241,18 @@ fn killed_during_a_file_then_rerun_creates_no_duplicates() {
     let mut child = c
         .env()
         .set("AUDIT_TRANSFER_FAILPOINT", "after_ship:2")
-        .set("AUDIT_TRANSFER_FAILPOINT_DIR", points.path().to_str().unwrap())
+        .set(
+            "AUDIT_TRANSFER_FAILPOINT_DIR",
+            points.path().to_str().unwrap(),
+        )
         .spawn(&["run"]);
     let reached = points.path().join("after_ship.reached");
     let start = std::time::Instant::now();
     while !reached.exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "failpoint not reached");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "failpoint not reached"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill().unwrap();
@@ -242,7 +264,11 @@ fn killed_during_a_file_then_rerun_creates_no_duplicates() {
 
     let run = c.env().run(&["run"]);
     run.expect(0);
-    assert_eq!(run.n("already_present"), 10, "file 1 again, under the same ids");
+    assert_eq!(
+        run.n("already_present"),
+        10,
+        "file 1 again, under the same ids"
+    );
     assert_eq!(run.n("delivered"), 5);
     assert_eq!(osmem().count(&c.index), 15);
     let mut expected: Vec<String> = (1..=12)
@@ -251,7 +277,10 @@ fn killed_during_a_file_then_rerun_creates_no_duplicates() {
         .collect();
     expected.sort();
     assert_eq!(c.ids(), expected);
-    assert!(c.cursor()["next"].is_null(), "attempts reset when delivered");
+    assert!(
+        c.cursor()["next"].is_null(),
+        "attempts reset when delivered"
+    );
 }
 
 #[test]
@@ -262,7 +291,11 @@ fn password_protected_zip() {
 
     let none = c.env().run(&["run"]);
     none.expect(1);
-    assert!(none.stderr.contains("is encrypted: set S3_ZIP_PASSWORD"), "{}", none.stderr);
+    assert!(
+        none.stderr.contains("is encrypted: set S3_ZIP_PASSWORD"),
+        "{}",
+        none.stderr
+    );
     let wrong = c.env().set("S3_ZIP_PASSWORD", "not-it").run(&["run"]);
     wrong.expect(1);
     assert!(
@@ -272,12 +305,19 @@ fn password_protected_zip() {
     );
     assert!(!wrong.stderr.contains("not-it"));
 
-    let run = c.env().set("S3_ZIP_PASSWORD", secret).set("DEBUG", "true").run(&["run"]);
+    let run = c
+        .env()
+        .set("S3_ZIP_PASSWORD", secret)
+        .set("DEBUG", "true")
+        .run(&["run"]);
     run.expect(0);
     assert_eq!(run.n("delivered"), 3);
     assert!(!run.stderr.contains(secret), "the password is never logged");
     assert!(!run.stderr.contains(&moto().secret), "nor the secret key");
-    assert_eq!(c.doc(&cato(1), 3)["cef"]["extensions"]["msg"], "file 1 line 3");
+    assert_eq!(
+        c.doc(&cato(1), 3)["cef"]["extensions"]["msg"],
+        "file 1 line 3"
+    );
 }
 
 fn corrupt_zip() -> Vec<u8> {
@@ -300,18 +340,37 @@ fn a_corrupt_zip_stops_the_sequence_after_the_attempt_limit() {
 
     let first = env.run(&["run"]);
     first.expect(1);
-    assert!(first.stderr.contains(&format!("{}: not a readable zip file", c.key(&cato(2)))), "{}", first.stderr);
-    assert!(first.stderr.contains("attempt 1 of S3_MAX_ATTEMPTS=2"), "{}", first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains(&format!("{}: not a readable zip file", c.key(&cato(2)))),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first.stderr.contains("attempt 1 of S3_MAX_ATTEMPTS=2"),
+        "{}",
+        first.stderr
+    );
     assert_eq!(delivered_files(&first), [cato(1)]);
     env.run(&["run"]).expect(1);
     let cursor = c.cursor();
     assert_eq!(cursor["next"]["attempts"], 2);
-    assert!(cursor["next"]["last_error"].as_str().unwrap().contains("not a readable zip"));
+    assert!(cursor["next"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("not a readable zip"));
 
     // Used up: the run stops at the file without reading it, and says what to do.
     let stopped = env.run(&["run"]);
     stopped.expect(1);
-    assert!(stopped.stderr.contains("failed 2 times (S3_MAX_ATTEMPTS=2)"), "{}", stopped.stderr);
+    assert!(
+        stopped
+            .stderr
+            .contains("failed 2 times (S3_MAX_ATTEMPTS=2)"),
+        "{}",
+        stopped.stderr
+    );
     assert!(stopped.stderr.contains("retry-failed"));
     assert_eq!(c.cursor()["last"]["index"], 1, "nothing skipped");
     assert_eq!(osmem().count(&c.index), 2);
@@ -330,7 +389,10 @@ fn a_corrupt_zip_is_skipped_after_the_attempt_limit_with_skip() {
     c.put(&cato(1), zip_of(&cef_lines(1, 2), None));
     c.put(&cato(2), corrupt_zip());
     c.put(&cato(3), zip_of(&cef_lines(3, 2), None));
-    let env = c.env().set("S3_MAX_ATTEMPTS", "2").set("S3_ON_BAD_FILE", "skip");
+    let env = c
+        .env()
+        .set("S3_MAX_ATTEMPTS", "2")
+        .set("S3_ON_BAD_FILE", "skip");
 
     env.run(&["run"]).expect(1);
     // The second attempt fails too: the file is parked and later files go on.
@@ -338,7 +400,11 @@ fn a_corrupt_zip_is_skipped_after_the_attempt_limit_with_skip() {
     run.expect(3);
     assert_eq!(run.n("parked"), 1);
     assert_eq!(delivered_files(&run), [cato(3)]);
-    assert!(run.stderr.contains("skipped after S3_MAX_ATTEMPTS"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("skipped after S3_MAX_ATTEMPTS"),
+        "{}",
+        run.stderr
+    );
     let cursor = c.cursor();
     assert_eq!(cursor["skipped"][0]["key"], c.key(&cato(2)));
     assert_eq!(cursor["last"]["index"], 3);
@@ -346,7 +412,9 @@ fn a_corrupt_zip_is_skipped_after_the_attempt_limit_with_skip() {
     // Listed every run until someone acts.
     let again = env.run(&["run"]);
     again.expect(3);
-    assert!(again.stderr.contains(&format!("s3://{}/{}", moto().bucket, c.key(&cato(2)))));
+    assert!(again
+        .stderr
+        .contains(&format!("s3://{}/{}", moto().bucket, c.key(&cato(2)))));
 
     // Repaired: retry-failed goes back before it; file 3 comes again as already present.
     c.put(&cato(2), zip_of(&cef_lines(2, 3), None));
@@ -375,7 +443,11 @@ fn a_gap_in_the_sequence_is_reported_with_exit_3_unless_accepted() {
         run.stderr
     );
     assert_eq!(run.n("incomplete"), 1);
-    assert_eq!(delivered_files(&run), [cato(6), cato(7)], "what is there is still sent");
+    assert_eq!(
+        delivered_files(&run),
+        [cato(6), cato(7)],
+        "what is there is still sent"
+    );
     c.env().run(&["run"]).expect(0);
 
     c.put(&cato(9), zip_of(&cef_lines(9, 1), None));
@@ -404,7 +476,13 @@ fn a_malformed_cef_line_is_reported_with_file_and_line() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| v["record"] == place.as_str())
         .unwrap_or_else(|| panic!("no report for {place}: {}", run.stderr));
-    assert!(report["message"].as_str().unwrap().contains("3 of 7 fields"), "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 of 7 fields"),
+        "{report}"
+    );
     // The policy: the line is rejected, the file still completes.
     assert_eq!(delivered_files(&run), [cato(1), cato(2)]);
     assert_eq!(c.cursor()["last"]["index"], 2);
@@ -419,16 +497,35 @@ fn wrong_credentials_name_the_variables_and_leave_the_cursor() {
     c.put(&cato(2), zip_of(&cef_lines(2, 1), None));
 
     let bad_secret = "wrong-secret-value-123";
-    let run = c.env().set("AWS_SECRET_ACCESS_KEY", bad_secret).run(&["run"]);
+    let run = c
+        .env()
+        .set("AWS_SECRET_ACCESS_KEY", bad_secret)
+        .run(&["run"]);
     run.expect(2);
-    assert!(run.stderr.contains("refused the credentials"), "{}", run.stderr);
-    assert!(run.stderr.contains("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"));
+    assert!(
+        run.stderr.contains("refused the credentials"),
+        "{}",
+        run.stderr
+    );
+    assert!(run
+        .stderr
+        .contains("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"));
     assert!(!run.stderr.contains(bad_secret));
-    let unknown = c.env().set("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY0000000").run(&["run"]);
+    let unknown = c
+        .env()
+        .set("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY0000000")
+        .run(&["run"]);
     unknown.expect(2);
-    assert_eq!(std::fs::read(c.cursor_file()).unwrap(), before, "cursor untouched");
+    assert_eq!(
+        std::fs::read(c.cursor_file()).unwrap(),
+        before,
+        "cursor untouched"
+    );
 
-    let check = c.env().set("AWS_SECRET_ACCESS_KEY", bad_secret).run(&["check"]);
+    let check = c
+        .env()
+        .set("AWS_SECRET_ACCESS_KEY", bad_secret)
+        .run(&["check"]);
     check.expect(2);
     assert_eq!(osmem().count(&c.index), 1);
 }
@@ -443,7 +540,11 @@ fn stdout_writes_the_lines_as_the_vendor_script_did() {
     let env = c.env().set("SINK", "stdout").set("ELASTICSEARCH_HOST", "");
     let run = env.run(&["run"]);
     run.expect(0);
-    let expected: String = first.iter().chain(&second).map(|l| format!("{l}\n")).collect();
+    let expected: String = first
+        .iter()
+        .chain(&second)
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert_eq!(run.stdout, expected, "export.log: the lines as they are");
     let again = env.run(&["run"]);
     again.expect(0);
@@ -470,7 +571,10 @@ fn key_order_for_names_without_numbers_and_a_deleted_cursor_starts_over() {
     c.put("c-events.log", text(&json_lines(3, 1)));
     let run = c.env().run(&["run"]);
     run.expect(0);
-    assert_eq!(delivered_files(&run), ["a-events.log", "b-events.log", "c-events.log"]);
+    assert_eq!(
+        delivered_files(&run),
+        ["a-events.log", "b-events.log", "c-events.log"]
+    );
     assert_eq!(c.cursor()["order"], "key");
     c.put("d-events.log", text(&json_lines(4, 1)));
     assert_eq!(delivered_files(&c.env().run(&["run"])), ["d-events.log"]);
@@ -478,6 +582,10 @@ fn key_order_for_names_without_numbers_and_a_deleted_cursor_starts_over() {
     std::fs::remove_file(c.cursor_file()).unwrap();
     let again = c.env().run(&["run"]);
     again.expect(0);
-    assert_eq!(again.n("already_present"), 4, "from the first file, no duplicates");
+    assert_eq!(
+        again.n("already_present"),
+        4,
+        "from the first file, no duplicates"
+    );
     assert_eq!(osmem().count(&c.index), 4);
 }

@@ -201,7 +201,10 @@ mod tests {
         assert_eq!(c.name, "Internet Firewall");
         assert_eq!(c.severity, "3");
         assert_eq!(c.extensions["rt"], "1714557600123");
-        assert_eq!(c.extensions["msg"], "Blocked by rule 7", "values keep spaces");
+        assert_eq!(
+            c.extensions["msg"], "Blocked by rule 7",
+            "values keep spaces"
+        );
         assert_eq!(c.extensions["suser"], "ann@example.com");
         assert_eq!(c.extensions.len(), 6);
     }
@@ -217,7 +220,8 @@ mod tests {
 
     #[test]
     fn extension_escapes() {
-        let c = parse(r"CEF:0|V|P|1|id|n|5|msg=a\=b c\\d line\nnext\r x path=C:\\dir\\f file=x\|y").unwrap();
+        let c = parse(r"CEF:0|V|P|1|id|n|5|msg=a\=b c\\d line\nnext\r x path=C:\\dir\\f file=x\|y")
+            .unwrap();
         assert_eq!(c.extensions["msg"], "a=b c\\d line\nnext\r x");
         assert_eq!(c.extensions["path"], r"C:\dir\f");
         assert_eq!(c.extensions["file"], "x|y");
@@ -266,12 +270,16 @@ mod tests {
 
     #[test]
     fn malformed_lines_say_why() {
-        assert!(parse("{\"json\": true}").unwrap_err().contains("no \"CEF:\""));
+        assert!(parse("{\"json\": true}")
+            .unwrap_err()
+            .contains("no \"CEF:\""));
         let e = parse("CEF:0|V|P|1|id|n").unwrap_err();
         assert!(e.contains("6 of 7 fields"), "{e}");
         let e = parse("CEF:0|V|P|1|id|n|5|garbage a=1").unwrap_err();
         assert!(e.contains("does not start with key=value"), "{e}");
-        assert!(parse("CEF:|V|P|1|id|n|5|").unwrap_err().contains("no version"));
+        assert!(parse("CEF:|V|P|1|id|n|5|")
+            .unwrap_err()
+            .contains("no version"));
         // Six escaped pipes are no separators.
         assert!(parse(r"CEF:0\|V\|P\|1\|id\|n\|5\|").is_err());
     }

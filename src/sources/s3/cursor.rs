@@ -155,7 +155,10 @@ mod tests {
         save(&path, &c).unwrap();
         assert_eq!(load(&path, "b", "p").unwrap(), Some(c));
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"index\": 3") && text.contains("\"attempts\": 2"), "{text}");
+        assert!(
+            text.contains("\"index\": 3") && text.contains("\"attempts\": 2"),
+            "{text}"
+        );
         let e = load(&path, "other", "p").unwrap_err().to_string();
         assert!(e.contains("belongs to S3_BUCKET=b"), "{e}");
         std::fs::write(&path, "{").unwrap();

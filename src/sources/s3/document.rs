@@ -210,10 +210,14 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .find_map(|z| s.strip_suffix(z))
         .unwrap_or(s)
         .trim_end();
-    ["%b %d %Y %H:%M:%S%.f", "%b %d %Y %H:%M:%S", "%Y-%m-%d %H:%M:%S%.f"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(bare, f).ok())
-        .map(|t| t.and_utc())
+    [
+        "%b %d %Y %H:%M:%S%.f",
+        "%b %d %Y %H:%M:%S",
+        "%Y-%m-%d %H:%M:%S%.f",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(bare, f).ok())
+    .map(|t| t.and_utc())
 }
 
 #[cfg(test)]
@@ -246,14 +250,20 @@ mod tests {
             entry: Some("a.log"),
             ..origin()
         };
-        assert_eq!(e.doc_id(1), "logs/acct/CATO00000000000000000007.zip!a.log#1");
+        assert_eq!(
+            e.doc_id(1),
+            "logs/acct/CATO00000000000000000007.zip!a.log#1"
+        );
         let long_key = "k".repeat(600);
         let l = Origin {
             key: &long_key,
             ..origin()
         };
         let id = l.doc_id(9);
-        assert!(id.starts_with("s3-") && id.ends_with("#9") && id.len() < 80, "{id}");
+        assert!(
+            id.starts_with("s3-") && id.ends_with("#9") && id.len() < 80,
+            "{id}"
+        );
         assert_eq!(id, l.doc_id(9), "stable");
     }
 
@@ -280,7 +290,10 @@ mod tests {
         let (d, b) = doc("CEF:0|V|P|1|id|n|5|rt=yesterday", S3Format::Auto);
         assert_eq!(d["@timestamp"], "2024-05-01T10:00:30.000Z");
         assert!(b.unreadable_time);
-        let (d, _) = doc("CEF:0|V|P|1|id|n|5|rt=May 01 2024 12:30:00.250 UTC", S3Format::Cef);
+        let (d, _) = doc(
+            "CEF:0|V|P|1|id|n|5|rt=May 01 2024 12:30:00.250 UTC",
+            S3Format::Cef,
+        );
         assert_eq!(d["@timestamp"], "2024-05-01T12:30:00.250Z");
     }
 
@@ -314,13 +327,28 @@ mod tests {
         assert!(fail(b"CEF:0|V|P", S3Format::Cef).contains("3 of 7"));
         assert!(fail(b"plain text", S3Format::Auto).contains("no \"CEF:\""));
         assert!(fail(b"\xff\xfe", S3Format::Auto).contains("not UTF-8"));
-        let b = build(&origin(), 4, b"CEF:0|V|P", S3Format::Cef, S3Output::Document);
-        assert_eq!(b.record.key, "s3://logs/acct/CATO00000000000000000007.zip:4");
+        let b = build(
+            &origin(),
+            4,
+            b"CEF:0|V|P",
+            S3Format::Cef,
+            S3Output::Document,
+        );
+        assert_eq!(
+            b.record.key,
+            "s3://logs/acct/CATO00000000000000000007.zip:4"
+        );
     }
 
     #[test]
     fn original_output_is_the_line_as_it_is() {
-        let b = build(&origin(), 1, b"CEF:0|broken", S3Format::Cef, S3Output::Original);
+        let b = build(
+            &origin(),
+            1,
+            b"CEF:0|broken",
+            S3Format::Cef,
+            S3Output::Original,
+        );
         assert_eq!(b.record.doc.unwrap().body, b"CEF:0|broken");
     }
 }

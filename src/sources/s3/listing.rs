@@ -86,7 +86,13 @@ pub fn choose_mode(order: S3Order, cursor: Option<Mode>, objects: &[ObjectInfo])
     }
 }
 
-fn compare(mode: Mode, a_index: Option<u64>, a_key: &str, b_index: Option<u64>, b_key: &str) -> Ordering {
+fn compare(
+    mode: Mode,
+    a_index: Option<u64>,
+    a_key: &str,
+    b_index: Option<u64>,
+    b_key: &str,
+) -> Ordering {
     match mode {
         Mode::Index => (a_index, a_key).cmp(&(b_index, b_key)),
         Mode::Key => a_key.cmp(b_key),
@@ -108,9 +114,8 @@ pub fn plan(mode: Mode, objects: Vec<ObjectInfo>, after: Option<&Position>) -> P
             out.unnumbered.push(o.key);
             continue;
         }
-        let later = after.is_none_or(|a| {
-            compare(mode, o.index, &o.key, a.index, &a.key) == Ordering::Greater
-        });
+        let later = after
+            .is_none_or(|a| compare(mode, o.index, &o.key, a.index, &a.key) == Ordering::Greater);
         if later {
             out.files.push(o);
         }
@@ -122,7 +127,11 @@ pub fn plan(mode: Mode, objects: Vec<ObjectInfo>, after: Option<&Position>) -> P
 
 /// Index order: how many indexes are missing between the cursor and `next`, and the first of
 /// them. `None` when `next` follows directly (or there is no cursor to compare with).
-pub fn missing_before(mode: Mode, after: Option<&Position>, next: &ObjectInfo) -> Option<(u64, u64)> {
+pub fn missing_before(
+    mode: Mode,
+    after: Option<&Position>,
+    next: &ObjectInfo,
+) -> Option<(u64, u64)> {
     if mode != Mode::Index {
         return None;
     }
@@ -151,12 +160,21 @@ mod tests {
         assert_eq!(file_index("a1/b2/log-2024-05-01-0009.log"), Some(9));
         assert_eq!(file_index("dir9/events.log"), None, "folders do not count");
         assert_eq!(file_index("v2.json"), Some(2));
-        assert_eq!(file_index("CATO99999999999999999999999.zip"), None, "too large");
+        assert_eq!(
+            file_index("CATO99999999999999999999999.zip"),
+            None,
+            "too large"
+        );
     }
 
     #[test]
     fn index_order_is_numeric_not_lexicographic() {
-        let objects = vec![obj("p/f10.log"), obj("p/f9.log"), obj("p/f11.log"), obj("p/f2.log")];
+        let objects = vec![
+            obj("p/f10.log"),
+            obj("p/f9.log"),
+            obj("p/f11.log"),
+            obj("p/f2.log"),
+        ];
         let mode = choose_mode(S3Order::Auto, None, &objects);
         assert_eq!(mode, Mode::Index);
         let p = plan(mode, objects.clone(), None);
@@ -175,14 +193,23 @@ mod tests {
             key: "p/a1.log".into(),
             index: Some(1),
         };
-        assert_eq!(keys(&plan(mode, objects, Some(&after))), ["p/b.log", "p/c.log"]);
+        assert_eq!(
+            keys(&plan(mode, objects, Some(&after))),
+            ["p/b.log", "p/c.log"]
+        );
     }
 
     #[test]
     fn the_cursor_keeps_its_order_and_configuration_overrides() {
         let objects = vec![obj("p/b.log")];
-        assert_eq!(choose_mode(S3Order::Auto, Some(Mode::Index), &objects), Mode::Index);
-        assert_eq!(choose_mode(S3Order::Key, Some(Mode::Index), &objects), Mode::Key);
+        assert_eq!(
+            choose_mode(S3Order::Auto, Some(Mode::Index), &objects),
+            Mode::Index
+        );
+        assert_eq!(
+            choose_mode(S3Order::Key, Some(Mode::Index), &objects),
+            Mode::Key
+        );
         assert_eq!(choose_mode(S3Order::Index, None, &[]), Mode::Index);
         assert_eq!(choose_mode(S3Order::Auto, None, &[]), Mode::Key);
         let p = plan(Mode::Index, vec![obj("p/b.log"), obj("p/x3.log")], None);
@@ -198,8 +225,15 @@ mod tests {
         };
         let next = obj("p/CATO00000000000000000008.zip");
         assert_eq!(missing_before(Mode::Index, Some(&at(7)), &next), None);
-        assert_eq!(missing_before(Mode::Index, Some(&at(4)), &next), Some((5, 3)));
-        assert_eq!(missing_before(Mode::Index, None, &next), None, "a fresh start has no gap");
+        assert_eq!(
+            missing_before(Mode::Index, Some(&at(4)), &next),
+            Some((5, 3))
+        );
+        assert_eq!(
+            missing_before(Mode::Index, None, &next),
+            None,
+            "a fresh start has no gap"
+        );
         assert_eq!(missing_before(Mode::Key, Some(&at(4)), &next), None);
         // The same index again (a second file with that number) is no gap.
         assert_eq!(missing_before(Mode::Index, Some(&at(8)), &next), None);

@@ -131,9 +131,17 @@ impl S3Cursor {
             Some(u) => format!("S3_ENDPOINT {u}"),
             None => format!("AWS S3 in S3_REGION {}", self.cfg.region),
         };
-        match e {
+        // object_store maps 401/403 of object requests to these variants, but leaves a refused
+        // listing `Generic`, with the status only in its message.
+        let text = crate::error::one_line(&anyhow!(format!("{e}")));
+        let refused = matches!(
+            e,
             object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => config_error(format!(
+                | object_store::Error::Unauthenticated { .. }
+        ) || text.contains("403 Forbidden")
+            || text.contains("401 Unauthorized");
+        match e {
+            _ if refused => config_error(format!(
                 "{where_} refused the credentials from {} while {doing} S3_BUCKET {}: check \
                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and that the key may \
                  list and read the bucket ({e})",
@@ -148,7 +156,8 @@ impl S3Cursor {
     }
 
     async fn list(&self, offset: Option<&str>) -> Result<Vec<ObjectInfo>> {
-        let prefix = (!self.cfg.prefix.is_empty()).then(|| StorePath::from(self.cfg.prefix.as_str()));
+        let prefix =
+            (!self.cfg.prefix.is_empty()).then(|| StorePath::from(self.cfg.prefix.as_str()));
         let stream = match offset {
             Some(o) => self
                 .store
@@ -168,7 +177,10 @@ impl S3Cursor {
 
     /// Lists the bucket once per run and queues the files after the cursor.
     async fn fill_queue(&mut self) -> Result<()> {
-        let cursor = self.cursor.as_ref().ok_or_else(|| anyhow!("S3 source used before prepare"))?;
+        let cursor = self
+            .cursor
+            .as_ref()
+            .ok_or_else(|| anyhow!("S3 source used before prepare"))?;
         let last = cursor.last.clone();
         let cursor_mode = cursor.order;
         // Key order can start the listing after the cursor; index order needs all names.
@@ -347,7 +359,10 @@ impl S3Cursor {
 
     /// Reads up to `limit` records of the current file. `(records, last)`: `last` when the
     /// file ended; `Err` when it could not be read.
-    async fn read_page(&mut self, limit: usize) -> std::result::Result<(Vec<Record>, bool), String> {
+    async fn read_page(
+        &mut self,
+        limit: usize,
+    ) -> std::result::Result<(Vec<Record>, bool), String> {
         let bucket = self.cfg.bucket.clone();
         let (format, output) = (self.cfg.format, self.cfg.output);
         let cur = self.current.as_mut().expect("a file being read");
@@ -381,7 +396,11 @@ impl S3Cursor {
     }
 }
 
-fn origin<'a>(bucket: &'a str, info: &'a ObjectInfo, entry: Option<&'a str>) -> document::Origin<'a> {
+fn origin<'a>(
+    bucket: &'a str,
+    info: &'a ObjectInfo,
+    entry: Option<&'a str>,
+) -> document::Origin<'a> {
     document::Origin {
         bucket,
         key: &info.key,
@@ -424,8 +443,11 @@ fn store(cfg: &S3Config) -> Result<object_store::aws::AmazonS3> {
             .with_endpoint(url.as_str().trim_end_matches('/'))
             .with_allow_http(url.scheme() == "http");
     }
-    b.build()
-        .map_err(|e| config_error(format!("invalid S3 settings (S3_BUCKET, S3_REGION, S3_ENDPOINT): {e}")))
+    b.build().map_err(|e| {
+        config_error(format!(
+            "invalid S3 settings (S3_BUCKET, S3_REGION, S3_ENDPOINT): {e}"
+        ))
+    })
 }
 
 /// object_store's `from_env`, except that empty variables count as unset (an env file with
@@ -457,7 +479,8 @@ impl Source for S3Cursor {
     /// credentials.
     async fn check(&mut self) -> Result<()> {
         cursor::load(&self.cfg.cursor_file, &self.cfg.bucket, &self.cfg.prefix)?;
-        let prefix = (!self.cfg.prefix.is_empty()).then(|| StorePath::from(self.cfg.prefix.as_str()));
+        let prefix =
+            (!self.cfg.prefix.is_empty()).then(|| StorePath::from(self.cfg.prefix.as_str()));
         let first = self
             .store
             .list_with_delimiter(prefix.as_ref())

@@ -26,9 +26,14 @@ pub enum Msg {
     /// The zip entry the following lines come from (zips with more than one entry only).
     Entry(String),
     /// A line without its line break, counted from 1 within its entry.
-    Line { line: u64, bytes: Vec<u8> },
+    Line {
+        line: u64,
+        bytes: Vec<u8>,
+    },
     /// A line longer than [`MAX_LINE`], skipped.
-    TooLong { line: u64 },
+    TooLong {
+        line: u64,
+    },
     /// The file could not be read to its end.
     Failed(String),
     End,
@@ -181,7 +186,11 @@ fn lines(mut r: impl BufRead, tx: &mpsc::Sender<Msg>) -> Result<(), Stop> {
         let chunk = match r.fill_buf() {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Stop::Failed(format!("reading failed after line {line_no}: {e}"))),
+            Err(e) => {
+                return Err(Stop::Failed(format!(
+                    "reading failed after line {line_no}: {e}"
+                )))
+            }
         };
         if chunk.is_empty() {
             if !buf.is_empty() || too_long {
@@ -264,8 +273,8 @@ impl Read for ObjectReader {
         if self.pos >= self.size || out.is_empty() {
             return Ok(0);
         }
-        let buffered = self.pos >= self.buf_start
-            && self.pos < self.buf_start + self.buf.len() as u64;
+        let buffered =
+            self.pos >= self.buf_start && self.pos < self.buf_start + self.buf.len() as u64;
         if !buffered {
             self.fetch()?;
         }
@@ -285,7 +294,10 @@ impl Seek for ObjectReader {
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
         self.pos = target.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the file")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
         })?;
         Ok(self.pos)
     }
@@ -307,7 +319,9 @@ mod tests {
         let mut out = Vec::new();
         while let Ok(m) = rx.try_recv() {
             out.push(match m {
-                Msg::Line { line, bytes } => format!("{line}:{}", String::from_utf8(bytes).unwrap()),
+                Msg::Line { line, bytes } => {
+                    format!("{line}:{}", String::from_utf8(bytes).unwrap())
+                }
                 Msg::TooLong { line } => format!("{line}:too long"),
                 other => format!("{other:?}"),
             });
@@ -365,7 +379,10 @@ mod tests {
         let e = read_all(zip, Kind::Zip, None).unwrap_err();
         assert!(e.contains("encrypted: set S3_ZIP_PASSWORD"), "{e}");
         let e = read_all(zip, Kind::Zip, Some("wrong")).unwrap_err();
-        assert!(e.contains("not the password") || e.contains("zip entry events.log"), "{e}");
+        assert!(
+            e.contains("not the password") || e.contains("zip entry events.log"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -377,7 +394,10 @@ mod tests {
             e.write_all(part.as_bytes()).unwrap();
             all.extend(e.finish().unwrap());
         }
-        assert_eq!(read_all(&all, Kind::Gzip, None).unwrap(), ["1:a", "2:b", "3:c"]);
+        assert_eq!(
+            read_all(&all, Kind::Gzip, None).unwrap(),
+            ["1:a", "2:b", "3:c"]
+        );
         assert!(read_all(b"not gzip", Kind::Gzip, None).is_err());
         assert!(read_all(b"PK\x03\x04 not a zip", Kind::Zip, None)
             .unwrap_err()
