@@ -35,6 +35,25 @@ pub fn replace(path: &Path, write: impl FnOnce(File) -> io::Result<File>) -> io:
     result
 }
 
+/// An exclusive lock on `<path>.lock`, held while the returned file is open and released by
+/// the OS even if the process is killed. A separate file, because `path` itself is replaced on
+/// every save. `Ok(None)`: another process holds it.
+pub fn lock_beside(path: &Path) -> io::Result<Option<(File, std::path::PathBuf)>> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some((file, lock_path))),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +77,16 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn a_second_lock_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cursor.json");
+        let (first, lock_path) = lock_beside(&path).unwrap().unwrap();
+        assert!(lock_path.ends_with("cursor.json.lock"));
+        assert!(lock_beside(&path).unwrap().is_none());
+        drop(first);
+        assert!(lock_beside(&path).unwrap().is_some());
     }
 }

@@ -87,7 +87,27 @@ pub struct RawEnv {
     metrics_textfile: Option<String>,
     metrics_pushgateway_url: Option<String>,
     elasticsearch_create_index: Option<String>,
-    /// Where `~/.cdp/credentials` is looked for.
+    s3_bucket: Option<String>,
+    s3_prefix: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_path_style: Option<String>,
+    s3_cursor_file: Option<String>,
+    s3_zip_password: Option<String>,
+    s3_format: Option<String>,
+    s3_order: Option<String>,
+    s3_max_attempts: Option<String>,
+    s3_on_bad_file: Option<String>,
+    s3_accept_gaps: Option<String>,
+    s3_output: Option<String>,
+    aws_access_key_id: Option<String>,
+    aws_secret_access_key: Option<String>,
+    aws_session_token: Option<String>,
+    aws_profile: Option<String>,
+    aws_shared_credentials_file: Option<String>,
+    aws_region: Option<String>,
+    aws_default_region: Option<String>,
+    /// Where `~/.cdp/credentials` and `~/.aws/credentials` are looked for.
     home: Option<String>,
 }
 
@@ -111,6 +131,7 @@ pub enum SourceKind {
     DjangoAuditlog,
     Castai,
     CdpArchive,
+    S3Cursor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,6 +352,100 @@ impl std::fmt::Debug for CdpAuth {
     }
 }
 
+/// How the lines of S3 files are read (`S3_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Format {
+    Json,
+    Cef,
+    /// Per line: `{` starts JSON, a line containing `CEF:` is CEF.
+    Auto,
+}
+
+/// The order files are taken in (`S3_ORDER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Order {
+    /// Index when every file name carries a number, else key.
+    Auto,
+    Index,
+    Key,
+}
+
+/// What happens to a file that failed `S3_MAX_ATTEMPTS` times (`S3_ON_BAD_FILE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3OnBadFile {
+    /// The run stops at it (exit 1) until it is fixed or `retry-failed`: nothing skipped.
+    Stop,
+    /// It is parked (listed every run, exit 3) and later files go on.
+    Skip,
+}
+
+/// What a record's document is (`S3_OUTPUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Output {
+    /// A JSON document parsed from the line, with `@timestamp`.
+    Document,
+    /// The line exactly as in the file (the vendor's client script's `export.log`).
+    Original,
+}
+
+/// AWS credentials, as the AWS tools find them.
+#[derive(Clone)]
+pub enum S3Credentials {
+    /// Access key (and session token), from the environment or a credentials file profile.
+    Static {
+        key_id: String,
+        secret: String,
+        token: Option<String>,
+    },
+    /// Neither set: object_store's chain (web identity, ECS task role, instance metadata).
+    Chain,
+}
+
+/// The S3 sequential-files source (`AUDIT_LOGGER_TYPE=S3_CURSOR`).
+#[derive(Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// A folder, without leading or trailing `/`; empty for the whole bucket.
+    pub prefix: String,
+    pub endpoint: Option<url::Url>,
+    pub region: String,
+    pub path_style: bool,
+    pub credentials: S3Credentials,
+    /// Where the credentials came from, for messages (never the values).
+    pub credentials_origin: String,
+    pub cursor_file: PathBuf,
+    /// Never logged; `Debug` leaves it out.
+    pub zip_password: Option<String>,
+    pub format: S3Format,
+    pub order: S3Order,
+    pub max_attempts: u32,
+    pub on_bad_file: S3OnBadFile,
+    pub accept_gaps: bool,
+    pub output: S3Output,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets are deliberately left out.
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint.as_ref().map(|u| u.as_str()))
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("credentials", &self.credentials_origin)
+            .field("cursor_file", &self.cursor_file)
+            .field("zip_password", &self.zip_password.as_ref().map(|_| "***"))
+            .field("format", &self.format)
+            .field("order", &self.order)
+            .field("max_attempts", &self.max_attempts)
+            .field("on_bad_file", &self.on_bad_file)
+            .field("accept_gaps", &self.accept_gaps)
+            .field("output", &self.output)
+            .finish()
+    }
+}
+
 /// The CDP pull-based audit archive source (`AUDIT_LOGGER_TYPE=CDP_ARCHIVE`).
 #[derive(Debug, Clone)]
 pub struct CdpConfig {
@@ -381,6 +496,8 @@ pub struct Config {
     pub castai: Option<CastaiConfig>,
     /// Set when `source` is [`SourceKind::CdpArchive`].
     pub cdp: Option<CdpConfig>,
+    /// Set when `source` is [`SourceKind::S3Cursor`].
+    pub s3: Option<S3Config>,
     /// Sink errors are kept until a command needs a sink: `monthly` must work without one.
     pub sink: std::result::Result<SinkConfig, ConfigError>,
     /// Warnings found while reading (e.g. BATCH_SIZE and BATCH_LIMIT disagree), logged at start.
@@ -396,9 +513,10 @@ impl Config {
             "DJANGO_AUDITLOG" => SourceKind::DjangoAuditlog,
             "CASTAI" => SourceKind::Castai,
             "CDP_ARCHIVE" => SourceKind::CdpArchive,
+            "S3_CURSOR" => SourceKind::S3Cursor,
             other => {
                 return Err(ConfigError(format!(
-                    "invalid AUDIT_LOGGER_TYPE {other:?}: expected SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI or CDP_ARCHIVE"
+                    "invalid AUDIT_LOGGER_TYPE {other:?}: expected SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI, CDP_ARCHIVE or S3_CURSOR"
                 )))
             }
         };
@@ -500,6 +618,12 @@ impl Config {
             _ => None,
         };
 
+        let sink = sink_config(&raw, source);
+        let s3 = match source {
+            SourceKind::S3Cursor => Some(s3_config(&raw, &sink)?),
+            _ => None,
+        };
+
         Ok(Config {
             source,
             enable_send: boolean("ENABLE_SEND_AUDIT_LOG", &raw.enable_send_audit_log)?
@@ -519,7 +643,8 @@ impl Config {
                 _ => None,
             },
             cdp,
-            sink: sink_config(&raw, source),
+            s3,
+            sink,
             metrics: metrics_config(&raw)?,
             warnings,
         })
@@ -535,6 +660,13 @@ impl Config {
             SourceKind::DjangoAuditlog => "django_auditlog:auditlog_logentry".into(),
             SourceKind::Castai => "castai".into(),
             SourceKind::CdpArchive => "cdp_archive".into(),
+            SourceKind::S3Cursor => match &self.s3 {
+                Some(s3) if !s3.prefix.is_empty() => {
+                    format!("s3_cursor:{}/{}", s3.bucket, s3.prefix)
+                }
+                Some(s3) => format!("s3_cursor:{}", s3.bucket),
+                None => "s3_cursor".into(),
+            },
         }
     }
 
@@ -661,6 +793,223 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
         max_retries,
         retry_initial: Duration::from_millis(retry_initial as u64),
     })
+}
+
+fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
+    let bucket = opt(&raw.s3_bucket).ok_or_else(|| {
+        ConfigError(
+            "S3_BUCKET is not set: expected the name of the bucket holding the export files".into(),
+        )
+    })?;
+    // S3's own rules, loosely (dots and capitals exist in old buckets and other stores).
+    if bucket.len() > 255
+        || !bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(ConfigError(format!(
+            "invalid S3_BUCKET {bucket:?}: expected a bucket name of letters, digits, '-', '.' and '_'"
+        )));
+    }
+    let prefix = opt(&raw.s3_prefix)
+        .unwrap_or("")
+        .trim_matches('/')
+        .to_string();
+    if prefix
+        .split('/')
+        .any(|p| p.is_empty() || p == "." || p == "..")
+        && !prefix.is_empty()
+    {
+        return Err(ConfigError(format!(
+            "invalid S3_PREFIX {prefix:?}: expected a folder such as exports/account-1 (no empty, . or .. parts)"
+        )));
+    }
+    let endpoint = match opt(&raw.s3_endpoint) {
+        None => None,
+        Some(u) => Some(
+            url::Url::parse(u)
+                .ok()
+                .filter(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some()
+                        && u.username().is_empty()
+                        && u.password().is_none()
+                })
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "invalid S3_ENDPOINT {u:?}: expected http(s)://host[:port] of an S3-compatible store, without credentials"
+                    ))
+                })?,
+        ),
+    };
+    let region = opt(&raw.s3_region)
+        .or(opt(&raw.aws_region))
+        .or(opt(&raw.aws_default_region))
+        .unwrap_or("us-east-1")
+        .to_string();
+    // MinIO, Ceph and most other stores want path-style; AWS prefers virtual-hosted.
+    let path_style = boolean("S3_PATH_STYLE", &raw.s3_path_style)?.unwrap_or(endpoint.is_some());
+    let (credentials, credentials_origin) = aws_credentials(raw)?;
+    let cursor_file = PathBuf::from(opt(&raw.s3_cursor_file).unwrap_or("s3-cursor.json"));
+    if cursor_file.file_name().is_none() || cursor_file.is_dir() {
+        return Err(ConfigError(format!(
+            "invalid S3_CURSOR_FILE {:?}: expected a file path, not a directory",
+            cursor_file.display()
+        )));
+    }
+    let format = match opt(&raw.s3_format)
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("auto") => S3Format::Auto,
+        Some("json") => S3Format::Json,
+        Some("cef") => S3Format::Cef,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "invalid S3_FORMAT {other:?}: expected json, cef or auto"
+            )))
+        }
+    };
+    let order = match opt(&raw.s3_order)
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("auto") => S3Order::Auto,
+        Some("index") => S3Order::Index,
+        Some("key") => S3Order::Key,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "invalid S3_ORDER {other:?}: expected auto, index or key"
+            )))
+        }
+    };
+    let max_attempts = positive("S3_MAX_ATTEMPTS", &raw.s3_max_attempts)?.unwrap_or(5);
+    let max_attempts = u32::try_from(max_attempts)
+        .map_err(|_| ConfigError("invalid S3_MAX_ATTEMPTS: expected at most 4294967295".into()))?;
+    let on_bad_file = match opt(&raw.s3_on_bad_file)
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("stop") => S3OnBadFile::Stop,
+        Some("skip") => S3OnBadFile::Skip,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "invalid S3_ON_BAD_FILE {other:?}: expected stop or skip"
+            )))
+        }
+    };
+    let to_stdout = matches!(sink, Ok(SinkConfig::Stdout));
+    let output = match opt(&raw.s3_output)
+        .map(|s| s.to_ascii_lowercase())
+        .as_deref()
+    {
+        // On stdout the lines as the vendor's client script wrote them (`> export.log`).
+        None if to_stdout => S3Output::Original,
+        None | Some("document") => S3Output::Document,
+        Some("original") => S3Output::Original,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "invalid S3_OUTPUT {other:?}: expected document or original"
+            )))
+        }
+    };
+    if output == S3Output::Original && matches!(sink, Ok(SinkConfig::Elasticsearch(_))) {
+        return Err(ConfigError(
+            "invalid S3_OUTPUT \"original\": Elasticsearch needs JSON documents; use S3_OUTPUT=document".into(),
+        ));
+    }
+    Ok(S3Config {
+        bucket: bucket.to_string(),
+        prefix,
+        endpoint,
+        region,
+        path_style,
+        credentials,
+        credentials_origin,
+        cursor_file,
+        zip_password: raw.s3_zip_password.clone().filter(|p| !p.is_empty()),
+        format,
+        order,
+        max_attempts,
+        on_bad_file,
+        accept_gaps: boolean("S3_ACCEPT_GAPS", &raw.s3_accept_gaps)?.unwrap_or(false),
+        output,
+    })
+}
+
+/// AWS credentials as the AWS tools find them: AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+
+/// AWS_SESSION_TOKEN); else profile AWS_PROFILE (default `default`) of the credentials file
+/// (AWS_SHARED_CREDENTIALS_FILE, default `~/.aws/credentials`) if it has one; else the chain
+/// of web identity, container and instance credentials. Messages never quote a key.
+fn aws_credentials(raw: &RawEnv) -> Result<(S3Credentials, String)> {
+    let id = opt(&raw.aws_access_key_id);
+    let secret = opt(&raw.aws_secret_access_key);
+    let token = opt(&raw.aws_session_token).map(String::from);
+    match (id, secret) {
+        (Some(id), Some(secret)) => {
+            return Ok((
+                S3Credentials::Static {
+                    key_id: id.to_string(),
+                    secret: secret.to_string(),
+                    token,
+                },
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY".into(),
+            ))
+        }
+        (Some(_), None) => {
+            return Err(ConfigError(
+                "AWS_SECRET_ACCESS_KEY is not set: expected it with AWS_ACCESS_KEY_ID".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError(
+                "AWS_ACCESS_KEY_ID is not set: expected it with AWS_SECRET_ACCESS_KEY".into(),
+            ))
+        }
+        (None, None) => {}
+    }
+    let profile = opt(&raw.aws_profile);
+    let path = match (opt(&raw.aws_shared_credentials_file), opt(&raw.home)) {
+        (Some(p), _) => Some(PathBuf::from(p)),
+        (None, Some(home)) => Some(PathBuf::from(home).join(".aws").join("credentials")),
+        (None, None) => None,
+    };
+    let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+    let name = profile.unwrap_or("default");
+    let section = text.as_deref().and_then(|t| ini_section(t, name));
+    let (Some(path), Some(section)) = (path, section) else {
+        // An explicitly named profile that is not there is a mistake, not "use the chain".
+        if let Some(p) = profile {
+            return Err(ConfigError(format!(
+                "invalid AWS_PROFILE {p:?}: no such profile in the AWS credentials file (AWS_SHARED_CREDENTIALS_FILE, default ~/.aws/credentials)"
+            )));
+        }
+        return Ok((
+            S3Credentials::Chain,
+            "the AWS credential chain (web identity, container or instance role)".into(),
+        ));
+    };
+    let origin = format!("profile {name:?} of {}", path.display());
+    let get = |k: &str| {
+        section
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    };
+    match (get("aws_access_key_id"), get("aws_secret_access_key")) {
+        (Some(key_id), Some(secret)) => Ok((
+            S3Credentials::Static {
+                key_id,
+                secret,
+                token: get("aws_session_token"),
+            },
+            origin,
+        )),
+        _ => Err(ConfigError(format!(
+            "{origin} has no aws_access_key_id/aws_secret_access_key (SSO and role profiles are not supported: export the credentials, e.g. with `aws configure export-credentials`)"
+        ))),
+    }
 }
 
 fn metrics_config(raw: &RawEnv) -> Result<MetricsConfig> {
@@ -1492,6 +1841,115 @@ mod tests {
         all.retain(|(k, _)| !pairs.iter().any(|(p, _)| p == k));
         all.extend_from_slice(pairs);
         cfg(&all).map(|c| c.castai.expect("castai config"))
+    }
+
+    fn s3(pairs: &[(&str, &str)]) -> Result<S3Config> {
+        let mut all = vec![
+            ("AUDIT_LOGGER_TYPE", "S3_CURSOR"),
+            ("S3_BUCKET", "cato-logs"),
+            ("SINK", "file"),
+        ];
+        all.retain(|(k, _)| !pairs.iter().any(|(p, _)| p == k));
+        all.extend_from_slice(pairs);
+        cfg(&all).map(|c| c.s3.expect("s3 config"))
+    }
+
+    #[test]
+    fn s3_defaults_and_values() {
+        let c = s3(&[]).unwrap();
+        assert_eq!(c.prefix, "");
+        assert_eq!(c.region, "us-east-1");
+        assert!(!c.path_style, "virtual-hosted for AWS");
+        assert_eq!(c.cursor_file, PathBuf::from("s3-cursor.json"));
+        assert_eq!(c.format, S3Format::Auto);
+        assert_eq!(c.order, S3Order::Auto);
+        assert_eq!(c.max_attempts, 5);
+        assert_eq!(c.on_bad_file, S3OnBadFile::Stop);
+        assert!(!c.accept_gaps);
+        assert_eq!(c.output, S3Output::Document);
+        assert!(matches!(c.credentials, S3Credentials::Chain));
+        let c = s3(&[
+            ("S3_PREFIX", "/acct/1234/"),
+            ("S3_ENDPOINT", "http://minio:9000"),
+            ("AWS_REGION", "eu-north-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t-value"),
+            ("S3_ZIP_PASSWORD", "z1p-secret"),
+            ("S3_FORMAT", "CEF"),
+            ("S3_ON_BAD_FILE", "skip"),
+            ("S3_MAX_ATTEMPTS", "2"),
+            ("S3_ACCEPT_GAPS", "true"),
+            ("SINK", "stdout"),
+        ])
+        .unwrap();
+        assert_eq!(c.prefix, "acct/1234");
+        assert!(c.path_style, "path-style with an endpoint");
+        assert_eq!(c.region, "eu-north-1");
+        assert_eq!(c.format, S3Format::Cef);
+        assert_eq!(c.on_bad_file, S3OnBadFile::Skip);
+        assert_eq!(c.max_attempts, 2);
+        assert!(c.accept_gaps);
+        assert_eq!(c.output, S3Output::Original, "stdout: the vendor's lines");
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("s3cr3t-value") && !debug.contains("z1p-secret"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn s3_invalid_values_name_the_variable() {
+        let err = |pairs: &[(&str, &str)]| s3(pairs).unwrap_err().0;
+        assert!(err(&[("S3_BUCKET", "")]).starts_with("S3_BUCKET is not set"));
+        assert!(err(&[("S3_BUCKET", "a b")]).starts_with("invalid S3_BUCKET"));
+        assert!(err(&[("S3_PREFIX", "a//b")]).starts_with("invalid S3_PREFIX"));
+        assert!(err(&[("S3_ENDPOINT", "minio:9000")]).starts_with("invalid S3_ENDPOINT"));
+        assert!(err(&[("S3_FORMAT", "xml")]).starts_with("invalid S3_FORMAT"));
+        assert!(err(&[("S3_ORDER", "date")]).starts_with("invalid S3_ORDER"));
+        assert!(err(&[("S3_MAX_ATTEMPTS", "0")]).starts_with("invalid S3_MAX_ATTEMPTS"));
+        assert!(err(&[("S3_ON_BAD_FILE", "ignore")]).starts_with("invalid S3_ON_BAD_FILE"));
+        assert!(err(&[("S3_ACCEPT_GAPS", "maybe")]).starts_with("invalid S3_ACCEPT_GAPS"));
+        assert!(err(&[("S3_OUTPUT", "xml")]).starts_with("invalid S3_OUTPUT"));
+        let e = err(&[
+            ("S3_OUTPUT", "original"),
+            ("SINK", ""),
+            ("ELASTICSEARCH_HOST", "es"),
+        ]);
+        assert!(e.contains("Elasticsearch needs JSON"), "{e}");
+        let e = err(&[("AWS_ACCESS_KEY_ID", "AKIA")]);
+        assert!(e.starts_with("AWS_SECRET_ACCESS_KEY is not set"), "{e}");
+        let e = err(&[("AWS_SECRET_ACCESS_KEY", "s3cr3t")]);
+        assert!(
+            e.starts_with("AWS_ACCESS_KEY_ID is not set") && !e.contains("s3cr3t"),
+            "{e}"
+        );
+        let e = err(&[("AWS_PROFILE", "nope"), ("HOME", "/nonexistent")]);
+        assert!(e.starts_with("invalid AWS_PROFILE"), "{e}");
+    }
+
+    #[test]
+    fn s3_credentials_from_a_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials");
+        std::fs::write(
+            &file,
+            "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = d3f\n\n[audit]\naws_access_key_id=AKIAAUDIT\naws_secret_access_key=4ud1t\naws_session_token=tok\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = s3(&[("AWS_SHARED_CREDENTIALS_FILE", f), ("AWS_PROFILE", "audit")]).unwrap();
+        match &c.credentials {
+            S3Credentials::Static { key_id, token, .. } => {
+                assert_eq!(key_id, "AKIAAUDIT");
+                assert_eq!(token.as_deref(), Some("tok"));
+            }
+            S3Credentials::Chain => panic!("profile not used"),
+        }
+        assert!(c.credentials_origin.contains("profile \"audit\""));
+        let c = s3(&[("AWS_SHARED_CREDENTIALS_FILE", f)]).unwrap();
+        assert!(
+            matches!(&c.credentials, S3Credentials::Static { key_id, .. } if key_id == "AKIADEFAULT")
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Summary {
     pub rejected: u64,
     pub marked: u64,
     pub parked: u64,
+    /// Problems other than records (see `Source::incomplete`).
+    pub incomplete: u64,
     pub duration: Duration,
 }
 
@@ -40,7 +42,7 @@ impl Summary {
     }
 
     pub fn exit(&self) -> Exit {
-        if self.rejected > 0 || self.parked > 0 {
+        if self.rejected > 0 || self.parked > 0 || self.incomplete > 0 {
             Exit::Partial
         } else {
             Exit::Ok
@@ -60,6 +62,7 @@ impl Summary {
             already_present = self.already_present,
             rejected = self.rejected,
             parked = self.parked,
+            incomplete = self.incomplete,
             marked = self.marked,
             pages = self.pages,
             duration_s = (secs * 1000.0).round() / 1000.0,
@@ -151,6 +154,11 @@ pub async fn run(
             parked = parked.len(),
             "records are parked after repeated failures; fix them, then run `audit-transfer retry-failed`"
         );
+    }
+    let incomplete = source.incomplete();
+    summary.incomplete = incomplete.len() as u64;
+    for problem in &incomplete {
+        tracing::warn!("incomplete: {problem}");
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 pub mod castai;
 pub mod cdp;
 pub mod django_auditlog;
+pub mod s3;
 pub mod single_column;
 
 use crate::config::{Config, SourceKind};
@@ -161,6 +162,11 @@ pub trait Source: Send {
     async fn last_runs(&mut self) -> Result<Option<LastRuns>> {
         Ok(None)
     }
+    /// What made the run partial besides records (files missing from a sequence), one line
+    /// each; asked after the run. Non-empty means exit 3.
+    fn incomplete(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// `run --dry-run`: reports what a run would take, moving and marking nothing.
     async fn dry_run(&mut self) -> Result<()> {
         Err(crate::error::config_error(format!(
@@ -179,5 +185,6 @@ pub async fn build(cfg: &Config) -> Result<Box<dyn Source>> {
         }
         SourceKind::Castai => Box::new(castai::Castai::new(cfg)?),
         SourceKind::CdpArchive => Box::new(cdp::CdpArchive::new(cfg)?),
+        SourceKind::S3Cursor => Box::new(s3::S3Cursor::new(cfg)?),
     })
 }

@@ -4,6 +4,7 @@
 
 pub mod fakes;
 pub mod proxy;
+pub mod s3;
 
 use serde_json::Value;
 use sqlx::{AnyConnection, Connection};

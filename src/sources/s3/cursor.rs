@@ -1,0 +1,169 @@
+//! The cursor file (`S3_CURSOR_FILE`): where the sequence stands between runs.
+//!
+//! The vendor's client kept two numbers, the index of the last file downloaded and the
+//! attempts at the next one; this file keeps the same, as JSON, plus what makes it safe to
+//! reuse: the bucket and prefix it belongs to, the order it was written in, and the files
+//! skipped after `S3_MAX_ATTEMPTS`. It is replaced atomically (temporary file, fsync, rename,
+//! fsync of the directory), and `last` moves only when the sink acknowledged every record of
+//! a file. A missing file starts at the first file in the bucket; an unreadable or corrupt one
+//! stops the run (exit 2) and is never silently replaced by a fresh start.
+
+use super::listing::{Mode, Position};
+use crate::error::config_error;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cursor {
+    pub format: u32,
+    pub bucket: String,
+    pub prefix: String,
+    /// The order `last` refers to; `None` until the first file was taken.
+    pub order: Option<Mode>,
+    /// The last file delivered completely (or skipped); `None`: start at the first file.
+    pub last: Option<Position>,
+    /// Attempts at the file after `last`, counted when a run starts it.
+    pub next: Option<Pending>,
+    /// Files given up on after `S3_MAX_ATTEMPTS` with `S3_ON_BAD_FILE=skip`.
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pending {
+    pub key: String,
+    pub attempts: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Skipped {
+    pub key: String,
+    pub attempts: u32,
+    pub last_error: String,
+    /// The cursor's position before the file: `retry-failed` goes back there.
+    pub after: Option<Position>,
+}
+
+impl Cursor {
+    pub fn new(bucket: &str, prefix: &str) -> Cursor {
+        Cursor {
+            format: FORMAT,
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            order: None,
+            last: None,
+            next: None,
+            skipped: Vec::new(),
+        }
+    }
+}
+
+/// Reads the cursor file; `None` when there is none yet.
+pub fn load(path: &Path, bucket: &str, prefix: &str) -> Result<Option<Cursor>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(config_error(format!(
+                "cannot read S3_CURSOR_FILE {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let cursor: Cursor = serde_json::from_str(&text).map_err(|e| {
+        config_error(format!(
+            "S3_CURSOR_FILE {} is corrupt ({e}); it is not replaced automatically: restore it, \
+             or delete it to start again at the first file in the bucket",
+            path.display()
+        ))
+    })?;
+    if cursor.format != FORMAT {
+        return Err(config_error(format!(
+            "S3_CURSOR_FILE {} has format {}, this version reads format {FORMAT}",
+            path.display(),
+            cursor.format
+        )));
+    }
+    // A position in one bucket or folder means nothing in another.
+    if cursor.bucket != bucket || cursor.prefix != prefix {
+        return Err(config_error(format!(
+            "S3_CURSOR_FILE {} belongs to S3_BUCKET={} S3_PREFIX={:?}, not {bucket} {prefix:?}: \
+             use a cursor file per bucket and prefix",
+            path.display(),
+            cursor.bucket,
+            cursor.prefix
+        )));
+    }
+    Ok(Some(cursor))
+}
+
+pub fn save(path: &Path, cursor: &Cursor) -> Result<()> {
+    let json = serde_json::to_vec_pretty(cursor)?;
+    crate::atomic::replace(path, |mut f| {
+        f.write_all(&json)?;
+        f.write_all(b"\n")?;
+        Ok(f)
+    })
+    .with_context(|| format!("cannot write S3_CURSOR_FILE {}", path.display()))
+}
+
+/// Runs of one cursor file must not overlap: both would take the same next file.
+pub fn lock(path: &Path) -> Result<std::fs::File> {
+    match crate::atomic::lock_beside(path) {
+        Ok(Some((file, _))) => Ok(file),
+        Ok(None) => anyhow::bail!(
+            "another run is using S3_CURSOR_FILE {} (locked: {}.lock); runs of one cursor file must not overlap",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => Err(config_error(format!(
+            "invalid S3_CURSOR_FILE {}: cannot create its lock file beside it ({e})",
+            path.display()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_and_loads_and_refuses_another_bucket_or_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cursor.json");
+        assert_eq!(load(&path, "b", "p").unwrap(), None);
+        let mut c = Cursor::new("b", "p");
+        c.order = Some(Mode::Index);
+        c.last = Some(Position {
+            key: "p/CATO00000000000000000003.zip".into(),
+            index: Some(3),
+        });
+        c.next = Some(Pending {
+            key: "p/CATO00000000000000000004.zip".into(),
+            attempts: 2,
+            last_error: Some("corrupt".into()),
+        });
+        save(&path, &c).unwrap();
+        assert_eq!(load(&path, "b", "p").unwrap(), Some(c));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"index\": 3") && text.contains("\"attempts\": 2"),
+            "{text}"
+        );
+        let e = load(&path, "other", "p").unwrap_err().to_string();
+        assert!(e.contains("belongs to S3_BUCKET=b"), "{e}");
+        std::fs::write(&path, "{").unwrap();
+        let e = load(&path, "b", "p").unwrap_err();
+        assert_eq!(crate::error::exit_for(&e), crate::error::Exit::Config);
+        assert!(e.to_string().contains("is corrupt"));
+    }
+}
