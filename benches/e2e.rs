@@ -141,7 +141,9 @@ async fn pg_table(admin: &mut PgConnection, db: &str, rows: usize, size: usize) 
     .unwrap();
     // The queue index README recommends: each page's claim reads from the cursor on, instead of
     // sorting the whole unsent backlog again.
-    c.execute("CREATE INDEX audit_logs_unsent ON audit_logs (created_at, id) WHERE NOT is_sent").await.unwrap();
+    c.execute("CREATE INDEX audit_logs_unsent ON audit_logs (created_at, id) WHERE NOT is_sent")
+        .await
+        .unwrap();
     c.execute("VACUUM ANALYZE audit_logs").await.unwrap();
     url
 }
