@@ -14,7 +14,9 @@
 
 use super::{Db, Dialect};
 use crate::config::TableName;
-use crate::sources::{Backlog, Lane, LastRuns, Page, PageResult, Parked, Record, RunRecord};
+use crate::sources::{
+    Backlog, Lane, LastRuns, Page, PageResult, Parked, Record, RunRecord, Source,
+};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -677,4 +679,46 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+/// Every SQL source is this queue over its own table layout.
+#[async_trait]
+impl<S: Schema> Source for Queue<S> {
+    fn name(&self) -> String {
+        self.schema().source_key()
+    }
+    fn parallel_safe(&self) -> bool {
+        Queue::parallel_safe(self)
+    }
+    async fn check(&mut self) -> Result<()> {
+        Queue::check(self).await
+    }
+    async fn prepare(&mut self) -> Result<()> {
+        Queue::prepare(self).await
+    }
+    async fn claim<'a>(
+        &'a mut self,
+        lane: Lane,
+        limit: usize,
+    ) -> Result<Option<Box<dyn Page + 'a>>> {
+        Queue::claim(self, lane, limit).await
+    }
+    async fn parked(&mut self) -> Result<Vec<Parked>> {
+        Queue::parked(self).await
+    }
+    async fn retry_failed(&mut self) -> Result<u64> {
+        Queue::retry_failed(self).await
+    }
+    async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64> {
+        Queue::purge(self, cutoff).await
+    }
+    async fn backlog(&mut self) -> Result<Option<crate::sources::Backlog>> {
+        Queue::backlog(self).await.map(Some)
+    }
+    async fn record_run(&mut self, run: &crate::sources::RunRecord) -> Result<()> {
+        Queue::record_run(self, run).await
+    }
+    async fn last_runs(&mut self) -> Result<Option<crate::sources::LastRuns>> {
+        Queue::last_runs(self).await.map(Some)
+    }
 }

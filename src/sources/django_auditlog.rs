@@ -12,7 +12,7 @@
 //! set-based query per page on USER_TABLE_NAME instead of a join in the locking query: MariaDB
 //! has no `FOR UPDATE OF`, and a join there would lock the application's user rows too.
 
-use super::{Document, Lane, Page, Parked, Record, Source};
+use super::{Document, Record};
 use crate::config::{Config, DjangoConfig, OperationFormat, TableName};
 use crate::db::queue::{Queue, Schema};
 use crate::db::{bytes_at, parse_db_timestamp, Db, Dialect};
@@ -24,29 +24,26 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use std::collections::HashMap;
 
-pub struct DjangoAuditlog {
-    queue: Queue<Layout>,
-}
-
-struct Layout {
+pub struct Layout {
     cfg: DjangoConfig,
     table: TableName,
 }
 
-impl DjangoAuditlog {
-    pub async fn connect(cfg: &Config) -> Result<Self> {
-        let db = Db::connect(cfg.database()?).await?;
-        let layout = Layout {
+/// The source: our SQL queue over django-auditlog's table.
+pub async fn connect(cfg: &Config) -> Result<Queue<Layout>> {
+    let db = Db::connect(cfg.database()?).await?;
+    let table = TableName {
+        schema: None,
+        name: "auditlog_logentry".into(),
+    };
+    Ok(Queue::new(
+        db,
+        Layout {
             cfg: cfg.django.clone(),
-            table: TableName {
-                schema: None,
-                name: "auditlog_logentry".into(),
-            },
-        };
-        Ok(DjangoAuditlog {
-            queue: Queue::new(db, layout, cfg.max_attempts),
-        })
-    }
+            table,
+        },
+        cfg.max_attempts,
+    ))
 }
 
 impl Layout {
@@ -284,47 +281,6 @@ impl Schema for Layout {
                 })
             })
             .collect()
-    }
-}
-
-#[async_trait]
-impl Source for DjangoAuditlog {
-    fn name(&self) -> String {
-        self.queue.schema().source_key()
-    }
-    fn parallel_safe(&self) -> bool {
-        self.queue.parallel_safe()
-    }
-    async fn check(&mut self) -> Result<()> {
-        self.queue.check().await
-    }
-    async fn prepare(&mut self) -> Result<()> {
-        self.queue.prepare().await
-    }
-    async fn claim<'a>(
-        &'a mut self,
-        lane: Lane,
-        limit: usize,
-    ) -> Result<Option<Box<dyn Page + 'a>>> {
-        self.queue.claim(lane, limit).await
-    }
-    async fn parked(&mut self) -> Result<Vec<Parked>> {
-        self.queue.parked().await
-    }
-    async fn retry_failed(&mut self) -> Result<u64> {
-        self.queue.retry_failed().await
-    }
-    async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64> {
-        self.queue.purge(cutoff).await
-    }
-    async fn backlog(&mut self) -> Result<Option<super::Backlog>> {
-        self.queue.backlog().await.map(Some)
-    }
-    async fn record_run(&mut self, run: &super::RunRecord) -> Result<()> {
-        self.queue.record_run(run).await
-    }
-    async fn last_runs(&mut self) -> Result<Option<super::LastRuns>> {
-        self.queue.last_runs().await.map(Some)
     }
 }
 

@@ -179,10 +179,8 @@ pub trait Source: Send {
 /// The one place where sources are registered.
 pub async fn build(cfg: &Config) -> Result<Box<dyn Source>> {
     Ok(match cfg.source {
-        SourceKind::SingleColumnJson => Box::new(single_column::SingleColumn::connect(cfg).await?),
-        SourceKind::DjangoAuditlog => {
-            Box::new(django_auditlog::DjangoAuditlog::connect(cfg).await?)
-        }
+        SourceKind::SingleColumnJson => Box::new(single_column::connect(cfg).await?),
+        SourceKind::DjangoAuditlog => Box::new(django_auditlog::connect(cfg).await?),
         SourceKind::Castai => Box::new(castai::Castai::new(cfg)?),
         SourceKind::CdpArchive => Box::new(cdp::CdpArchive::new(cfg)?),
         SourceKind::S3Cursor => Box::new(s3::S3Cursor::new(cfg)?),

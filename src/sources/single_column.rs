@@ -6,7 +6,7 @@
 //! parent is empty). Document id: `<id>-<created_at as Unix microseconds>`, so a primary key
 //! reused after a table reset never collides with an older document.
 
-use super::{Lane, Page, Parked, Record, Source};
+use super::Record;
 use crate::config::{Config, SingleColumnConfig, TableName};
 use crate::db::queue::{Queue, Schema};
 use crate::db::{bytes_at, parse_db_timestamp, Db, Dialect};
@@ -18,24 +18,17 @@ use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 use sqlx::Row;
 
-pub struct SingleColumn {
-    queue: Queue<Layout>,
-}
-
-struct Layout {
+pub struct Layout {
     cfg: SingleColumnConfig,
 }
 
-impl SingleColumn {
-    pub async fn connect(cfg: &Config) -> Result<Self> {
-        let db = Db::connect(cfg.database()?).await?;
-        let layout = Layout {
-            cfg: cfg.single_column.clone(),
-        };
-        Ok(SingleColumn {
-            queue: Queue::new(db, layout, cfg.max_attempts),
-        })
-    }
+/// The source: our SQL queue over this table layout.
+pub async fn connect(cfg: &Config) -> Result<Queue<Layout>> {
+    let db = Db::connect(cfg.database()?).await?;
+    let layout = Layout {
+        cfg: cfg.single_column.clone(),
+    };
+    Ok(Queue::new(db, layout, cfg.max_attempts))
 }
 
 #[async_trait]
@@ -161,47 +154,6 @@ fn timestamp(object: &Map<String, Value>, parent: &str, field: &str) -> Result<V
             "timestamp at {path} is a JSON {}, expected a string",
             kind(other)
         )),
-    }
-}
-
-#[async_trait]
-impl Source for SingleColumn {
-    fn name(&self) -> String {
-        self.queue.schema().source_key()
-    }
-    fn parallel_safe(&self) -> bool {
-        self.queue.parallel_safe()
-    }
-    async fn check(&mut self) -> Result<()> {
-        self.queue.check().await
-    }
-    async fn prepare(&mut self) -> Result<()> {
-        self.queue.prepare().await
-    }
-    async fn claim<'a>(
-        &'a mut self,
-        lane: Lane,
-        limit: usize,
-    ) -> Result<Option<Box<dyn Page + 'a>>> {
-        self.queue.claim(lane, limit).await
-    }
-    async fn parked(&mut self) -> Result<Vec<Parked>> {
-        self.queue.parked().await
-    }
-    async fn retry_failed(&mut self) -> Result<u64> {
-        self.queue.retry_failed().await
-    }
-    async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64> {
-        self.queue.purge(cutoff).await
-    }
-    async fn backlog(&mut self) -> Result<Option<super::Backlog>> {
-        self.queue.backlog().await.map(Some)
-    }
-    async fn record_run(&mut self, run: &super::RunRecord) -> Result<()> {
-        self.queue.record_run(run).await
-    }
-    async fn last_runs(&mut self) -> Result<Option<super::LastRuns>> {
-        self.queue.last_runs().await.map(Some)
     }
 }
 
