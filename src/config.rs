@@ -826,21 +826,11 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
     }
     let endpoint = match opt(&raw.s3_endpoint) {
         None => None,
-        Some(u) => Some(
-            url::Url::parse(u)
-                .ok()
-                .filter(|u| {
-                    matches!(u.scheme(), "http" | "https")
-                        && u.host_str().is_some()
-                        && u.username().is_empty()
-                        && u.password().is_none()
-                })
-                .ok_or_else(|| {
-                    ConfigError(format!(
-                        "invalid S3_ENDPOINT {u:?}: expected http(s)://host[:port] of an S3-compatible store, without credentials"
-                    ))
-                })?,
-        ),
+        Some(u) => Some(http_url(
+            "S3_ENDPOINT",
+            u,
+            "http(s)://host[:port] of an S3-compatible store, without credentials",
+        )?),
     };
     let region = opt(&raw.s3_region)
         .or(opt(&raw.aws_region))
@@ -1080,6 +1070,19 @@ pub fn early_logging(raw: &RawEnv) -> (LogFormat, bool) {
     };
     let debug = boolean("DEBUG", &raw.debug).ok().flatten().unwrap_or(false);
     (format, debug)
+}
+
+/// An http(s) URL with a host and no credentials in it (those have variables of their own).
+fn http_url(var: &str, value: &str, expected: &str) -> Result<url::Url> {
+    url::Url::parse(value)
+        .ok()
+        .filter(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.username().is_empty()
+                && u.password().is_none()
+        })
+        .ok_or_else(|| ConfigError(format!("invalid {var} {value:?}: expected {expected}")))
 }
 
 /// An unset or empty variable is "not given" (the original treated empty as unset too).
@@ -1413,19 +1416,11 @@ fn cdp_config(raw: &RawEnv, now: DateTime<Utc>) -> Result<CdpConfig> {
         )));
     }
     let endpoint = match opt(&raw.cdp_endpoint_url) {
-        Some(u) => url::Url::parse(u)
-            .ok()
-            .filter(|u| {
-                matches!(u.scheme(), "http" | "https")
-                    && u.host_str().is_some()
-                    && u.username().is_empty()
-                    && u.password().is_none()
-            })
-            .ok_or_else(|| {
-                ConfigError(format!(
-                    "invalid CDP_ENDPOINT_URL {u:?}: expected http(s)://host[:port][/path] without credentials"
-                ))
-            })?,
+        Some(u) => http_url(
+            "CDP_ENDPOINT_URL",
+            u,
+            "http(s)://host[:port][/path] without credentials",
+        )?,
         None => {
             let host = match region {
                 // The US government region lives under its own domain.
