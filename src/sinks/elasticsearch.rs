@@ -133,7 +133,7 @@ impl ElasticsearchSink {
             Err(e) => {
                 return Ok(Answer::Transient(format!(
                     "request failed: {}",
-                    error_text(&e)
+                    crate::error::chain_text(&e)
                 )))
             }
         };
@@ -151,7 +151,7 @@ impl ElasticsearchSink {
                     "Elasticsearch at {} answered the bulk request with HTTP {}: {}",
                     self.cfg.url,
                     status.as_u16(),
-                    excerpt(&text)
+                    crate::error::excerpt(&text)
                 );
             }
         }
@@ -160,14 +160,14 @@ impl ElasticsearchSink {
             Err(e) => {
                 return Ok(Answer::Transient(format!(
                     "reading the response failed: {}",
-                    error_text(&e)
+                    crate::error::chain_text(&e)
                 )))
             }
         };
         let parsed: BulkResponse = serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "unexpected bulk response: {}",
-                excerpt(&String::from_utf8_lossy(&bytes))
+                crate::error::excerpt(&String::from_utf8_lossy(&bytes))
             )
         })?;
         if parsed.items.len() != group.len() {
@@ -262,27 +262,6 @@ fn classify(item: BulkItem) -> ItemAnswer {
     }
 }
 
-fn error_text(e: &elasticsearch::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text = format!("{text}: {s_text}");
-        }
-        source = s.source();
-    }
-    text
-}
-
-fn excerpt(text: &str) -> String {
-    let one_line = text.replace('\n', " ");
-    match one_line.char_indices().nth(300) {
-        Some((i, _)) => format!("{}…", &one_line[..i]),
-        None => one_line,
-    }
-}
-
 /// Groups `pending` into requests of at most `max_bytes` (a document larger than that goes alone).
 fn split_by_bytes(pending: &[usize], docs: &[&Document], max_bytes: usize) -> Vec<Vec<usize>> {
     let mut groups = Vec::new();
@@ -314,7 +293,7 @@ impl Sink for ElasticsearchSink {
             anyhow!(
                 "cannot reach Elasticsearch at {}: {}",
                 self.cfg.url,
-                error_text(&e)
+                crate::error::chain_text(&e)
             )
         })?;
         let status = response.status_code();

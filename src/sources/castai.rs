@@ -912,14 +912,17 @@ impl Api {
                 .send()
                 .await
             {
-                Err(e) => (format!("request failed: {}", error_text(&e)), None),
+                Err(e) => (
+                    format!("request failed: {}", crate::error::chain_text(&e)),
+                    None,
+                ),
                 Ok(r) => {
                     let status = r.status().as_u16();
                     match status {
                         200 => match r.bytes().await {
                             Ok(body) => return self.parse(&body),
                             Err(e) => (
-                                format!("reading the response failed: {}", error_text(&e)),
+                                format!("reading the response failed: {}", crate::error::chain_text(&e)),
                                 None,
                             ),
                         },
@@ -944,7 +947,7 @@ impl Api {
                             bail!(
                                 "CAST AI at {} answered HTTP {status}: {}",
                                 self.endpoint,
-                                excerpt(&text)
+                                crate::error::excerpt(&text)
                             );
                         }
                     }
@@ -972,7 +975,7 @@ impl Api {
         let r: Response = serde_json::from_slice(body).with_context(|| {
             format!(
                 "unexpected CAST AI response: {}",
-                excerpt(&String::from_utf8_lossy(body))
+                crate::error::excerpt(&String::from_utf8_lossy(body))
             )
         })?;
         // gRPC gateways leave out empty lists, so a missing list is an empty page.
@@ -985,25 +988,6 @@ impl Api {
             items,
             next: r.next_cursor.filter(|c| !c.is_empty()),
         })
-    }
-}
-
-fn error_text(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-fn excerpt(s: &str) -> String {
-    let one_line = s.replace('\n', " ");
-    match one_line.char_indices().nth(300) {
-        Some((i, _)) => format!("{}…", &one_line[..i]),
-        None => one_line,
     }
 }
 
