@@ -70,8 +70,8 @@ pub trait Page: Send {
 /// How a source's pages relate to the pipeline's CHUNK_SIZE and BATCH_SIZE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Paging {
-    /// A queue: pages of exactly `limit` records until it runs dry, so a short page means
-    /// empty; the pipeline stops taking pages at BATCH_SIZE.
+    /// A queue: pages of up to `limit` records until it runs dry (the page says so with
+    /// [`Page::exhausted`]); the pipeline stops taking pages at BATCH_SIZE.
     Queue,
     /// Records come in units acknowledged whole (CDP archive batches): a page ends where its
     /// unit ends, so a short page is not the end (`None` is). The source applies BATCH_SIZE
