@@ -140,7 +140,14 @@ async fn transfer(
         };
         crate::progress::start(total);
     }
-    let result = pipeline::run(workers, cfg.batch_size, cfg.chunk_size, summary).await;
+    let result = pipeline::run(
+        workers,
+        cfg.batch_size,
+        cfg.chunk_size,
+        &cfg.routing,
+        summary,
+    )
+    .await;
     crate::progress::finish();
     summary.log(result.is_err());
     result.map(|()| summary.exit())

@@ -57,6 +57,10 @@ pub struct RawEnv {
     output_path: Option<String>,
     output_gzip: Option<String>,
     output_layout: Option<String>,
+    routing_topic_field: Option<String>,
+    routing_key_field: Option<String>,
+    accept_topics: Option<String>,
+    accept_routing_keys: Option<String>,
     log_format: Option<String>,
     castai_api_url: Option<String>,
     castai_api_key: Option<String>,
@@ -289,6 +293,9 @@ impl std::fmt::Debug for CastaiConfig {
 pub struct ElasticsearchConfig {
     pub url: url::Url,
     pub index: String,
+    /// Set when the index name has placeholders (`audit-{topic}-{yyyy.MM.dd}`): each document's
+    /// index is rendered from its route.
+    pub index_template: Option<crate::routing::Template>,
     pub username: Option<String>,
     pub password: Option<String>,
     pub api_key: Option<String>,
@@ -321,6 +328,8 @@ pub enum FileLayout {
     /// One gzipped JSON-lines file per CDP archive batch, named as CDP's own archives:
     /// `<accountId>_<YYYYMMDDTHHMM>Z_<archiveId>.json.gz`.
     CdpArchive,
+    /// `topic/routing-key/YYYY/mm/dd/HH/` under OUTPUT_PATH, one file per page and directory.
+    Routed,
 }
 
 #[derive(Debug, Clone)]
@@ -503,6 +512,8 @@ pub struct Config {
     /// Warnings found while reading (e.g. BATCH_SIZE and BATCH_LIMIT disagree), logged at start.
     pub warnings: Vec<String>,
     pub metrics: MetricsConfig,
+    /// Topics, routing keys and which of them this run ships.
+    pub routing: crate::routing::Routing,
 }
 
 impl Config {
@@ -644,6 +655,7 @@ impl Config {
             },
             cdp,
             s3,
+            routing: routing_config(&raw, source, &sink)?,
             sink,
             metrics: metrics_config(&raw)?,
             warnings,
@@ -1238,6 +1250,76 @@ fn sqlite_url(raw: &str) -> Option<url::Url> {
     url::Url::parse(&format!("sqlite://{}", abs.to_str()?)).ok()
 }
 
+/// Topic and key fields: ROUTING_*_FIELD, else the source's own (the event's source and type
+/// for the APIs; none for SQL tables, where only the application knows which field it is).
+fn routing_config(
+    raw: &RawEnv,
+    source: SourceKind,
+    sink: &std::result::Result<SinkConfig, ConfigError>,
+) -> Result<crate::routing::Routing> {
+    use crate::routing::{Accept, FieldPath};
+    let (topic_default, key_default) = match source {
+        SourceKind::SingleColumnJson | SourceKind::DjangoAuditlog => (None, None),
+        SourceKind::CdpArchive => (Some("eventSource"), Some("eventName")),
+        SourceKind::Castai => (Some("topic"), Some("labels.clusterId")),
+        SourceKind::S3Cursor => (Some("event_type"), Some("event_sub_type")),
+    };
+    let field = |var: &str, v: &Option<String>, default: Option<&str>| {
+        opt(v)
+            .or(default)
+            .map(|p| FieldPath::parse(var, p))
+            .transpose()
+    };
+    let accept = |var: &str, v: &Option<String>| opt(v).map(|a| Accept::parse(var, a)).transpose();
+    let routing = crate::routing::Routing {
+        topic_field: field(
+            "ROUTING_TOPIC_FIELD",
+            &raw.routing_topic_field,
+            topic_default,
+        )?,
+        key_field: field("ROUTING_KEY_FIELD", &raw.routing_key_field, key_default)?,
+        accept_topics: accept("ACCEPT_TOPICS", &raw.accept_topics)?,
+        accept_keys: accept("ACCEPT_ROUTING_KEYS", &raw.accept_routing_keys)?,
+        sink_needs_route: match sink {
+            Ok(SinkConfig::Elasticsearch(es)) => es.index_template.is_some(),
+            Ok(SinkConfig::File { layout, .. }) => *layout == FileLayout::Routed,
+            _ => false,
+        },
+    };
+    for (var, list, field, field_var) in [
+        (
+            "ACCEPT_TOPICS",
+            &routing.accept_topics,
+            &routing.topic_field,
+            "ROUTING_TOPIC_FIELD",
+        ),
+        (
+            "ACCEPT_ROUTING_KEYS",
+            &routing.accept_keys,
+            &routing.key_field,
+            "ROUTING_KEY_FIELD",
+        ),
+    ] {
+        if list.is_none() {
+            continue;
+        }
+        if source == SourceKind::CdpArchive {
+            // A CDP archive batch is acknowledged whole: marking it would lose the events this
+            // run does not accept for every other run.
+            return Err(ConfigError(format!(
+                "{var} cannot be used with AUDIT_LOGGER_TYPE=CDP_ARCHIVE: an archive batch is marked as a whole, so events this run skipped would be lost to other runs; route them with the index name template or OUTPUT_LAYOUT=routed instead"
+            )));
+        }
+        if field.is_none() {
+            return Err(ConfigError(format!(
+                "{var} is set but {field_var} is not: name the message field that holds it, e.g. {field_var}=audit_event.{}",
+                if var == "ACCEPT_TOPICS" { "topic" } else { "routing_key" }
+            )));
+        }
+    }
+    Ok(routing)
+}
+
 fn sink_config(raw: &RawEnv, source: SourceKind) -> Result<SinkConfig> {
     let host = opt(&raw.elasticsearch_host);
     let sink = match opt(&raw.sink).map(|s| s.to_ascii_lowercase()) {
@@ -1261,6 +1343,7 @@ fn sink_config(raw: &RawEnv, source: SourceKind) -> Result<SinkConfig> {
                 .as_deref()
             {
                 None | Some("pages") => FileLayout::Pages,
+                Some("routed") => FileLayout::Routed,
                 Some("cdp-archive") if source == SourceKind::CdpArchive => {
                     // CDP's archives are gzip by definition.
                     if gzip == Some(false) {
@@ -1276,7 +1359,7 @@ fn sink_config(raw: &RawEnv, source: SourceKind) -> Result<SinkConfig> {
                 )),
                 Some(other) => {
                     return Err(ConfigError(format!(
-                        "invalid OUTPUT_LAYOUT {other:?}: expected pages or cdp-archive"
+                        "invalid OUTPUT_LAYOUT {other:?}: expected pages, routed or cdp-archive"
                     )))
                 }
             };
@@ -1337,16 +1420,19 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
     let index = opt(&raw.elasticsearch_app_audit_log_index)
         .unwrap_or("app_audit_log")
         .to_string();
+    let template = crate::routing::Template::parse("ELASTICSEARCH_APP_AUDIT_LOG_INDEX", &index)?;
+    let fixed: String = template.literals().collect();
     let index_ok = !index.starts_with(['-', '_', '+'])
         && index != "."
         && index != ".."
         && index.len() <= 255
-        && index.chars().all(|c| {
+        && fixed.chars().all(|c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.' | '+')
         });
+    let index_template = (!template.is_static()).then_some(template);
     if !index_ok {
         return Err(ConfigError(format!(
-            "invalid ELASTICSEARCH_APP_AUDIT_LOG_INDEX {index:?}: expected a lowercase index name of letters, digits, '-', '_', '.', '+' not starting with '-', '_' or '+'"
+            "invalid ELASTICSEARCH_APP_AUDIT_LOG_INDEX {index:?}: expected a lowercase index name of letters, digits, '-', '_', '.', '+' not starting with '-', '_' or '+', optionally with {{topic}}, {{routing_key}} and a date such as {{yyyy.MM.dd}}"
         )));
     }
 
@@ -1389,6 +1475,7 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
     Ok(ElasticsearchConfig {
         url,
         index,
+        index_template,
         username,
         password,
         api_key,

@@ -11,6 +11,7 @@ mod logging;
 mod metrics;
 mod pipeline;
 mod progress;
+mod routing;
 mod sinks;
 mod sources;
 mod status;

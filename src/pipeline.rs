@@ -10,6 +10,7 @@
 //! as overlapping runs do, which the concurrency tests prove never ships a row twice.
 
 use crate::error::Exit;
+use crate::routing::Routing;
 use crate::sinks::{Outcome, Sink};
 use crate::sources::{Document, Lane, PageResult, Paging, Source};
 use anyhow::Result;
@@ -26,6 +27,8 @@ pub struct Summary {
     pub rejected: u64,
     pub marked: u64,
     pub parked: u64,
+    /// Records this run does not accept (ACCEPT_TOPICS, ACCEPT_ROUTING_KEYS), left for another.
+    pub not_accepted: u64,
     /// Problems other than records (see `Source::incomplete`).
     pub incomplete: u64,
     pub duration: Duration,
@@ -39,6 +42,7 @@ impl Summary {
         self.already_present += o.already_present;
         self.rejected += o.rejected;
         self.marked += o.marked;
+        self.not_accepted += o.not_accepted;
     }
 
     pub fn exit(&self) -> Exit {
@@ -62,6 +66,7 @@ impl Summary {
             already_present = self.already_present,
             rejected = self.rejected,
             parked = self.parked,
+            not_accepted = self.not_accepted,
             incomplete = self.incomplete,
             marked = self.marked,
             pages = self.pages,
@@ -86,6 +91,7 @@ pub async fn run(
     workers: &mut [Worker],
     batch_size: usize,
     chunk_size: usize,
+    routing: &Routing,
     summary: &mut Summary,
 ) -> Result<()> {
     let started = Instant::now();
@@ -105,6 +111,7 @@ pub async fn run(
         budget,
         chunk_size,
         Lane::Retry,
+        routing,
         summary,
     )
     .await;
@@ -120,6 +127,7 @@ pub async fn run(
             budget,
             chunk_size,
             Lane::Fresh,
+            routing,
             &mut mine,
         )
         .await;
@@ -189,6 +197,7 @@ async fn transfer(
     budget: &AtomicUsize,
     chunk_size: usize,
     lane: Lane,
+    routing: &Routing,
     summary: &mut Summary,
 ) -> Result<()> {
     let paging = source.paging();
@@ -225,6 +234,16 @@ async fn transfer(
             for (i, r) in records.iter().enumerate() {
                 match &r.doc {
                     Ok(d) => {
+                        // SQL sources route in SQL and never hand out what they do not accept;
+                        // the others are routed here from the document itself. A record not
+                        // accepted is neither shipped nor marked: it belongs to another run.
+                        if routing.active() {
+                            let route = d.route.get_or_init(|| routing.route_of_body(&d.body));
+                            if !routing.accepts(route) {
+                                summary.not_accepted += 1;
+                                continue;
+                            }
+                        }
                         docs.push(d);
                         doc_index.push(i);
                     }

@@ -524,3 +524,70 @@ fn killed_after_shipping_before_saving_reships_only_that_page() {
     assert_eq!(osmem().count(&c.index), 30);
     assert_eq!(c.ids(), ids_of(&events, "id"));
 }
+
+/// Routing: a run takes only the topics it accepts (the event type by default) and names the
+/// index after topic and routing key (the cluster); the rest is left for a run with its own
+/// state file, and a state file of one selection is refused to another.
+#[test]
+fn accept_topics_and_an_index_per_topic_and_cluster() {
+    let c = Case::new();
+    let first = c.start + chrono::Duration::minutes(30);
+    c.v1_events("del", 5, first, 7);
+    let added: Vec<Event> = (0..4)
+        .map(|i| {
+            v1_event(
+                &format!("add-{i:03}"),
+                first + chrono::Duration::seconds(3 + 7 * i),
+                "cluster-2",
+                "nodeAdded",
+            )
+        })
+        .collect();
+    c.fake.add(added.clone());
+    let template = format!("{}-{{topic}}-{{routing_key}}", c.index);
+    let env = c
+        .env()
+        .set("CASTAI_LAG", "0")
+        .set("ELASTICSEARCH_APP_AUDIT_LOG_INDEX", &template);
+
+    let run = env
+        .clone()
+        .set("ACCEPT_TOPICS", "clusterDeleted")
+        .run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("delivered"), 5, "{}", run.stderr);
+    assert_eq!(run.n("not_accepted"), 4);
+    let deleted = format!("{}-clusterdeleted-cluster-1", c.index);
+    assert_eq!(osmem().count(&deleted), 5);
+    assert_eq!(
+        c.state()["accepts"],
+        "topics clusterDeleted of topic; routing keys (all)"
+    );
+
+    // The same state file for another selection would skip the first one's events for good.
+    let refused = env.clone().set("ACCEPT_TOPICS", "nodeAdded").run(&["run"]);
+    refused.expect(2);
+    assert!(
+        refused.stderr.contains("CASTAI_STATE_FILE") && refused.stderr.contains("ACCEPT_TOPICS"),
+        "{}",
+        refused.stderr
+    );
+
+    // With a state file of its own, it takes what the first left.
+    let own = c.dir.path().join("state").join("nodes.json");
+    let run = env
+        .clone()
+        .set("CASTAI_STATE_FILE", own.to_str().unwrap())
+        .set("ACCEPT_TOPICS", "nodeAdded")
+        .run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("delivered"), 4, "{}", run.stderr);
+    let nodes = osmem().ids(&format!("{}-nodeadded-cluster-2", c.index));
+    assert_eq!(nodes.into_iter().collect::<Vec<_>>(), ids_of(&added, "id"));
+
+    // The first selection's checkpoint moved past what it did not accept: nothing again.
+    let again = env.set("ACCEPT_TOPICS", "clusterDeleted").run(&["run"]);
+    again.expect(0);
+    assert_eq!(again.n("delivered"), 0);
+    assert_eq!(osmem().count(&deleted), 5);
+}

@@ -544,3 +544,38 @@ fn the_fake_enforces_post_json_and_signatures() {
     }
     let _ = event("a", "b", 0);
 }
+
+/// Routing for CDP: the event source and name lay out the files; a run may not drop any of a
+/// batch's events (the batch is marked whole), so ACCEPT_* is refused.
+#[test]
+fn routed_layout_by_event_source_and_name_and_no_accept_lists() {
+    let (fake, key) = fake();
+    let mut events = fake.events(3, T0);
+    events[1]["eventSource"] = "environments".into();
+    events[2]["eventName"] = "deleteUser".into();
+    fake.add_batch(T0, events);
+    let out = tempfile::tempdir().unwrap();
+    let env = cdp_env(&fake, &key)
+        .set("SINK", "file")
+        .set("OUTPUT_PATH", out.path().to_str().unwrap())
+        .set("OUTPUT_LAYOUT", "routed");
+    let refused = env.clone().set("ACCEPT_TOPICS", "iam").run(&["run"]);
+    refused.expect(2);
+    assert!(
+        refused.stderr.contains("ACCEPT_TOPICS") && refused.stderr.contains("CDP_ARCHIVE"),
+        "{}",
+        refused.stderr
+    );
+    env.run(&["run"]).expect(0);
+    for dir in [
+        "iam/getUser/2024/05/01/10",
+        "environments/getUser/2024/05/01/10",
+        "iam/deleteUser/2024/05/01/10",
+    ] {
+        let files: Vec<_> = std::fs::read_dir(out.path().join(dir))
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .collect();
+        assert_eq!(files.len(), 1, "{dir}");
+    }
+    assert!(fake.outstanding().is_empty());
+}

@@ -1,10 +1,11 @@
 //! The django-auditlog source against entries written by real Django + django-auditlog
 //! (localtest/django_project), on PostgreSQL, MariaDB and SQLite, into osmem-server.
 
+#[macro_use]
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -203,6 +204,42 @@ async fn overlapping_runs_ship_each_entry_once(b: Backend) {
     assert_eq!(osmem().count(&index), 40);
 }
 
+/// Routing on `additional_data`, where an application puts what it knows about the entry: a run
+/// takes only the topics it accepts, marks them keeping their other keys, and leaves the rest
+/// exactly as they were.
+async fn accept_topics_from_additional_data(b: Backend) {
+    let db = TestDb::new(b).await;
+    let entries = seed(&db, &["bulk", "6"]);
+    db.exec(&format!(
+        "UPDATE {LOG} SET additional_data = '{{\"topic\": \"authfail\"}}' WHERE id % 2 = 0"
+    ))
+    .await;
+    let index = unique("dj");
+    let e = env(&db, &index).set("ROUTING_TOPIC_FIELD", "topic");
+    let run = e.clone().set("ACCEPT_TOPICS", "authfail").run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("delivered"), 3, "{}", run.stderr);
+    for id in entries.keys() {
+        let data = additional_data(&db, id).await;
+        if id.parse::<i64>().unwrap() % 2 == 0 {
+            assert_eq!(
+                data,
+                Some(json!({"topic": "authfail", "is_sent": true})),
+                "{id}"
+            );
+        } else {
+            assert!(
+                data.as_ref().is_none_or(|d| d.get("is_sent").is_none()),
+                "{id}: {data:?}"
+            );
+        }
+    }
+    let run = e.set("ACCEPT_TOPICS", "_none").run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("delivered"), 3);
+    assert_eq!(osmem().count(&index), 6);
+}
+
 async fn bad_user_table_and_bad_rows(b: Backend) {
     let db = TestDb::new(b).await;
     seed(&db, &["bulk", "3"]);
@@ -225,20 +262,6 @@ async fn bad_user_table_and_bad_rows(b: Backend) {
     );
 }
 
-macro_rules! backend_tests {
-    ($module:ident, $backend:expr, [$($test:ident),* $(,)?]) => {
-        mod $module {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test($backend).await;
-                }
-            )*
-        }
-    };
-}
-
 backend_tests!(
     postgres,
     Backend::Postgres,
@@ -249,6 +272,7 @@ backend_tests!(
         monthly_keeps_unsent_entries_of_any_age,
         overlapping_runs_ship_each_entry_once,
         bad_user_table_and_bad_rows,
+        accept_topics_from_additional_data,
     ]
 );
 
@@ -261,6 +285,7 @@ backend_tests!(
         monthly_keeps_unsent_entries_of_any_age,
         overlapping_runs_ship_each_entry_once,
         bad_user_table_and_bad_rows,
+        accept_topics_from_additional_data,
     ]
 );
 
@@ -271,5 +296,6 @@ backend_tests!(
         documents_match_what_django_wrote,
         monthly_keeps_unsent_entries_of_any_age,
         bad_user_table_and_bad_rows,
+        accept_topics_from_additional_data,
     ]
 );

@@ -398,7 +398,7 @@ async fn init_index_creates_the_mapping_once() {
     let again = env.run(&["init-index"]);
     again.expect(0);
     assert!(
-        again.log("index exists; left as it is").is_some(),
+        again.log("exists; left as it is").is_some(),
         "{}",
         again.stderr
     );
@@ -418,7 +418,7 @@ async fn create_index_at_run_start() {
         .run(&["run"]);
     run.expect(3);
     assert!(
-        run.log("index created with the audit mapping").is_some(),
+        run.log("created with the audit mapping").is_some(),
         "{}",
         run.stderr
     );

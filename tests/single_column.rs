@@ -1,6 +1,7 @@
 //! The single-column source end to end: real databases, osmem-server, the binary as a process.
 //! The first tests are structured-log-transfer's own behaviour tests, ported.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -359,20 +360,6 @@ async fn config_and_connection_errors(b: Backend) {
     off.expect(0);
     assert!(off.stderr.contains("sending is disabled"));
     assert_eq!(db.unsent(T).await, 1);
-}
-
-macro_rules! backend_tests {
-    ($module:ident, $backend:expr, [$($test:ident),* $(,)?]) => {
-        mod $module {
-            use super::*;
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test($backend).await;
-                }
-            )*
-        }
-    };
 }
 
 backend_tests!(

@@ -14,6 +14,7 @@
 
 use super::{Db, Dialect};
 use crate::config::TableName;
+use crate::routing::{Accept, FieldPath, Route, Routing};
 use crate::sources::{
     Backlog, Lane, LastRuns, Page, PageResult, Parked, Record, RunRecord, Source,
 };
@@ -52,6 +53,8 @@ pub trait Schema: Send + Sync {
     fn columns(&self, d: Dialect) -> Vec<String>;
     /// What a missing table or column means, for the configuration error.
     fn describe(&self) -> String;
+    /// The JSON column that ROUTING_TOPIC_FIELD and ROUTING_KEY_FIELD are paths into.
+    fn route_column(&self) -> &'static str;
     /// Another query that must run (a `1 = 0` probe of a joined table) and its error text.
     fn extra_probe(&self, _d: Dialect) -> Option<(String, String)> {
         None
@@ -71,16 +74,117 @@ pub struct Queue<S: Schema> {
     max_attempts: u32,
     /// Where each lane's previous page ended: (timestamp text, id).
     cursors: [Option<(String, i64)>; 2],
+    routing: Routing,
+    /// Built on first use (it needs the column's type), by every connection of a run.
+    route_sql: Option<RouteSql>,
+}
+
+/// Routing done in SQL: rows a run does not accept are never claimed (so never locked or
+/// marked), and the topic and key of the others are selected with the page.
+#[derive(Debug, Clone, Default)]
+struct RouteSql {
+    /// Topic and key expressions, selected after the schema's columns; `None`: no routing.
+    columns: Option<(String, String)>,
+    accept: Vec<(String, Accept)>,
+}
+
+impl RouteSql {
+    /// `" AND (...)"` for the ACCEPT_* lists, numbering placeholders with `ph`.
+    fn predicate(&self, ph: &mut dyn FnMut() -> String) -> String {
+        self.accept
+            .iter()
+            .map(|(expr, a)| format!(" AND {}", a.sql(expr, ph)))
+            .collect()
+    }
+
+    fn bind<'q>(
+        &self,
+        mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        for (_, a) in &self.accept {
+            for v in a.values() {
+                q = q.bind(v.clone());
+            }
+        }
+        q
+    }
 }
 
 impl<S: Schema> Queue<S> {
-    pub fn new(db: Db, schema: S, max_attempts: u32) -> Self {
+    pub fn new(db: Db, schema: S, max_attempts: u32, routing: &Routing) -> Self {
         Queue {
             db,
             schema,
             max_attempts,
             cursors: [None, None],
+            routing: routing.clone(),
+            route_sql: None,
         }
+    }
+
+    async fn routes(&mut self) -> Result<&RouteSql> {
+        if self.route_sql.is_none() {
+            self.route_sql = Some(self.build_route_sql().await?);
+        }
+        Ok(self.route_sql.as_ref().expect("just built"))
+    }
+
+    /// The SQL for ROUTING_*_FIELD and ACCEPT_*. On PostgreSQL the column must be json or
+    /// jsonb: a text column would need a cast that fails the whole page on one bad row.
+    async fn build_route_sql(&mut self) -> Result<RouteSql> {
+        let r = &self.routing;
+        if !r.active() {
+            return Ok(RouteSql::default());
+        }
+        let d = self.db.dialect;
+        let column = format!("t.{}", d.quote(self.schema.route_column()));
+        let mut pg_json = String::new();
+        if d == Dialect::Postgres && (r.topic_field.is_some() || r.key_field.is_some()) {
+            let ty: Option<String> = sqlx::query_scalar(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+                 WHERE attrelid = CAST($1 AS regclass) AND attname = $2",
+            )
+            .bind(d.table(self.schema.table()))
+            .bind(self.schema.route_column())
+            .fetch_optional(&mut self.db.conn)
+            .await
+            .context("reading the type of the routing column")?;
+            pg_json = match ty.as_deref() {
+                Some(t @ ("json" | "jsonb")) => t.to_string(),
+                other => {
+                    return Err(crate::error::config_error(format!(
+                        "ROUTING_TOPIC_FIELD/ROUTING_KEY_FIELD need column {} of {} to be json or jsonb on PostgreSQL, it is {}",
+                        self.schema.route_column(),
+                        self.schema.table().display(),
+                        other.unwrap_or("missing")
+                    )))
+                }
+            };
+        }
+        // Topics are compared exactly: MySQL's default collation would match "AuthFail" to
+        // "authfail", so its text gets a binary collation.
+        let text = |e: &str| match d {
+            Dialect::MySql => {
+                format!("CAST({e} AS CHAR CHARACTER SET utf8mb4) COLLATE utf8mb4_bin")
+            }
+            _ => d.as_text(e),
+        };
+        let expr = |f: &Option<FieldPath>| match f {
+            Some(f) => text(&f.sql(d, &column, &pg_json)),
+            None => text("NULL"),
+        };
+        let (topic, key) = (expr(&r.topic_field), expr(&r.key_field));
+        let mut accept = Vec::new();
+        if let Some(a) = &r.accept_topics {
+            accept.push((topic.clone(), a.clone()));
+        }
+        if let Some(a) = &r.accept_keys {
+            accept.push((key.clone(), a.clone()));
+        }
+        Ok(RouteSql {
+            columns: Some((topic, key)),
+            accept,
+        })
     }
 
     /// PostgreSQL and MySQL claim with row locks, so several connections may work at once.
@@ -105,6 +209,20 @@ impl<S: Schema> Queue<S> {
         self.db.probe(sql, describe).await?;
         if let Some((sql, describe)) = self.schema.extra_probe(d) {
             self.db.probe(sql, describe).await?;
+        }
+        self.route_sql = None;
+        if self.routes().await?.columns.is_some() {
+            let sql = format!(
+                "SELECT {} FROM {} t WHERE 1 = 0",
+                self.select_list(d),
+                d.table(self.schema.table())
+            );
+            let what = format!(
+                "ROUTING_TOPIC_FIELD/ROUTING_KEY_FIELD over column {} of {}",
+                self.schema.route_column(),
+                self.schema.table().display()
+            );
+            self.db.probe(sql, what).await?;
         }
         Ok(())
     }
@@ -134,10 +252,15 @@ impl<S: Schema> Queue<S> {
             d.as_text(&format!("t.{}", d.quote(self.schema.ts_column()))),
         ];
         cols.extend(self.schema.columns(d));
+        if let Some((topic, key)) = self.route_sql.as_ref().and_then(|r| r.columns.as_ref()) {
+            cols.push(topic.clone());
+            cols.push(key.clone());
+        }
         cols.join(", ")
     }
 
     pub async fn claim(&mut self, lane: Lane, limit: usize) -> Result<Option<Box<dyn Page + '_>>> {
+        self.routes().await?;
         let d = self.db.dialect;
         let select_list = self.select_list(d);
         let Queue {
@@ -145,7 +268,10 @@ impl<S: Schema> Queue<S> {
             schema,
             cursors,
             max_attempts,
+            route_sql,
+            ..
         } = self;
+        let route_sql: &RouteSql = route_sql.as_ref().expect("built above");
         let schema: &S = schema;
         let table = d.table(schema.table());
         let ts = format!("t.{}", d.quote(schema.ts_column()));
@@ -161,13 +287,13 @@ impl<S: Schema> Queue<S> {
         let exhausted;
         loop {
             let cursor = cursors[lane as usize].clone();
-            let filter = filters(schema, d, lane, cursor.is_some());
+            let filter = filters(schema, d, lane, cursor.is_some(), route_sql);
             if d != Dialect::MySql {
                 let sql = format!(
                     "SELECT {select_list} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {limit}{}",
                     d.claim_lock()
                 );
-                rows = bind_claim(&sql, key.clone(), lane, max, &cursor)
+                rows = bind_claim(&sql, key.clone(), lane, max, &cursor, route_sql)
                     .fetch_all(&mut *tx)
                     .await
                     .context("reading a page of audit rows")?;
@@ -190,7 +316,7 @@ impl<S: Schema> Queue<S> {
                 d.as_bigint("t.id"),
                 d.as_text(&ts)
             );
-            let candidates = bind_claim(&sql, key.clone(), lane, max, &cursor)
+            let candidates = bind_claim(&sql, key.clone(), lane, max, &cursor, route_sql)
                 .fetch_all(&mut *tx)
                 .await
                 .context("reading a page of audit rows")?;
@@ -207,10 +333,10 @@ impl<S: Schema> Queue<S> {
             let sql = format!(
                 "SELECT {select_list} FROM {table} t WHERE t.id IN ({}) AND {} ORDER BY {ts}, t.id{}",
                 id_list(ids.into_iter()),
-                filters(schema, d, lane, false),
+                filters(schema, d, lane, false, route_sql),
                 d.claim_lock()
             );
-            let locked = bind_claim(&sql, key.clone(), lane, max, &None)
+            let locked = bind_claim(&sql, key.clone(), lane, max, &None, route_sql)
                 .fetch_all(&mut *tx)
                 .await
                 .context("claiming a page of audit rows")?;
@@ -268,7 +394,32 @@ impl<S: Schema> Queue<S> {
             .iter()
             .map(|r| r.try_get::<i64, _>(0))
             .collect::<Result<Vec<_>, _>>()?;
+        let routes = match route_sql.columns {
+            Some(_) => {
+                rows.iter()
+                    .map(|r| {
+                        let n = r.len();
+                        // MySQL reports the text of JSON functions as a blob: read bytes.
+                        let text = |i| -> Result<Option<String>> {
+                            Ok(super::bytes_at(r, i)?
+                                .map(|b| String::from_utf8_lossy(&b).into_owned()))
+                        };
+                        Ok(Route {
+                            topic: text(n - 2)?,
+                            key: text(n - 1)?,
+                            time: super::parse_db_timestamp(&r.try_get::<String, _>(1)?),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            None => Vec::new(),
+        };
         let records = schema.records(&mut tx, d, rows).await?;
+        for (record, route) in records.iter().zip(routes) {
+            if let Ok(doc) = &record.doc {
+                let _ = doc.route.set(route);
+            }
+        }
         debug_assert_eq!(ids.len(), records.len());
         Ok(Some(Box::new(SqlPage {
             tx,
@@ -381,9 +532,16 @@ impl<S: Schema> Queue<S> {
     pub async fn backlog(&mut self) -> Result<Backlog> {
         let d = self.db.dialect;
         let ts = format!("t.{}", d.quote(self.schema.ts_column()));
+        // Only what this run accepts: other topics are other runs' backlog.
+        let route_sql = self.routes().await?.clone();
+        let mut n = 2;
+        let accept = route_sql.predicate(&mut || {
+            n += 1;
+            d.ph(n)
+        });
         let sql = format!(
             "SELECT {}, {} FROM {} t WHERE {} AND {ts} IS NOT NULL AND NOT EXISTS \
-             (SELECT 1 FROM {FAILED} f WHERE f.source = {} AND f.row_id = t.id AND f.attempts >= {})",
+             (SELECT 1 FROM {FAILED} f WHERE f.source = {} AND f.row_id = t.id AND f.attempts >= {}){accept}",
             d.as_bigint("COUNT(*)"),
             d.as_text(&format!("MIN({ts})")),
             d.table(self.schema.table()),
@@ -391,9 +549,11 @@ impl<S: Schema> Queue<S> {
             d.ph(1),
             d.ph(2)
         );
-        let row = sqlx::query(&sql)
+        let q = sqlx::query(&sql)
             .bind(self.schema.source_key())
-            .bind(self.max_attempts as i64)
+            .bind(self.max_attempts as i64);
+        let row = route_sql
+            .bind(q)
             .fetch_one(&mut self.db.conn)
             .await
             .context("counting unsent audit rows")?;
@@ -537,7 +697,13 @@ struct SqlPage<'a, S: Schema> {
 
 /// The WHERE clause of a claim: unsent, orderable, in `lane`, after the cursor. Binds, in
 /// order: source key, max attempts (retry lane), cursor timestamp twice and id.
-fn filters<S: Schema>(schema: &S, d: Dialect, lane: Lane, after_cursor: bool) -> String {
+fn filters<S: Schema>(
+    schema: &S,
+    d: Dialect,
+    lane: Lane,
+    after_cursor: bool,
+    route: &RouteSql,
+) -> String {
     let ts = format!("t.{}", d.quote(schema.ts_column()));
     let mut n = 0;
     let mut ph = || {
@@ -562,8 +728,9 @@ fn filters<S: Schema>(schema: &S, d: Dialect, lane: Lane, after_cursor: bool) ->
     } else {
         String::new()
     };
+    let accept = route.predicate(&mut ph);
     format!(
-        "{} AND {ts} IS NOT NULL AND {lane_filter}{keyset}",
+        "{} AND {ts} IS NOT NULL AND {lane_filter}{keyset}{accept}",
         schema.unsent(d)
     )
 }
@@ -575,6 +742,7 @@ fn bind_claim<'q>(
     lane: Lane,
     max_attempts: u32,
     cursor: &Option<(String, i64)>,
+    route: &RouteSql,
 ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
     let mut q = sqlx::query(sql).bind(key);
     if lane == Lane::Retry {
@@ -583,7 +751,7 @@ fn bind_claim<'q>(
     if let Some((cts, cid)) = cursor {
         q = q.bind(cts.clone()).bind(cts.clone()).bind(*cid);
     }
-    q
+    route.bind(q)
 }
 
 fn id_list(ids: impl Iterator<Item = i64>) -> String {

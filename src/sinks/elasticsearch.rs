@@ -111,24 +111,27 @@ impl ElasticsearchSink {
         }
     }
 
-    /// One bulk request for `group` (indices into `docs`).
-    async fn send(&self, docs: &[&Document], group: &[usize]) -> Result<Answer> {
+    /// One bulk request for `group` (indices into `docs`). `index` holds each document's index
+    /// when the name is a template; empty otherwise (the request's path names the index).
+    async fn send(&self, docs: &[&Document], index: &[String], group: &[usize]) -> Result<Answer> {
         let actions: Vec<String> = group
             .iter()
-            .map(|&i| serde_json::json!({"create": {"_id": docs[i].id}}).to_string())
+            .map(|&i| match index.get(i) {
+                Some(name) => serde_json::json!({"create": {"_index": name, "_id": docs[i].id}}),
+                None => serde_json::json!({"create": {"_id": docs[i].id}}),
+            })
+            .map(|a| a.to_string())
             .collect();
         let mut body: Vec<&[u8]> = Vec::with_capacity(group.len() * 2);
         for (k, &i) in group.iter().enumerate() {
             body.push(actions[k].as_bytes());
             body.push(&docs[i].body);
         }
-        let response = match self
-            .client
-            .bulk(BulkParts::Index(&self.cfg.index))
-            .body(body)
-            .send()
-            .await
-        {
+        let parts = match self.cfg.index_template {
+            Some(_) => BulkParts::None,
+            None => BulkParts::Index(&self.cfg.index),
+        };
+        let response = match self.client.bulk(parts).body(body).send().await {
             Ok(r) => r,
             Err(e) => {
                 return Ok(Answer::Transient(format!(
@@ -319,6 +322,21 @@ impl Sink for ElasticsearchSink {
     async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; docs.len()];
         let mut pending: Vec<usize> = (0..docs.len()).collect();
+        // Index per document from the name template; a record it cannot name (no date) is
+        // refused alone, like a mapping error.
+        let mut index = Vec::new();
+        if let Some(template) = &self.cfg.index_template {
+            for (i, d) in docs.iter().enumerate() {
+                match template.render(d.route(), crate::routing::index_part) {
+                    Ok(name) => index.push(name),
+                    Err(why) => {
+                        outcomes[i] = Some(Outcome::Rejected(why));
+                        index.push(String::new());
+                    }
+                }
+            }
+            pending.retain(|&i| outcomes[i].is_none());
+        }
         let mut delays = self.delays();
         let mut tries = 0usize;
         while !pending.is_empty() {
@@ -326,7 +344,7 @@ impl Sink for ElasticsearchSink {
             let mut again = Vec::new();
             let mut problem: Option<String> = None;
             for group in split_by_bytes(&pending, docs, self.max_bytes) {
-                match self.send(docs, &group).await? {
+                match self.send(docs, &index, &group).await? {
                     Answer::Items(items) => {
                         for (i, answer) in group.into_iter().zip(items) {
                             match answer {
@@ -435,10 +453,7 @@ mod tests {
     #[test]
     fn requests_are_split_by_size() {
         let docs: Vec<Document> = (0..5)
-            .map(|i| Document {
-                id: i.to_string(),
-                body: vec![b'x'; 100],
-            })
+            .map(|i| Document::new(i.to_string(), vec![b'x'; 100]))
             .collect();
         let docs: Vec<&Document> = docs.iter().collect();
         let all: Vec<usize> = (0..5).collect();

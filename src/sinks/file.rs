@@ -5,6 +5,9 @@
 //! The name is derived from the page's document ids: a page re-shipped after a crash
 //! replaces its own file instead of adding a second copy.
 //!
+//! With `OUTPUT_LAYOUT=routed` a page is split by route, one file per directory
+//! `topic/routing-key/YYYY/mm/dd/HH/` (the DSS Event Server layout; see `crate::routing`).
+//!
 //! With `OUTPUT_LAYOUT=cdp-archive` a page the source names (one CDP archive batch) is written
 //! under that name, `<accountId>_<YYYYMMDDTHHMM>Z_<archiveId>.json.gz`, as CDP's own archives.
 
@@ -72,6 +75,30 @@ pub(crate) fn fnv1a<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u64 {
     h
 }
 
+impl FileSink {
+    fn ship_routed(&self, docs: &[&Document]) -> Result<Vec<Outcome>> {
+        let mut outcomes = vec![Outcome::Delivered; docs.len()];
+        let mut groups: std::collections::BTreeMap<PathBuf, Vec<&Document>> = Default::default();
+        for (i, d) in docs.iter().enumerate() {
+            match crate::routing::routed_dir(d.route()) {
+                Ok(dir) => groups.entry(dir).or_default().push(d),
+                Err(why) => outcomes[i] = Outcome::Rejected(why.to_string()),
+            }
+        }
+        // Every file is durable before the page is marked, as with one file per page.
+        for (dir, group) in groups {
+            let path = write_atomically(
+                &self.dir.join(dir),
+                &self.file_name(&group),
+                self.gzip,
+                &group,
+            )?;
+            tracing::debug!(file = %path.display(), documents = group.len(), "wrote file");
+        }
+        Ok(outcomes)
+    }
+}
+
 pub fn write_lines(out: &mut impl Write, docs: &[&Document]) -> std::io::Result<()> {
     for d in docs {
         out.write_all(&d.body)?;
@@ -131,6 +158,7 @@ impl Sink for FileSink {
                 "OUTPUT_LAYOUT=cdp-archive: the source did not name this page's archive file"
             ),
             (FileLayout::Pages, _) => self.file_name(docs),
+            (FileLayout::Routed, _) => return self.ship_routed(docs),
         };
         let path = write_atomically(&self.dir, &file_name, self.gzip, docs)?;
         tracing::debug!(file = %path.display(), documents = docs.len(), "wrote file");
@@ -183,10 +211,10 @@ mod tests {
     fn docs(ids: &[&str]) -> Vec<&'static Document> {
         ids.iter()
             .map(|id| {
-                &*Box::leak(Box::new(Document {
-                    id: id.to_string(),
-                    body: format!("{{\"id\":\"{id}\"}}").into_bytes(),
-                }))
+                &*Box::leak(Box::new(Document::new(
+                    id.to_string(),
+                    format!("{{\"id\":\"{id}\"}}").into_bytes(),
+                )))
             })
             .collect()
     }

@@ -1,5 +1,8 @@
 //! Index setup: `audit-transfer init-index`, and ELASTICSEARCH_CREATE_INDEX=true at run start,
 //! create the index with the mapping of the documents the sources write, unless it exists.
+//! When the index name is a template (`audit-{topic}-{yyyy.MM.dd}`), an index template with
+//! that mapping is created instead, matching every name the template renders, so each new
+//! daily or per-topic index gets the mapping when the first document creates it.
 //!
 //! Idempotent: an existing index is left exactly as it is (its mapping is never changed), and
 //! an index another run created in between ("resource_already_exists_exception") is fine.
@@ -10,7 +13,10 @@
 use super::elasticsearch::ElasticsearchSink;
 use crate::config::ElasticsearchConfig;
 use anyhow::{anyhow, bail, Result};
-use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts};
+use elasticsearch::indices::{
+    IndicesCreateParts, IndicesExistsIndexTemplateParts, IndicesExistsParts,
+    IndicesPutIndexTemplateParts,
+};
 use serde_json::{json, Value};
 
 /// The mapping of the audit documents: `@timestamp` and `audit_event` as structured-log-transfer
@@ -37,72 +43,106 @@ pub fn audit_mapping() -> Value {
     })
 }
 
-/// Whether the index was created now (`true`) or existed already (`false`).
+/// The index template's name for an index name template: its pattern, `*` spelled `_`.
+pub fn template_name(pattern: &str) -> String {
+    format!("audit-transfer-{}", pattern.replace('*', "_"))
+}
+
+/// Whether the index (or index template) was created now (`true`) or existed already (`false`).
 pub async fn ensure(cfg: &ElasticsearchConfig) -> Result<bool> {
     let sink = ElasticsearchSink::new(cfg)?;
-    let client = sink.client();
-    let index = cfg.index.as_str();
+    let indices = sink.client().indices();
+    let (what, pattern) = match &cfg.index_template {
+        Some(t) => {
+            let pattern = t.pattern();
+            (
+                format!("index template {:?}", template_name(&pattern)),
+                Some(pattern),
+            )
+        }
+        None => (format!("index {:?}", cfg.index), None),
+    };
     let unreachable = |e: elasticsearch::Error| {
         anyhow!(
-            "cannot reach Elasticsearch at {} to create index {index:?}: {e}",
+            "cannot reach Elasticsearch at {} to create {what}: {e}",
             cfg.url
         )
     };
-    let exists = client
-        .indices()
-        .exists(IndicesExistsParts::Index(&[index]))
-        .send()
-        .await
-        .map_err(unreachable)?;
+    let exists = match &pattern {
+        Some(p) => {
+            indices
+                .exists_index_template(IndicesExistsIndexTemplateParts::Name(&template_name(p)))
+                .send()
+                .await
+        }
+        None => {
+            indices
+                .exists(IndicesExistsParts::Index(&[cfg.index.as_str()]))
+                .send()
+                .await
+        }
+    }
+    .map_err(unreachable)?;
     match exists.status_code().as_u16() {
         200 => {
-            tracing::info!(index, "index exists; left as it is");
+            tracing::info!(name = %what, "exists; left as it is");
             return Ok(false);
         }
         404 => {}
-        401 | 403 => bail!(credentials(cfg, exists.status_code().as_u16())),
+        401 | 403 => bail!(credentials(cfg, &what, exists.status_code().as_u16())),
         code => bail!(
-            "Elasticsearch at {} answered HTTP {code} when asked whether index {index:?} exists",
+            "Elasticsearch at {} answered HTTP {code} when asked whether {what} exists",
             cfg.url
         ),
     }
-    let response = client
-        .indices()
-        .create(IndicesCreateParts::Index(index))
-        .body(audit_mapping())
-        .send()
-        .await
-        .map_err(unreachable)?;
+    let response = match &pattern {
+        // `create`: never replace a template someone else put there meanwhile.
+        Some(p) => {
+            indices
+                .put_index_template(IndicesPutIndexTemplateParts::Name(&template_name(p)))
+                .create(true)
+                .body(json!({"index_patterns": [p], "template": audit_mapping()}))
+                .send()
+                .await
+        }
+        None => {
+            indices
+                .create(IndicesCreateParts::Index(&cfg.index))
+                .body(audit_mapping())
+                .send()
+                .await
+        }
+    }
+    .map_err(unreachable)?;
     let status = response.status_code().as_u16();
     let body: Value = response.json().await.unwrap_or_default();
+    let reason = body
+        .pointer("/error/reason")
+        .and_then(Value::as_str)
+        .unwrap_or("no reason given");
     match status {
         200 | 201 => {
-            tracing::info!(index, "index created with the audit mapping");
+            tracing::info!(name = %what, "created with the audit mapping");
             Ok(true)
         }
         400 if body.pointer("/error/type").and_then(Value::as_str)
-            == Some("resource_already_exists_exception") =>
+            == Some("resource_already_exists_exception")
+            || reason.contains("already exists") =>
         {
-            tracing::info!(
-                index,
-                "index created meanwhile by another run; left as it is"
-            );
+            tracing::info!(name = %what, "created meanwhile by another run; left as it is");
             Ok(false)
         }
-        401 | 403 => bail!(credentials(cfg, status)),
+        401 | 403 => bail!(credentials(cfg, &what, status)),
         _ => bail!(
-            "Elasticsearch at {} refused to create index {index:?} (HTTP {status}): {}",
-            cfg.url,
-            body.pointer("/error/reason")
-                .and_then(Value::as_str)
-                .unwrap_or("no reason given")
+            "Elasticsearch at {} refused to create {what} (HTTP {status}): {reason}",
+            cfg.url
         ),
     }
 }
 
-fn credentials(cfg: &ElasticsearchConfig, status: u16) -> String {
+fn credentials(cfg: &ElasticsearchConfig, what: &str, status: u16) -> String {
     format!(
-        "Elasticsearch at {} refused to create index {:?} (HTTP {status}): check ELASTICSEARCH_USERNAME/ELASTICSEARCH_PASSWORD or ELASTICSEARCH_API_KEY and the create_index privilege",
-        cfg.url, cfg.index
+        "Elasticsearch at {} refused to create {what} (HTTP {status}): check ELASTICSEARCH_USERNAME/ELASTICSEARCH_PASSWORD or ELASTICSEARCH_API_KEY and the create_index privilege",
+        cfg.url
     )
 }

@@ -78,6 +78,8 @@ pub struct Castai {
     retried: HashSet<String>,
     /// Held from `prepare` to exit (the OS releases it even after SIGKILL).
     _lock: Option<std::fs::File>,
+    /// `Routing::accept_label`, kept in the state file.
+    accepts: Option<String>,
 }
 
 /// The state file.
@@ -96,6 +98,9 @@ struct State {
     /// of a window it did not finish. Skipped when a query returns them again.
     acked: Vec<Acked>,
     failed: Vec<FailedItem>,
+    /// What the runs of this file accept (`Routing::accept_label`); `None`: everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    accepts: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,6 +167,7 @@ impl Castai {
             duplicates: 0,
             retried: HashSet::new(),
             _lock: None,
+            accepts: cfg.routing.accept_label(),
         })
     }
 
@@ -217,6 +223,15 @@ impl Castai {
                 state.cluster_id.as_deref().unwrap_or("(all)"),
                 self.version_name(),
                 self.cfg.cluster_id.as_deref().unwrap_or("(all)")
+            )));
+        }
+        // Runs of another selection would skip, for good, what this one ships, and back.
+        if state.accepts != self.accepts {
+            return Err(config_error(format!(
+                "CASTAI_STATE_FILE {} belongs to runs that accept {}, not {}: use a state file per ACCEPT_TOPICS/ACCEPT_ROUTING_KEYS selection",
+                path.display(),
+                state.accepts.as_deref().unwrap_or("everything"),
+                self.accepts.as_deref().unwrap_or("everything")
             )));
         }
         Ok(Some(state))
@@ -512,6 +527,7 @@ impl Source for Castai {
                     window_seconds: self.max_span(),
                     acked: Vec::new(),
                     failed: Vec::new(),
+                    accepts: self.accepts.clone(),
                 }
             }
         };
@@ -764,7 +780,7 @@ fn build(version: CastaiApiVersion, item: &Value) -> Built {
     Built {
         record: Record {
             key: id.clone(),
-            doc: Ok(Document { id, body }),
+            doc: Ok(Document::new(id, body)),
         },
         has_id: true,
         time: Some(time),

@@ -43,6 +43,7 @@ pub async fn connect(cfg: &Config) -> Result<Queue<Layout>> {
             table,
         },
         cfg.max_attempts,
+        &cfg.routing,
     ))
 }
 
@@ -121,10 +122,10 @@ impl Layout {
                 }
             });
             let body = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
-            Ok(Document {
-                id: crate::sources::single_column::document_id(id, when),
+            Ok(Document::new(
+                crate::sources::single_column::document_id(id, when),
                 body,
-            })
+            ))
         })())
     }
 }
@@ -230,6 +231,9 @@ impl Schema for Layout {
             d.as_bytes("t.changes"),
             d.as_bytes("t.additional_data"),
         ]
+    }
+    fn route_column(&self) -> &'static str {
+        "additional_data"
     }
     fn describe(&self) -> String {
         "AUDIT_LOGGER_TYPE=DJANGO_AUDITLOG: table auditlog_logentry must exist as django-auditlog creates it (run the application's migrations)".into()

@@ -10,15 +10,40 @@ pub mod s3;
 pub mod single_column;
 
 use crate::config::{Config, SourceKind};
+use crate::routing::Route;
 use anyhow::Result;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use std::sync::OnceLock;
 
 /// A document ready for a sink: a deterministic id and the serialized JSON object.
 #[derive(Debug, Clone)]
 pub struct Document {
     pub id: String,
     pub body: Vec<u8>,
+    /// Where it goes (topic, routing key, date). The SQL sources set it from SQL; for the
+    /// others the pipeline fills it in from the body, and only when routing is in use.
+    pub route: OnceLock<Route>,
+}
+
+impl Document {
+    pub fn new(id: String, body: Vec<u8>) -> Self {
+        Document {
+            id,
+            body,
+            route: OnceLock::new(),
+        }
+    }
+
+    /// The route, or none (no routing in use).
+    pub fn route(&self) -> &Route {
+        static NO_ROUTE: Route = Route {
+            topic: None,
+            key: None,
+            time: None,
+        };
+        self.route.get().unwrap_or(&NO_ROUTE)
+    }
 }
 
 /// One record of a page: either a document, or the reason it cannot become one.

@@ -28,7 +28,7 @@ pub async fn connect(cfg: &Config) -> Result<Queue<Layout>> {
     let layout = Layout {
         cfg: cfg.single_column.clone(),
     };
-    Ok(Queue::new(db, layout, cfg.max_attempts))
+    Ok(Queue::new(db, layout, cfg.max_attempts, &cfg.routing))
 }
 
 #[async_trait]
@@ -53,6 +53,9 @@ impl Schema for Layout {
     }
     fn columns(&self, d: Dialect) -> Vec<String> {
         vec![d.as_bytes("t.message")]
+    }
+    fn route_column(&self) -> &'static str {
+        "message"
     }
     fn describe(&self) -> String {
         format!(
@@ -99,10 +102,7 @@ impl Layout {
         )?;
         object.insert("@timestamp".into(), ts);
         let body = serde_json::to_vec(&object).map_err(|e| format!("cannot serialize: {e}"))?;
-        Ok(super::Document {
-            id: document_id(id, created),
-            body,
-        })
+        Ok(super::Document::new(document_id(id, created), body))
     }
 }
 

@@ -6,6 +6,22 @@ pub mod fakes;
 pub mod proxy;
 pub mod s3;
 
+/// One module per database, each running the listed `async fn(Backend)` tests against it.
+#[allow(unused_macros)]
+macro_rules! backend_tests {
+    ($module:ident, $backend:expr, [$($test:ident),* $(,)?]) => {
+        mod $module {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($backend).await;
+                }
+            )*
+        }
+    };
+}
+
 use serde_json::Value;
 use sqlx::{AnyConnection, Connection};
 use std::collections::BTreeSet;

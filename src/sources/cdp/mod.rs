@@ -221,10 +221,10 @@ fn document(event: &Value) -> std::result::Result<Document, String> {
         "@timestamp".into(),
         json!(at.to_rfc3339_opts(SecondsFormat::Millis, true)),
     );
-    Ok(Document {
-        id: id.to_string(),
-        body: serde_json::to_vec(&doc).map_err(|e| e.to_string())?,
-    })
+    Ok(Document::new(
+        id.to_string(),
+        serde_json::to_vec(&doc).map_err(|e| e.to_string())?,
+    ))
 }
 
 /// Part (or all) of one batch. Committing the batch's last page marks the batch in CDP if

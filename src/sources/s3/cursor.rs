@@ -32,6 +32,9 @@ pub struct Cursor {
     /// Files given up on after `S3_MAX_ATTEMPTS` with `S3_ON_BAD_FILE=skip`.
     #[serde(default)]
     pub skipped: Vec<Skipped>,
+    /// What the runs of this file accept (`Routing::accept_label`); `None`: everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepts: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +57,7 @@ pub struct Skipped {
 }
 
 impl Cursor {
-    pub fn new(bucket: &str, prefix: &str) -> Cursor {
+    pub fn new(bucket: &str, prefix: &str, accepts: Option<String>) -> Cursor {
         Cursor {
             format: FORMAT,
             bucket: bucket.into(),
@@ -63,12 +66,18 @@ impl Cursor {
             last: None,
             next: None,
             skipped: Vec::new(),
+            accepts,
         }
     }
 }
 
 /// Reads the cursor file; `None` when there is none yet.
-pub fn load(path: &Path, bucket: &str, prefix: &str) -> Result<Option<Cursor>> {
+pub fn load(
+    path: &Path,
+    bucket: &str,
+    prefix: &str,
+    accepts: Option<&str>,
+) -> Result<Option<Cursor>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -101,6 +110,14 @@ pub fn load(path: &Path, bucket: &str, prefix: &str) -> Result<Option<Cursor>> {
             path.display(),
             cursor.bucket,
             cursor.prefix
+        )));
+    }
+    if cursor.accepts.as_deref() != accepts {
+        return Err(config_error(format!(
+            "S3_CURSOR_FILE {} belongs to runs that accept {}, not {}: use a cursor file per ACCEPT_TOPICS/ACCEPT_ROUTING_KEYS selection",
+            path.display(),
+            cursor.accepts.as_deref().unwrap_or("everything"),
+            accepts.unwrap_or("everything")
         )));
     }
     Ok(Some(cursor))
@@ -140,8 +157,8 @@ mod tests {
     fn saves_and_loads_and_refuses_another_bucket_or_a_corrupt_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cursor.json");
-        assert_eq!(load(&path, "b", "p").unwrap(), None);
-        let mut c = Cursor::new("b", "p");
+        assert_eq!(load(&path, "b", "p", None).unwrap(), None);
+        let mut c = Cursor::new("b", "p", None);
         c.order = Some(Mode::Index);
         c.last = Some(Position {
             key: "p/CATO00000000000000000003.zip".into(),
@@ -153,16 +170,21 @@ mod tests {
             last_error: Some("corrupt".into()),
         });
         save(&path, &c).unwrap();
-        assert_eq!(load(&path, "b", "p").unwrap(), Some(c));
+        assert_eq!(load(&path, "b", "p", None).unwrap(), Some(c));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("\"index\": 3") && text.contains("\"attempts\": 2"),
             "{text}"
         );
-        let e = load(&path, "other", "p").unwrap_err().to_string();
+        let e = load(&path, "other", "p", None).unwrap_err().to_string();
         assert!(e.contains("belongs to S3_BUCKET=b"), "{e}");
+        // A cursor of one ACCEPT_* selection is refused to another.
+        let e = load(&path, "b", "p", Some("topics a of t; routing keys (all)"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("belongs to runs that accept everything"), "{e}");
         std::fs::write(&path, "{").unwrap();
-        let e = load(&path, "b", "p").unwrap_err();
+        let e = load(&path, "b", "p", None).unwrap_err();
         assert_eq!(crate::error::exit_for(&e), crate::error::Exit::Config);
         assert!(e.to_string().contains("is corrupt"));
     }

@@ -76,14 +76,11 @@ pub fn build(
     let id = origin.doc_id(line);
     let mut unreadable_time = false;
     let doc = match output {
-        S3Output::Original => Ok(Document {
-            id,
-            body: bytes.to_vec(),
-        }),
+        S3Output::Original => Ok(Document::new(id, bytes.to_vec())),
         S3Output::Document => std::str::from_utf8(bytes)
             .map_err(|e| format!("line is not UTF-8 ({e})"))
             .and_then(|text| document(text, format, origin.file_time, &mut unreadable_time))
-            .map(|body| Document { id, body }),
+            .map(|body| Document::new(id, body)),
     };
     Built {
         record: Record { key, doc },

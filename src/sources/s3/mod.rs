@@ -75,6 +75,8 @@ pub struct S3Cursor {
     stopped: bool,
     /// What makes the run partial besides records: gaps, files outside the sequence.
     problems: Vec<String>,
+    /// `Routing::accept_label`, kept in the cursor file.
+    accepts: Option<String>,
 }
 
 /// The file being read.
@@ -107,6 +109,7 @@ impl S3Cursor {
             taken: 0,
             stopped: false,
             problems: Vec::new(),
+            accepts: cfg.routing.accept_label(),
         })
     }
 
@@ -478,7 +481,12 @@ impl Source for S3Cursor {
     /// Reads the cursor file and lists one page of the bucket: proves endpoint, bucket and
     /// credentials.
     async fn check(&mut self) -> Result<()> {
-        cursor::load(&self.cfg.cursor_file, &self.cfg.bucket, &self.cfg.prefix)?;
+        cursor::load(
+            &self.cfg.cursor_file,
+            &self.cfg.bucket,
+            &self.cfg.prefix,
+            self.accepts.as_deref(),
+        )?;
         let prefix =
             (!self.cfg.prefix.is_empty()).then(|| StorePath::from(self.cfg.prefix.as_str()));
         let first = self
@@ -496,7 +504,12 @@ impl Source for S3Cursor {
 
     async fn prepare(&mut self) -> Result<()> {
         self._lock = Some(cursor::lock(&self.cfg.cursor_file)?);
-        let loaded = cursor::load(&self.cfg.cursor_file, &self.cfg.bucket, &self.cfg.prefix)?;
+        let loaded = cursor::load(
+            &self.cfg.cursor_file,
+            &self.cfg.bucket,
+            &self.cfg.prefix,
+            self.accepts.as_deref(),
+        )?;
         let c = match loaded {
             Some(c) => c,
             None => {
@@ -504,7 +517,7 @@ impl Source for S3Cursor {
                     cursor_file = %self.cfg.cursor_file.display(),
                     "no cursor file yet: starting at the first file in the bucket"
                 );
-                Cursor::new(&self.cfg.bucket, &self.cfg.prefix)
+                Cursor::new(&self.cfg.bucket, &self.cfg.prefix, self.accepts.clone())
             }
         };
         self.cursor = Some(c);
