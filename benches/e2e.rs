@@ -7,7 +7,8 @@
 //! - the floor on the same rows: COPY of the rows, the same UPDATEs in the same page size, and a
 //!   plain POST of the same NDJSON bodies to the same endpoint;
 //! - peak RSS at N/10 and N (memory must not grow with the batch);
-//! - MariaDB on the same data, and the cost of document sizes 200 B, 2 KB and 20 KB.
+//! - MariaDB on the same data (generated the same way), and the cost of document sizes 200 B,
+//!   2 KB and 20 KB.
 //!
 //! Needs PostgreSQL and MariaDB as in the tests, the release binary (`make bench` builds it), GNU
 //! time for peak RSS, and OSMEM_SERVER_BIN for (b).
@@ -52,7 +53,9 @@ fn start_endpoint(rt: &tokio::runtime::Runtime) -> u16 {
     let port = listener.local_addr().unwrap().port();
     let app = Router::new()
         .route("/", get(|| async { r#"{"version":{"number":"8.0.0"}}"# }))
-        .route("/{index}/_bulk", post(bulk));
+        .route("/{index}/_bulk", post(bulk))
+        // Elasticsearch accepts 100 MB bodies (http.max_content_length); axum's default is 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(100 * 1024 * 1024));
     rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
     port
 }
@@ -148,7 +151,55 @@ async fn pg_table(admin: &mut PgConnection, db: &str, rows: usize, size: usize) 
     url
 }
 
+/// The same table in MariaDB (MySQL flavour of the queue: two-step claim by primary key), with
+/// the index README recommends there (MariaDB has no partial indexes).
+async fn mysql_table(rows: usize, size: usize) -> Option<String> {
+    let admin = env_or("BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/mysql");
+    let mut c = sqlx::MySqlConnection::connect(&admin).await.ok()?;
+    c.execute("DROP DATABASE IF EXISTS at_bench_my")
+        .await
+        .unwrap();
+    c.execute("CREATE DATABASE at_bench_my").await.unwrap();
+    c.execute("USE at_bench_my").await.unwrap();
+    c.execute(
+        "CREATE TABLE audit_logs (id BIGINT AUTO_INCREMENT PRIMARY KEY, is_sent TINYINT(1) NOT NULL DEFAULT 0, \
+         message JSON NOT NULL, created_at DATETIME(6) NOT NULL)",
+    )
+    .await
+    .unwrap();
+    let pad = size.saturating_sub(560);
+    c.execute(
+        format!(
+            "INSERT INTO audit_logs (message, created_at) SELECT JSON_OBJECT('audit_event', JSON_OBJECT(\
+               'origin', 'profile-backend', 'status', 'SUCCESS', 'date_time_epoch', 1714557600000 + seq,\
+               'date_time', DATE_FORMAT(TIMESTAMP '2024-05-01 10:00:00' + INTERVAL seq * 1000 MICROSECOND, '%Y-%m-%dT%H:%i:%s.%fZ'),\
+               'actor', JSON_OBJECT('role', 'USER', 'user_id', MD5(seq), 'provider', 'tunnistamo', 'ip_address', CONCAT('192.0.2.', seq % 250)),\
+               'operation', 'READ', 'additional_information', REPEAT('x', {pad}),\
+               'target', JSON_OBJECT('path', CONCAT('/v1/profiles/', MD5(seq * 7), '/'), 'object_ids', JSON_ARRAY(MD5(seq * 3)), 'type', 'Profile'))),\
+             TIMESTAMP '2024-05-01 10:00:00' + INTERVAL seq * 1000 MICROSECOND FROM seq_1_to_{rows}"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    c.execute("CREATE INDEX audit_logs_queue ON audit_logs (is_sent, created_at, id)")
+        .await
+        .unwrap();
+    c.execute("ANALYZE TABLE audit_logs").await.unwrap();
+    Some(format!("{}/at_bench_my", admin.rsplit_once('/').unwrap().0))
+}
+
 async fn reset(url: &str) {
+    if url.starts_with("mysql:") {
+        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+        c.execute("UPDATE audit_logs SET is_sent = 0")
+            .await
+            .unwrap();
+        c.execute("DELETE FROM audit_transfer_failed_rows")
+            .await
+            .ok();
+        return;
+    }
     let mut c = PgConnection::connect(url).await.unwrap();
     c.execute("UPDATE audit_logs SET is_sent = false")
         .await
@@ -377,6 +428,14 @@ fn main() {
     );
     println!("    ratio ours / floor: {:.2}", ours / floor_total);
 
+    match rt.block_on(mysql_table(n, 600)) {
+        Some(my) => {
+            let (mine, _) = measure("(a) MariaDB -> bench endpoint", n, &my, es(&my, port));
+            println!("    ratio MariaDB / PostgreSQL: {:.2}", mine / ours);
+        }
+        None => println!("(a) MariaDB: skipped, no server at BENCH_MYSQL_URL"),
+    }
+
     let out = tempfile_dir();
     let mut file_env = base(&url);
     file_env.extend([
@@ -443,6 +502,13 @@ fn main() {
         );
         rt.block_on(admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()))
             .unwrap();
+    }
+    if let Ok(mut c) = rt.block_on(sqlx::MySqlConnection::connect(&env_or(
+        "BENCH_MYSQL_URL",
+        "mysql://root@127.0.0.1:3306/mysql",
+    ))) {
+        rt.block_on(c.execute("DROP DATABASE IF EXISTS at_bench_my"))
+            .ok();
     }
     for db in ["at_bench", "at_bench_small", "at_bench_osmem"] {
         rt.block_on(admin.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()))

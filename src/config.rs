@@ -56,6 +56,7 @@ pub struct RawEnv {
     sink: Option<String>,
     output_path: Option<String>,
     output_gzip: Option<String>,
+    output_gzip_level: Option<String>,
     output_layout: Option<String>,
     routing_topic_field: Option<String>,
     routing_key_field: Option<String>,
@@ -338,6 +339,8 @@ pub enum SinkConfig {
     File {
         dir: PathBuf,
         gzip: bool,
+        /// OUTPUT_GZIP_LEVEL, 0..=9.
+        gzip_level: u32,
         layout: FileLayout,
     },
     Stdout,
@@ -634,6 +637,7 @@ impl Config {
             SourceKind::S3Cursor => Some(s3_config(&raw, &sink)?),
             _ => None,
         };
+        let routing = routing_config(&raw, source, &sink, s3.as_ref().map(|c| c.output))?;
 
         Ok(Config {
             source,
@@ -655,7 +659,7 @@ impl Config {
             },
             cdp,
             s3,
-            routing: routing_config(&raw, source, &sink)?,
+            routing,
             sink,
             metrics: metrics_config(&raw)?,
             warnings,
@@ -1256,6 +1260,7 @@ fn routing_config(
     raw: &RawEnv,
     source: SourceKind,
     sink: &std::result::Result<SinkConfig, ConfigError>,
+    s3_output: Option<S3Output>,
 ) -> Result<crate::routing::Routing> {
     use crate::routing::{Accept, FieldPath};
     let (topic_default, key_default) = match source {
@@ -1286,6 +1291,11 @@ fn routing_config(
             _ => false,
         },
     };
+    if routing.sink_needs_route && s3_output == Some(S3Output::Original) {
+        return Err(ConfigError(
+            "S3_OUTPUT=original ships lines as they are, without @timestamp, so the index name template or OUTPUT_LAYOUT=routed has no date to place them by: use S3_OUTPUT=document".into(),
+        ));
+    }
     for (var, list, field, field_var) in [
         (
             "ACCEPT_TOPICS",
@@ -1366,6 +1376,14 @@ fn sink_config(raw: &RawEnv, source: SourceKind) -> Result<SinkConfig> {
             Ok(SinkConfig::File {
                 dir: PathBuf::from(opt(&raw.output_path).unwrap_or("output")),
                 gzip: gzip.unwrap_or(false) || layout == FileLayout::CdpArchive,
+                gzip_level: match opt(&raw.output_gzip_level) {
+                    None => crate::sinks::file::DEFAULT_GZIP_LEVEL,
+                    Some(v) => v.parse().ok().filter(|l| *l <= 9).ok_or_else(|| {
+                        ConfigError(format!(
+                            "invalid OUTPUT_GZIP_LEVEL {v:?}: expected 0 (store) to 9 (smallest)"
+                        ))
+                    })?,
+                },
                 layout,
             })
         }
@@ -1715,6 +1733,45 @@ mod tests {
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config> {
         Config::from_raw(RawEnv::from_pairs(pairs))
+    }
+
+    #[test]
+    fn routing_settings_that_could_lose_or_misplace_records_are_refused() {
+        let err = |pairs: &[(&str, &str)]| cfg(pairs).map(|_| ()).unwrap_err().0;
+        let file = [("SINK", "file")];
+        assert!(err(&[file[0], ("ACCEPT_TOPICS", "a")]).contains("ROUTING_TOPIC_FIELD"));
+        assert!(err(&[
+            file[0],
+            ("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE"),
+            ("CDP_ACCESS_TOKEN", "t"),
+            ("ACCEPT_ROUTING_KEYS", "getUser"),
+        ])
+        .contains("CDP_ARCHIVE"));
+        assert!(err(&[
+            file[0],
+            ("AUDIT_LOGGER_TYPE", "S3_CURSOR"),
+            ("S3_BUCKET", "b"),
+            ("S3_OUTPUT", "original"),
+            ("OUTPUT_LAYOUT", "routed"),
+        ])
+        .contains("S3_OUTPUT=original"));
+        assert!(cfg(&[file[0], ("OUTPUT_GZIP_LEVEL", "10")])
+            .unwrap()
+            .sink
+            .unwrap_err()
+            .0
+            .contains("OUTPUT_GZIP_LEVEL"));
+        // The API sources have topic and key fields of their own.
+        let c = cfg(&[
+            file[0],
+            ("AUDIT_LOGGER_TYPE", "CASTAI"),
+            ("CASTAI_API_KEY", "k"),
+            ("CASTAI_STATE_FILE", "/tmp/state.json"),
+            ("ACCEPT_TOPICS", "clusterDeleted"),
+        ])
+        .unwrap();
+        assert_eq!(c.routing.topic_field.unwrap().to_string(), "topic");
+        assert_eq!(c.routing.key_field.unwrap().to_string(), "labels.clusterId");
     }
 
     fn es(pairs: &[(&str, &str)]) -> ElasticsearchConfig {

@@ -237,10 +237,12 @@ async fn transfer(
                         // SQL sources route in SQL and never hand out what they do not accept;
                         // the others are routed here from the document itself. A record not
                         // accepted is neither shipped nor marked: it belongs to another run.
-                        if routing.active() {
+                        // A route the source set (SQL) was filtered there already.
+                        if routing.active() && d.route.get().is_none() {
                             let route = d.route.get_or_init(|| routing.route_of_body(&d.body));
                             if !routing.accepts(route) {
                                 summary.not_accepted += 1;
+                                result.not_accepted.push(i);
                                 continue;
                             }
                         }

@@ -9,8 +9,9 @@
 //! the SQL sources read in SQL, so a run never even claims rows it does not accept; for the API
 //! sources a field of the document, by default the event's source and type.
 //!
-//! Only a JSON string is a topic or key: a missing field, `null`, a number or an object means the
-//! record has none, which `ACCEPT_*` lists spell `_none`.
+//! Only a non-empty JSON string is a topic or key: a missing field, `""`, `null`, a number or an
+//! object means the record has none, which `ACCEPT_*` lists spell `_none` (so a topic that is
+//! literally `_none` cannot be told from none).
 
 use crate::db::Dialect;
 use crate::error::ConfigError;
@@ -29,6 +30,10 @@ pub struct Route {
     /// The record's date for date templates: `created_at` for SQL rows, `@timestamp` otherwise.
     pub time: Option<DateTime<Utc>>,
 }
+
+/// JSON escapes PostgreSQL's `json` operators refuse: `\u0000` and lone UTF-16 surrogates (a
+/// valid pair is fine). A regular expression over the column's text, as an E'' literal.
+const PG_BAD_ESCAPES: &str = r"E'\\\\u0000|\\\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\\\u[dD][c-fC-F])|(?<!\\\\u[dD][89abAB][0-9a-fA-F]{2})\\\\u[dD][c-fC-F]'";
 
 /// A dotted path into a JSON object, e.g. `audit_event.origin`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +63,7 @@ impl FieldPath {
         for s in &self.0 {
             at = at.as_object()?.get(s)?;
         }
-        at.as_str().map(str::to_string)
+        at.as_str().filter(|s| !s.is_empty()).map(str::to_string)
     }
 
     /// SQL that yields the string at this path of JSON column `column` (qualified, e.g.
@@ -67,23 +72,32 @@ impl FieldPath {
     pub fn sql(&self, d: Dialect, column: &str, pg_json: &str) -> String {
         match d {
             Dialect::Postgres => {
-                let path = format!("'{{{}}}'", self.0.join(","));
-                format!(
-                    "(CASE WHEN {pg_json}_typeof({column} #> {path}) = 'string' THEN {column} #>> {path} END)"
-                )
+                // Quoted elements: an unquoted `null` would be SQL NULL in an array literal.
+                let quoted: Vec<String> = self.0.iter().map(|s| format!("\"{s}\"")).collect();
+                let path = format!("'{{{}}}'", quoted.join(","));
+                let get = format!(
+                    "CASE WHEN {pg_json}_typeof({column} #> {path}) = 'string' THEN NULLIF({column} #>> {path}, '') END"
+                );
+                if pg_json == "jsonb" {
+                    return format!("({get})");
+                }
+                // `json` keeps the text as written, and its operators fail the whole statement
+                // on an escape text cannot hold (\u0000, a lone surrogate): such a row has no
+                // topic rather than stopping every claim.
+                format!("(CASE WHEN {column}::text !~ {PG_BAD_ESCAPES} THEN {get} END)")
             }
             Dialect::MySql => {
                 let path = self.json_path();
                 format!(
                     "(CASE WHEN JSON_VALID({column}) THEN CASE WHEN JSON_TYPE(JSON_EXTRACT({column}, {path})) = 'STRING' \
-                     THEN JSON_UNQUOTE(JSON_EXTRACT({column}, {path})) END END)"
+                     THEN NULLIF(JSON_UNQUOTE(JSON_EXTRACT({column}, {path})), '') END END)"
                 )
             }
             Dialect::Sqlite => {
                 let path = self.json_path();
                 format!(
                     "(CASE WHEN json_valid({column}) THEN CASE WHEN json_type({column}, {path}) = 'text' \
-                     THEN json_extract({column}, {path}) END END)"
+                     THEN NULLIF(json_extract({column}, {path}), '') END END)"
                 )
             }
         }

@@ -185,6 +185,8 @@ fn garbage_in_every_numeric_variable() {
             env = env
                 .set("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE")
                 .set("CDP_ACCESS_TOKEN", "t");
+        } else if var.starts_with("OUTPUT_") {
+            env = env.set("SINK", "file");
         } else if var.starts_with("S3_") {
             env = env
                 .set("AUDIT_LOGGER_TYPE", "S3_CURSOR")

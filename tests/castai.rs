@@ -591,3 +591,38 @@ fn accept_topics_and_an_index_per_topic_and_cluster() {
     assert_eq!(again.n("delivered"), 0);
     assert_eq!(osmem().count(&deleted), 5);
 }
+
+/// More events of other topics than BATCH_SIZE within one second (the smallest window) must not
+/// hold the checkpoint: they are acknowledged for this selection, and the accepted events after
+/// them arrive within a few runs.
+#[test]
+fn a_second_full_of_other_topics_does_not_hold_the_checkpoint() {
+    let c = Case::new();
+    let at = c.start + chrono::Duration::minutes(30);
+    c.v1_events("other", 12, at, 0);
+    let wanted: Vec<Event> = (0..3)
+        .map(|i| {
+            v1_event(
+                &format!("want-{i}"),
+                at + chrono::Duration::seconds(5 + i),
+                "cluster-1",
+                "nodeAdded",
+            )
+        })
+        .collect();
+    c.fake.add(wanted.clone());
+    let env = c
+        .env()
+        .set("CASTAI_LAG", "0")
+        .set("BATCH_SIZE", "5")
+        .set("CHUNK_SIZE", "5")
+        .set("ACCEPT_TOPICS", "nodeAdded");
+    let mut delivered = 0;
+    for _ in 0..6 {
+        let run = env.run(&["run"]);
+        assert!(run.code == 0, "{}", run.stderr);
+        delivered += run.n("delivered");
+    }
+    assert_eq!(delivered, 3);
+    assert_eq!(c.ids(), ids_of(&wanted, "id"));
+}

@@ -328,6 +328,13 @@ impl Sink for ElasticsearchSink {
         if let Some(template) = &self.cfg.index_template {
             for (i, d) in docs.iter().enumerate() {
                 match template.render(d.route(), crate::routing::index_part) {
+                    // Elasticsearch's limit; a long topic or key must not fail the whole page.
+                    Ok(name) if name.len() > 255 => {
+                        outcomes[i] = Some(Outcome::Rejected(format!(
+                            "index name {name:?} is longer than 255 bytes"
+                        )));
+                        index.push(String::new());
+                    }
                     Ok(name) => index.push(name),
                     Err(why) => {
                         outcomes[i] = Some(Outcome::Rejected(why));

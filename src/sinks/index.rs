@@ -101,7 +101,9 @@ pub async fn ensure(cfg: &ElasticsearchConfig) -> Result<bool> {
             indices
                 .put_index_template(IndicesPutIndexTemplateParts::Name(&template_name(p)))
                 .create(true)
-                .body(json!({"index_patterns": [p], "template": audit_mapping()}))
+                // Above Elasticsearch's built-in templates (100, e.g. `logs-*-*`), which an
+                // overlapping pattern of the same priority would be refused against.
+                .body(json!({"index_patterns": [p], "priority": 150, "template": audit_mapping()}))
                 .send()
                 .await
         }

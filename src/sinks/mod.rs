@@ -44,9 +44,16 @@ pub trait Sink: Send {
 pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>> {
     Ok(match cfg {
         SinkConfig::Elasticsearch(es) => Box::new(elasticsearch::ElasticsearchSink::new(es)?),
-        SinkConfig::File { dir, gzip, layout } => {
-            Box::new(file::FileSink::new(dir.clone(), *gzip).with_layout(*layout))
-        }
+        SinkConfig::File {
+            dir,
+            gzip,
+            gzip_level,
+            layout,
+        } => Box::new(
+            file::FileSink::new(dir.clone(), *gzip)
+                .with_level(*gzip_level)
+                .with_layout(*layout),
+        ),
         SinkConfig::Stdout => Box::new(file::StdoutSink),
     })
 }

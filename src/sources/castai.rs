@@ -653,9 +653,12 @@ impl Page for CastaiPage<'_> {
         } = *self;
         let state = src.state()?;
         // Saved after every page, so a run cut short does not ship these again.
-        let mut changed = lane == Lane::Fresh && !result.delivered.is_empty();
+        // Records this selection does not accept are acknowledged for it too: otherwise a second
+        // full of them would be handed out again on every run and hold the checkpoint.
+        let mut changed =
+            lane == Lane::Fresh && !(result.delivered.is_empty() && result.not_accepted.is_empty());
         if lane == Lane::Fresh {
-            for &i in &result.delivered {
+            for &i in result.delivered.iter().chain(&result.not_accepted) {
                 if let Some(time) = times[i] {
                     state.acked.push(Acked {
                         id: records[i].key.clone(),

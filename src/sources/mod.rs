@@ -70,6 +70,9 @@ pub struct PageResult {
     pub delivered: Vec<usize>,
     /// Not deliverable (no timestamp, rejected by the sink): never mark, remember why.
     pub failed: Vec<(usize, String)>,
+    /// Not for this run (ACCEPT_TOPICS, ACCEPT_ROUTING_KEYS): never mark; a source whose
+    /// position moves past records (a checkpoint) counts them as handled by this selection.
+    pub not_accepted: Vec<usize>,
 }
 
 /// A claimed page. Its records stay claimed (locked) until `commit` or drop; a dropped page
