@@ -44,6 +44,23 @@ CASES = [
         {"pvc": True, "monthly": False, "state_var": "S3_CURSOR_FILE"},
     ),
     (
+        "sql-routed-authfail",
+        {
+            "sink": {"elasticsearch": {"host": "https://opensearch:9200", "index": "audit-{topic}-{yyyy.MM.dd}"}},
+            "routing": {"topicField": "audit_event.topic", "acceptTopics": "authfail"},
+        },
+        {
+            "pvc": False,
+            "monthly": True,
+            "config": {
+                "ROUTING_TOPIC_FIELD": "audit_event.topic",
+                "ACCEPT_TOPICS": "authfail",
+                "ELASTICSEARCH_APP_AUDIT_LOG_INDEX": "audit-{topic}-{yyyy.MM.dd}",
+            },
+            "absent": ["ACCEPT_ROUTING_KEYS", "ROUTING_KEY_FIELD"],
+        },
+    ),
+    (
         "cdp-existing-secret",
         {**ES, "source": {"type": "CDP_ARCHIVE"}, "secret": {"existingSecret": "cdp"}},
         {"pvc": False, "monthly": False, "secret": False},
@@ -151,6 +168,12 @@ def check_chart():
             if ("Secret" in kinds) != want.get("secret", True):
                 fail(f"chart[{name}]: Secret expected: {want.get('secret', True)}")
             config = by_kind["ConfigMap"][0]["data"]
+            for k, v in want.get("config", {}).items():
+                if config.get(k) != v:
+                    fail(f"chart[{name}]: {k}={config.get(k)!r}, expected {v!r}")
+            for k in want.get("absent", []):
+                if k in config:
+                    fail(f"chart[{name}]: {k} set although its value is empty")
             if "state_var" in want and not config.get(want["state_var"], "").startswith("/state/"):
                 fail(f"chart[{name}]: {want['state_var']} must point into the /state volume")
             send = next(d for d in by_kind["CronJob"] if d["metadata"]["name"].endswith("-send"))
