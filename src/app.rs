@@ -260,18 +260,22 @@ async fn status(
     max_since_success: Option<std::time::Duration>,
 ) -> Result<Exit> {
     use crate::config::SourceKind;
-    if !matches!(
-        cfg.source,
-        SourceKind::SingleColumnJson | SourceKind::DjangoAuditlog
-    ) {
-        return Err(config_error(format!(
-            "status reads the state tables of the SQL sources (AUDIT_LOGGER_TYPE=SINGLE_COLUMN_JSON or DJANGO_AUDITLOG), not {}; use METRICS_TEXTFILE or METRICS_PUSHGATEWAY_URL for it",
-            cfg.source_label()
-        )));
+    if cfg.source == SourceKind::CdpArchive {
+        return Err(config_error(
+            "status reads what a source keeps between runs, and the CDP source keeps nothing (CDP holds the outstanding batches): use `run --dry-run` to list them, or METRICS_TEXTFILE / METRICS_PUSHGATEWAY_URL",
+        ));
     }
     let mut source = sources::build(cfg).await?;
-    source.prepare().await?;
-    let backlog = source.backlog().await?.unwrap_or_default();
+    let sql = matches!(
+        cfg.source,
+        SourceKind::SingleColumnJson | SourceKind::DjangoAuditlog
+    );
+    // The SQL sources need their state tables; the others read their state or cursor file
+    // as it is, without the lock a running job holds.
+    if sql {
+        source.prepare().await?;
+    }
+    let backlog = source.backlog().await?;
     let parked = source.parked().await?;
     let runs = source.last_runs().await?.unwrap_or_default();
     let report = crate::status::Report::new(

@@ -54,6 +54,24 @@ pub fn lock_beside(path: &Path) -> io::Result<Option<(File, std::path::PathBuf)>
     }
 }
 
+/// [`lock_beside`] for the state file in variable `var`, with the errors a run reports: a lock
+/// file that cannot be created is a configuration error (exit 2); one held by another run stops
+/// this one.
+pub fn lock_state_file(var: &str, path: &Path) -> anyhow::Result<File> {
+    match lock_beside(path) {
+        Ok(Some((file, _))) => Ok(file),
+        Ok(None) => anyhow::bail!(
+            "another run is using {var} {} (locked: {}.lock); runs of one {var} must not overlap",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => Err(crate::error::config_error(format!(
+            "invalid {var} {}: cannot create its lock file beside it ({e})",
+            path.display()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@ use std::time::Duration;
 pub struct Report {
     source: String,
     now: DateTime<Utc>,
-    backlog: Backlog,
+    /// `None`: the source cannot count it without fetching it (the APIs).
+    backlog: Option<Backlog>,
     parked: u64,
     runs: LastRuns,
     problems: Vec<String>,
@@ -23,7 +24,7 @@ impl Report {
     pub fn new(
         source: String,
         now: DateTime<Utc>,
-        backlog: Backlog,
+        backlog: Option<Backlog>,
         parked: u64,
         runs: LastRuns,
         max_age: Option<Duration>,
@@ -40,7 +41,8 @@ impl Report {
                 problems.push(format!("the last run failed (exit {})", last.exit_code));
             }
         }
-        if let (Some(limit), Some(oldest)) = (max_age, backlog.oldest_unsent) {
+        let oldest_unsent = backlog.as_ref().and_then(|b| b.oldest_unsent);
+        if let (Some(limit), Some(oldest)) = (max_age, oldest_unsent) {
             let age = age(now, oldest);
             if age > limit {
                 problems.push(format!(
@@ -71,6 +73,10 @@ impl Report {
         }
     }
 
+    fn oldest_unsent(&self) -> Option<DateTime<Utc>> {
+        self.backlog.as_ref().and_then(|b| b.oldest_unsent)
+    }
+
     pub fn healthy(&self) -> bool {
         self.problems.is_empty()
     }
@@ -95,9 +101,9 @@ impl Report {
             "source": self.source,
             "healthy": self.healthy(),
             "problems": self.problems,
-            "backlog": self.backlog.unsent,
-            "oldest_unsent": self.backlog.oldest_unsent.map(stamp),
-            "oldest_unsent_age_seconds": self.backlog.oldest_unsent.map(|t| age(self.now, t).as_secs()),
+            "backlog": self.backlog.as_ref().map(|b| b.unsent),
+            "oldest_unsent": self.oldest_unsent().map(stamp),
+            "oldest_unsent_age_seconds": self.oldest_unsent().map(|t| age(self.now, t).as_secs()),
             "parked": self.parked,
             "last_run": run(&self.runs.last),
             "last_success": run(&self.runs.last_success),
@@ -122,7 +128,7 @@ impl Report {
             ),
         }
         };
-        let oldest = match self.backlog.oldest_unsent {
+        let oldest = match self.oldest_unsent() {
             None => "-".to_string(),
             Some(t) => format!("{} ({} old)", stamp(t), human(age(self.now, t))),
         };
@@ -132,9 +138,12 @@ impl Report {
             format!("UNHEALTHY: {}", self.problems.join("; "))
         };
         format!(
-            "source:          {}\nbacklog:         {} record(s) to send\noldest unsent:   {oldest}\nparked:          {}\nlast run:        {}\nlast success:    {}\nstatus:          {verdict}\n",
+            "source:          {}\nbacklog:         {}\noldest unsent:   {oldest}\nparked:          {}\nlast run:        {}\nlast success:    {}\nstatus:          {verdict}\n",
             self.source,
-            self.backlog.unsent,
+            match &self.backlog {
+                Some(b) => format!("{} record(s) to send", b.unsent),
+                None => "unknown (an API source: the job only sees what it fetches)".into(),
+            },
             self.parked,
             run(&self.runs.last),
             run(&self.runs.last_success),
@@ -198,7 +207,15 @@ mod tests {
             last: Some(record("2024-05-01T11:55:00Z", 0)),
             last_success: Some(record("2024-05-01T11:55:00Z", 0)),
         };
-        let r = Report::new("s".into(), now, backlog.clone(), 0, ok.clone(), None, None);
+        let r = Report::new(
+            "s".into(),
+            now,
+            Some(backlog.clone()),
+            0,
+            ok.clone(),
+            None,
+            None,
+        );
         assert!(r.healthy(), "{}", r.text());
         assert!(r
             .text()
@@ -207,7 +224,7 @@ mod tests {
         let r = Report::new(
             "s".into(),
             now,
-            backlog.clone(),
+            Some(backlog.clone()),
             0,
             ok.clone(),
             Some(hour / 2),
@@ -217,7 +234,7 @@ mod tests {
         let r = Report::new(
             "s".into(),
             now,
-            backlog.clone(),
+            Some(backlog.clone()),
             2,
             ok.clone(),
             Some(hour * 2),
@@ -228,12 +245,20 @@ mod tests {
             last: Some(record("2024-05-01T11:58:00Z", 1)),
             ..ok
         };
-        let r = Report::new("s".into(), now, backlog.clone(), 0, failed, None, None);
+        let r = Report::new(
+            "s".into(),
+            now,
+            Some(backlog.clone()),
+            0,
+            failed,
+            None,
+            None,
+        );
         assert!(!r.healthy() && r.json()["problems"][0] == "the last run failed (exit 1)");
         let none = Report::new(
             "s".into(),
             now,
-            backlog,
+            Some(backlog),
             0,
             LastRuns::default(),
             None,

@@ -353,13 +353,19 @@ fn rate_limited_then_success() {
     assert_eq!(statuses, [429, 429, 429, 200, 200]);
     assert_eq!(run.stderr.matches("retrying").count(), 3, "{}", run.stderr);
 
-    // Still limited after the retries: the run fails (exit 1) and the state stays.
-    let before = std::fs::read(c.state_file()).unwrap();
+    // Still limited after the retries: the run fails (exit 1) and the state stays, all but
+    // the record of how the last run ended.
+    let without_runs = |mut s: Value| {
+        s.as_object_mut().unwrap().remove("runs");
+        s
+    };
+    let before = c.state();
     c.fake.fail_429(10);
     let run = c.env().set("CASTAI_MAX_RETRIES", "2").run(&["run"]);
     run.expect(1);
     assert!(run.stderr.contains("429"), "{}", run.stderr);
-    assert_eq!(std::fs::read(c.state_file()).unwrap(), before);
+    assert_eq!(c.state()["runs"]["last"]["exit_code"], 1);
+    assert_eq!(without_runs(c.state()), without_runs(before));
 }
 
 #[test]
@@ -625,4 +631,48 @@ fn a_second_full_of_other_topics_does_not_hold_the_checkpoint() {
     }
     assert_eq!(delivered, 3);
     assert_eq!(c.ids(), ids_of(&wanted, "id"));
+}
+
+/// `status` for CAST AI: the last runs come from the state file (read without the run's lock),
+/// the backlog is unknown, and a failed last run or an old last success is unhealthy.
+#[test]
+fn status_reads_the_state_file() {
+    let c = Case::new();
+    let status = |env: &Env, args: &[&str]| -> (i32, Value) {
+        let mut all = vec!["status", "--json"];
+        all.extend_from_slice(args);
+        let run = env.run(&all);
+        let v = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
+        (run.code, v)
+    };
+    let env = c.env().set("CASTAI_LAG", "0");
+    let (code, s) = status(&env, &[]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["backlog"], Value::Null);
+    assert_eq!(s["last_run"], Value::Null);
+    let (code, _) = status(&env, &["--max-since-success", "1h"]);
+    assert_eq!(code, 1, "no successful run yet");
+
+    c.v1_events("st", 3, c.start + chrono::Duration::minutes(1), 1);
+    env.run(&["run"]).expect(0);
+    let (code, s) = status(&env, &["--max-since-success", "1h"]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["last_run"]["exit_code"], 0);
+    assert_eq!(s["last_run"]["delivered"], 3);
+
+    // A run that fails after it read the state (the sink is down) is recorded too.
+    std::thread::sleep(Duration::from_millis(20));
+    c.v1_events("late", 2, Utc::now(), 0);
+    std::thread::sleep(Duration::from_millis(20));
+    let down = env
+        .clone()
+        .set("ELASTICSEARCH_PORT", &closed_port().to_string())
+        .set("ELASTICSEARCH_MAX_RETRIES", "0");
+    down.run(&["run"]).expect(1);
+    let (code, s) = status(&env, &[]);
+    assert_eq!(code, 1, "{s}");
+    assert_eq!(s["last_run"]["exit_code"], 1);
+    assert_eq!(s["last_success"]["delivered"], 3);
+    assert_eq!(s["healthy"], false);
 }

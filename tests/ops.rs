@@ -360,13 +360,13 @@ async fn status_reports_backlog_parked_and_runs(b: Backend) {
 }
 
 #[test]
-fn status_needs_a_sql_source() {
+fn status_is_refused_for_cdp_which_keeps_nothing() {
     let run = Env::new()
         .set("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE")
         .set("CDP_ACCESS_TOKEN", "t")
         .run(&["status"]);
     run.expect(2);
-    assert!(run.stderr.contains("SQL sources"), "{}", run.stderr);
+    assert!(run.stderr.contains("--dry-run"), "{}", run.stderr);
 }
 
 #[tokio::test]

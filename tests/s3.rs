@@ -209,6 +209,14 @@ fn a_second_run_ships_only_the_new_files() {
     idle.expect(0);
     assert_eq!(idle.n("selected"), 0);
     assert_eq!(c.cursor()["last"]["index"], 4);
+
+    // `status` reads how the runs ended from the cursor file.
+    let status = c.env().run(&["status", "--json"]);
+    status.expect(0);
+    let s: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(s["last_success"]["exit_code"], 0, "{s}");
+    assert_eq!(s["last_run"]["selected"], 0, "{s}");
+    assert_eq!(s["backlog"], serde_json::Value::Null);
 }
 
 #[test]

@@ -34,7 +34,7 @@
 //! filter it belongs to. A missing file starts at `CASTAI_START_FROM`; an unreadable or corrupt
 //! one stops the run with exit 2 and is never replaced by a fresh start.
 
-use super::{Document, Lane, Page, PageResult, Parked, Record, Source};
+use super::{Document, Lane, LastRuns, Page, PageResult, Parked, Record, RunRecord, Source};
 use crate::config::{CastaiApiVersion, CastaiConfig, Config, StartFrom};
 use crate::error::config_error;
 use anyhow::{anyhow, bail, Context, Result};
@@ -101,6 +101,9 @@ struct State {
     /// What the runs of this file accept (`Routing::accept_label`); `None`: everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     accepts: Option<String>,
+    /// For `status`: how the last runs ended.
+    #[serde(default, skip_serializing_if = "LastRuns::is_empty")]
+    runs: LastRuns,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -242,33 +245,7 @@ impl Castai {
     /// because the state file itself is replaced on every save. Creating it also proves, before
     /// anything is shipped, that the state can be saved.
     fn lock(&self) -> Result<std::fs::File> {
-        let path = self.state_path();
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(".lock");
-        let lock_path = path.with_file_name(name);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| {
-                config_error(format!(
-                    "invalid CASTAI_STATE_FILE {}: cannot create {} ({e})",
-                    path.display(),
-                    lock_path.display()
-                ))
-            })?;
-        match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "another run is using CASTAI_STATE_FILE {} (locked: {}); runs of one state file must not overlap",
-                path.display(),
-                lock_path.display()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(anyhow!("cannot lock {}: {e}", lock_path.display()))
-            }
-        }
+        crate::atomic::lock_state_file("CASTAI_STATE_FILE", self.state_path())
     }
 
     fn save_state(&self) -> Result<()> {
@@ -528,6 +505,7 @@ impl Source for Castai {
                     acked: Vec::new(),
                     failed: Vec::new(),
                     accepts: self.accepts.clone(),
+                    runs: LastRuns::default(),
                 }
             }
         };
@@ -588,9 +566,15 @@ impl Source for Castai {
 
     async fn parked(&mut self) -> Result<Vec<Parked>> {
         let max = self.max_attempts;
+        // `status` reads the file without taking the run's lock.
+        let loaded = match &self.state {
+            Some(_) => None,
+            None => self.load_state()?,
+        };
         Ok(self
             .state
             .as_ref()
+            .or(loaded.as_ref())
             .map(|s| {
                 s.failed
                     .iter()
@@ -603,6 +587,24 @@ impl Source for Castai {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// Kept in the state file; a run that ended before it had the file (lock held elsewhere,
+    /// unreadable file) records nothing.
+    async fn record_run(&mut self, run: &RunRecord) -> Result<()> {
+        if let Some(state) = self.state.as_mut() {
+            state.runs.record(run);
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
+    async fn last_runs(&mut self) -> Result<Option<LastRuns>> {
+        let state = match &self.state {
+            Some(s) => Some(s.clone()),
+            None => self.load_state()?,
+        };
+        Ok(Some(state.map(|s| s.runs).unwrap_or_default()))
     }
 
     async fn retry_failed(&mut self) -> Result<u64> {

@@ -116,8 +116,9 @@ pub struct Backlog {
     pub oldest_unsent: Option<DateTime<Utc>>,
 }
 
-/// How a run ended, as a source keeps it (SQL sources: table `audit_transfer_runs`).
-#[derive(Debug, Clone)]
+/// How a run ended, as a source keeps it (SQL sources: table `audit_transfer_runs`; CAST AI
+/// and S3: their state and cursor files).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunRecord {
     pub finished_at: DateTime<Utc>,
     pub exit_code: u8,
@@ -131,10 +132,24 @@ pub struct RunRecord {
 }
 
 /// The runs `status` reports.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LastRuns {
     pub last: Option<RunRecord>,
     pub last_success: Option<RunRecord>,
+}
+
+impl LastRuns {
+    /// Keeps `run` as the last one, and as the last success when it finished (exit 0 or 3).
+    pub fn record(&mut self, run: &RunRecord) {
+        self.last = Some(run.clone());
+        if crate::metrics::succeeded(run.exit_code) {
+            self.last_success = Some(run.clone());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_none() && self.last_success.is_none()
+    }
 }
 
 /// A record that failed `MAX_ATTEMPTS` times and is no longer tried until `retry-failed`.

@@ -35,6 +35,9 @@ pub struct Cursor {
     /// What the runs of this file accept (`Routing::accept_label`); `None`: everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepts: Option<String>,
+    /// For `status`: how the last runs ended.
+    #[serde(default, skip_serializing_if = "crate::sources::LastRuns::is_empty")]
+    pub runs: crate::sources::LastRuns,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +70,7 @@ impl Cursor {
             next: None,
             skipped: Vec::new(),
             accepts,
+            runs: Default::default(),
         }
     }
 }
@@ -135,18 +139,7 @@ pub fn save(path: &Path, cursor: &Cursor) -> Result<()> {
 
 /// Runs of one cursor file must not overlap: both would take the same next file.
 pub fn lock(path: &Path) -> Result<std::fs::File> {
-    match crate::atomic::lock_beside(path) {
-        Ok(Some((file, _))) => Ok(file),
-        Ok(None) => anyhow::bail!(
-            "another run is using S3_CURSOR_FILE {} (locked: {}.lock); runs of one cursor file must not overlap",
-            path.display(),
-            path.display()
-        ),
-        Err(e) => Err(config_error(format!(
-            "invalid S3_CURSOR_FILE {}: cannot create its lock file beside it ({e})",
-            path.display()
-        ))),
-    }
+    crate::atomic::lock_state_file("S3_CURSOR_FILE", path)
 }
 
 #[cfg(test)]

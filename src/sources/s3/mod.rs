@@ -113,6 +113,15 @@ impl S3Cursor {
         })
     }
 
+    fn load_cursor(&self) -> Result<Option<Cursor>> {
+        cursor::load(
+            &self.cfg.cursor_file,
+            &self.cfg.bucket,
+            &self.cfg.prefix,
+            self.accepts.as_deref(),
+        )
+    }
+
     fn url(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.cfg.bucket)
     }
@@ -481,12 +490,7 @@ impl Source for S3Cursor {
     /// Reads the cursor file and lists one page of the bucket: proves endpoint, bucket and
     /// credentials.
     async fn check(&mut self) -> Result<()> {
-        cursor::load(
-            &self.cfg.cursor_file,
-            &self.cfg.bucket,
-            &self.cfg.prefix,
-            self.accepts.as_deref(),
-        )?;
+        self.load_cursor()?;
         let prefix =
             (!self.cfg.prefix.is_empty()).then(|| StorePath::from(self.cfg.prefix.as_str()));
         let first = self
@@ -504,12 +508,7 @@ impl Source for S3Cursor {
 
     async fn prepare(&mut self) -> Result<()> {
         self._lock = Some(cursor::lock(&self.cfg.cursor_file)?);
-        let loaded = cursor::load(
-            &self.cfg.cursor_file,
-            &self.cfg.bucket,
-            &self.cfg.prefix,
-            self.accepts.as_deref(),
-        )?;
+        let loaded = self.load_cursor()?;
         let c = match loaded {
             Some(c) => c,
             None => {
@@ -581,9 +580,15 @@ impl Source for S3Cursor {
 
     async fn parked(&mut self) -> Result<Vec<Parked>> {
         let bucket = self.cfg.bucket.clone();
+        // `status` reads the file without taking the run's lock.
+        let loaded = match &self.cursor {
+            Some(_) => None,
+            None => self.load_cursor()?,
+        };
         Ok(self
             .cursor
             .as_ref()
+            .or(loaded.as_ref())
             .map(|c| {
                 c.skipped
                     .iter()
@@ -595,6 +600,23 @@ impl Source for S3Cursor {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// Kept in the cursor file; a run that ended before it had the file records nothing.
+    async fn record_run(&mut self, run: &crate::sources::RunRecord) -> Result<()> {
+        if let Some(c) = self.cursor.as_mut() {
+            c.runs.record(run);
+            cursor::save(&self.cfg.cursor_file, c)?;
+        }
+        Ok(())
+    }
+
+    async fn last_runs(&mut self) -> Result<Option<crate::sources::LastRuns>> {
+        let c = match &self.cursor {
+            Some(c) => Some(c.clone()),
+            None => self.load_cursor()?,
+        };
+        Ok(Some(c.map(|c| c.runs).unwrap_or_default()))
     }
 
     /// Tries skipped files and a stopped file again: the cursor goes back to before the first
