@@ -99,6 +99,14 @@ async fn accept_lists_split_the_queue_between_runs(b: Backend) {
     let report: Value = serde_json::from_str(&status.stdout)
         .unwrap_or_else(|e| panic!("status --json: {e}\n{}\n{}", status.stdout, status.stderr));
     assert_eq!(report["backlog"], 0, "{report}");
+    assert_eq!(report["last_run"]["selected"], 1, "{report}");
+    let selection_status = || {
+        let run = routing_env(&db, &template)
+            .set("ACCEPT_TOPICS", "authfail")
+            .set("ACCEPT_ROUTING_KEYS", "api")
+            .run(&["status", "--json"]);
+        serde_json::from_str::<Value>(&run.stdout).unwrap()
+    };
 
     // Every other authfail (topics are matched exactly: "AuthFail" is another topic).
     let run = routing_env(&db, &template)
@@ -143,6 +151,9 @@ async fn accept_lists_split_the_queue_between_runs(b: Backend) {
     assert!(docs
         .iter()
         .any(|(_, d)| d["audit_event"]["topic"] == "AuthFail"));
+    // Each selection has its own run history: the later runs are not this selection's.
+    let report = selection_status();
+    assert_eq!(report["last_run"]["selected"], 1, "{report}");
 }
 
 /// Two runs for different topics at the same time never claim each other's rows, so neither

@@ -538,6 +538,21 @@ impl<S: Schema> Queue<S> {
 }
 
 impl<S: Schema> Queue<S> {
+    /// Key of this source's runs in `audit_transfer_runs`: runs of different ACCEPT_* selections
+    /// are different jobs, each with its own last run and last success.
+    fn runs_key(&self) -> String {
+        let key = self.schema.source_key();
+        match self.routing.accept_label() {
+            // MySQL's column holds 191 characters; a long selection is named by its hash.
+            Some(label) if key.len() + label.len() + 3 > 191 => format!(
+                "{key} [selection {:016x}]",
+                crate::sinks::file::fnv1a(std::iter::once(label.as_bytes()))
+            ),
+            Some(label) => format!("{key} [{label}]"),
+            None => key,
+        }
+    }
+
     /// Unsent rows that a run would still take (not parked, orderable) and the oldest of them.
     pub async fn backlog(&mut self) -> Result<Backlog> {
         let d = self.db.dialect;
@@ -579,7 +594,7 @@ impl<S: Schema> Queue<S> {
     /// [`KEEP_RUNS_DAYS`], except its last successful one.
     pub async fn record_run(&mut self, run: &RunRecord) -> Result<()> {
         let d = self.db.dialect;
-        let key = self.schema.source_key();
+        let key = self.runs_key();
         let ph: Vec<String> = (1..=11).map(|n| d.ph(n)).collect();
         let sql = format!(
             "INSERT INTO {RUNS} (source, finished_at, exit_code, selected, delivered, already_present, \
@@ -661,7 +676,7 @@ impl<S: Schema> Queue<S> {
                 d.ph(1)
             );
             let row = sqlx::query(&sql)
-                .bind(self.schema.source_key())
+                .bind(self.runs_key())
                 .fetch_optional(&mut self.db.conn)
                 .await
                 .context("reading audit_transfer_runs")?;
