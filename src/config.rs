@@ -92,6 +92,7 @@ pub struct RawEnv {
     metrics_textfile: Option<String>,
     metrics_pushgateway_url: Option<String>,
     elasticsearch_create_index: Option<String>,
+    elasticsearch_compression: Option<String>,
     s3_bucket: Option<String>,
     s3_prefix: Option<String>,
     s3_endpoint: Option<String>,
@@ -307,6 +308,8 @@ pub struct ElasticsearchConfig {
     pub retry_initial: Duration,
     /// ELASTICSEARCH_CREATE_INDEX: create the index with the audit mapping at run start.
     pub create_index: bool,
+    /// ELASTICSEARCH_COMPRESSION=gzip: bulk bodies are sent gzip-compressed.
+    pub compression: bool,
 }
 
 impl std::fmt::Debug for ElasticsearchConfig {
@@ -1494,6 +1497,18 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
         url,
         index,
         index_template,
+        compression: match opt(&raw.elasticsearch_compression)
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("none") => false,
+            Some("gzip") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "invalid ELASTICSEARCH_COMPRESSION {other:?}: expected gzip or none"
+                )))
+            }
+        },
         username,
         password,
         api_key,
@@ -1733,6 +1748,18 @@ mod tests {
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config> {
         Config::from_raw(RawEnv::from_pairs(pairs))
+    }
+
+    #[test]
+    fn compression_is_gzip_or_none() {
+        let host = ("ELASTICSEARCH_HOST", "es:9200");
+        assert!(!es(&[host]).compression);
+        assert!(es(&[host, ("ELASTICSEARCH_COMPRESSION", "GZIP")]).compression);
+        let e = cfg(&[host, ("ELASTICSEARCH_COMPRESSION", "br")])
+            .unwrap()
+            .sink
+            .unwrap_err();
+        assert!(e.0.contains("ELASTICSEARCH_COMPRESSION"), "{e:?}");
     }
 
     #[test]

@@ -459,3 +459,47 @@ backend_tests!(
         database_connection_dropped,
     ]
 );
+
+/// ELASTICSEARCH_COMPRESSION=gzip: every bulk request, retries of failed items included, goes
+/// gzip-compressed; the proxy decodes them and osmem-server holds every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_request_bodies_with_item_retries() {
+    let (db, index, proxy) = setup(Backend::Postgres, 1200).await;
+    proxy.push(
+        Fault::Items {
+            positions: vec![3, 250],
+            status: 429,
+            error_type: "too_many_requests".into(),
+        },
+        1,
+    );
+    let run = Env::es_via(&db, &index, &proxy)
+        .set("ELASTICSEARCH_COMPRESSION", "gzip")
+        .run(&[]);
+    run.expect(0);
+    assert_eq!(run.n("delivered"), 1200, "{}", run.stderr);
+    assert!(proxy.bulk_requests() >= 4, "3 pages and a retry");
+    assert_eq!(proxy.gzip_requests(), proxy.bulk_requests());
+    assert_eq!(proxy.forwarded().len(), 1200);
+    assert!(proxy.forwarded().values().all(|&n| n == 1));
+    assert_eq!(osmem().count(&index), 1200);
+    // And straight into the real server, which decodes Content-Encoding: gzip itself.
+    let direct = unique("gz");
+    let db2 = TestDb::new(Backend::Sqlite).await;
+    db2.create_audit_table(T).await;
+    db2.insert_messages(T, &(0..5).map(message).collect::<Vec<_>>())
+        .await;
+    Env::es(&db2, &direct)
+        .set("ELASTICSEARCH_COMPRESSION", "gzip")
+        .run(&[])
+        .expect(0);
+    assert_eq!(osmem().count(&direct), 5);
+    // Without it, nothing is compressed.
+    let plain = Proxy::start(&osmem().url);
+    db2.exec(&format!("UPDATE {T} SET is_sent = false")).await;
+    Env::es_via(&db2, &unique("plain"), &plain)
+        .run(&[])
+        .expect(0);
+    assert!(plain.bulk_requests() > 0);
+    assert_eq!(plain.gzip_requests(), 0);
+}

@@ -38,6 +38,9 @@ impl ElasticsearchSink {
         let mut builder = TransportBuilder::new(pool)
             .disable_proxy()
             .enable_meta_header(false)
+            // The client's own gzip (Content-Encoding: gzip), which Elasticsearch and
+            // OpenSearch both accept: bulk bodies of JSON shrink several times.
+            .request_body_compression(cfg.compression)
             .timeout(cfg.timeout);
         if let Some(key) = &cfg.api_key {
             builder = builder.auth(match key.split_once(':') {

@@ -38,6 +38,8 @@ struct State {
     reject_ids: Vec<String>,
     forwarded: HashMap<String, u64>,
     bulk_requests: u64,
+    /// Bulk requests that came gzip-compressed (Content-Encoding: gzip); decoded before use.
+    gzip_requests: u64,
     /// While set, bulk responses are held back (the request was forwarded).
     hold: bool,
     held: u64,
@@ -101,12 +103,18 @@ impl Proxy {
     pub fn bulk_requests(&self) -> u64 {
         self.state.lock().unwrap().bulk_requests
     }
+
+    pub fn gzip_requests(&self) -> u64 {
+        self.state.lock().unwrap().gzip_requests
+    }
 }
 
 struct Request {
     method: String,
     path: String,
     content_type: String,
+    /// The body as sent was gzip (it is decoded here, and forwarded plain).
+    gzip: bool,
     body: Vec<u8>,
 }
 
@@ -128,11 +136,13 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request
     let (method, path) = (first.next()?.to_string(), first.next()?.to_string());
     let mut len = 0;
     let mut content_type = "application/json".to_string();
+    let mut gzip = false;
     for line in lines {
         if let Some((k, v)) = line.split_once(':') {
             match k.trim().to_ascii_lowercase().as_str() {
                 "content-length" => len = v.trim().parse().unwrap_or(0),
                 "content-type" => content_type = v.trim().to_string(),
+                "content-encoding" => gzip = v.trim().eq_ignore_ascii_case("gzip"),
                 "transfer-encoding" => panic!("proxy: chunked request bodies are not supported"),
                 _ => {}
             }
@@ -146,12 +156,19 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let body = buf[head_end..head_end + len].to_vec();
+    let mut body = buf[head_end..head_end + len].to_vec();
     buf.drain(..head_end + len);
+    if gzip {
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+            .expect("proxy: a gzip body that does not decode");
+        body = plain;
+    }
     Some(Request {
         method,
         path,
         content_type,
+        gzip,
         body,
     })
 }
@@ -281,7 +298,11 @@ async fn serve(mut sock: TcpStream, upstream: String, state: Arc<Mutex<State>>) 
                 *state.lock().unwrap().forwarded.entry(id).or_insert(0) += 1;
             }
         }
-        state.lock().unwrap().bulk_requests += 1;
+        {
+            let mut st = state.lock().unwrap();
+            st.bulk_requests += 1;
+            st.gzip_requests += u64::from(req.gzip);
+        }
         let upstream_items: Vec<serde_json::Value> = if sent_positions.is_empty() {
             Vec::new()
         } else {
