@@ -29,7 +29,22 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 /// The minimal bulk endpoint: parses each line, answers one `created` item per action.
-async fn bulk(body: Bytes) -> ([(&'static str, &'static str); 1], String) {
+/// Decodes `Content-Encoding: gzip` bodies (ELASTICSEARCH_COMPRESSION=gzip), as servers do.
+async fn bulk(
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> ([(&'static str, &'static str); 1], String) {
+    let body = if headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
+    {
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+            .expect("gzip body");
+        Bytes::from(plain)
+    } else {
+        body
+    };
     let mut items = Vec::new();
     let mut lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty());
     while let Some(action) = lines.next() {
@@ -427,6 +442,10 @@ fn main() {
         es(&url, port),
     );
     println!("    ratio ours / floor: {:.2}", ours / floor_total);
+    let mut gz = es(&url, port);
+    gz.push(("ELASTICSEARCH_COMPRESSION", "gzip".into()));
+    let (zipped, _) = measure("(a) same, ELASTICSEARCH_COMPRESSION=gzip", n, &url, gz);
+    println!("    ratio gzip / plain: {:.2}", zipped / ours);
 
     match rt.block_on(mysql_table(n, 600)) {
         Some(my) => {
