@@ -153,16 +153,18 @@ async fn transfer(
     result.map(|()| summary.exit())
 }
 
-/// After the pass, whatever its outcome: the run is recorded in the source's state (SQL
-/// sources), and its numbers with the backlog go to METRICS_TEXTFILE / METRICS_PUSHGATEWAY_URL.
+/// After the pass, whatever its outcome: the run is recorded in the source's state (the SQL
+/// sources' table, the CAST AI and S3 files; a source records nothing before it has its
+/// state), and its numbers with the backlog go to METRICS_TEXTFILE / METRICS_PUSHGATEWAY_URL.
 /// Nothing here changes the exit code; failures are warnings.
 async fn finish(cfg: &Config, source: Option<&mut Box<dyn Source>>, summary: &Summary, exit: Exit) {
     let finished_at = chrono::Utc::now();
     let mut backlog = None;
     let mut previous_success = None;
     if let Some(source) = source {
-        // A configuration error stopped the run before it touched the source's state.
-        if exit != Exit::Config {
+        // Exit 2 too: a key revoked or a bucket gone is found after the state was read, and
+        // `status` must not go on showing the last success as the last run.
+        {
             let record = RunRecord {
                 finished_at,
                 exit_code: exit.code(),
@@ -252,7 +254,8 @@ async fn retry_failed(cfg: &Config) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// `status`: what is left to send and how the last runs went, from the SQL source's tables.
+/// `status`: what is left to send and how the last runs went, from the SQL source's tables or
+/// the CAST AI / S3 state file.
 async fn status(
     cfg: &Config,
     json: bool,
@@ -276,6 +279,12 @@ async fn status(
         source.prepare().await?;
     }
     let backlog = source.backlog().await?;
+    if max_age.is_some() && backlog.is_none() {
+        return Err(config_error(format!(
+            "status --max-age needs the age of the oldest unsent record, which {} cannot know (it only sees what it fetches): use --max-since-success",
+            source.name()
+        )));
+    }
     let parked = source.parked().await?;
     let runs = source.last_runs().await?.unwrap_or_default();
     let report = crate::status::Report::new(

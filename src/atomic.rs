@@ -35,41 +35,43 @@ pub fn replace(path: &Path, write: impl FnOnce(File) -> io::Result<File>) -> io:
     result
 }
 
-/// An exclusive lock on `<path>.lock`, held while the returned file is open and released by
-/// the OS even if the process is killed. A separate file, because `path` itself is replaced on
-/// every save. `Ok(None)`: another process holds it.
-pub fn lock_beside(path: &Path) -> io::Result<Option<(File, std::path::PathBuf)>> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    let lock_path = path.with_file_name(name);
+/// An exclusive lock on `<path>.lock` for the state file in variable `var`, held while the
+/// returned file is open and released by the OS even if the process is killed. A separate
+/// file, because `path` itself is replaced on every save. A lock file that cannot be created is
+/// a configuration error (exit 2); one held by another run, or a file system without locks,
+/// stops this run (exit 1).
+pub fn lock_state_file(var: &str, path: &Path) -> anyhow::Result<File> {
+    let lock_path = beside(path);
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&lock_path)?;
+        .open(&lock_path)
+        .map_err(|e| {
+            crate::error::config_error(format!(
+                "invalid {var} {}: cannot create its lock file {} ({e})",
+                path.display(),
+                lock_path.display()
+            ))
+        })?;
     match file.try_lock() {
-        Ok(()) => Ok(Some((file, lock_path))),
-        Err(fs::TryLockError::WouldBlock) => Ok(None),
-        Err(fs::TryLockError::Error(e)) => Err(e),
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another run is using {var} {} (locked: {}); runs of one {var} must not overlap",
+            path.display(),
+            lock_path.display()
+        ),
+        Err(fs::TryLockError::Error(e)) => {
+            anyhow::bail!("cannot lock {} for {var}: {e}", lock_path.display())
+        }
     }
 }
 
-/// [`lock_beside`] for the state file in variable `var`, with the errors a run reports: a lock
-/// file that cannot be created is a configuration error (exit 2); one held by another run stops
-/// this one.
-pub fn lock_state_file(var: &str, path: &Path) -> anyhow::Result<File> {
-    match lock_beside(path) {
-        Ok(Some((file, _))) => Ok(file),
-        Ok(None) => anyhow::bail!(
-            "another run is using {var} {} (locked: {}.lock); runs of one {var} must not overlap",
-            path.display(),
-            path.display()
-        ),
-        Err(e) => Err(crate::error::config_error(format!(
-            "invalid {var} {}: cannot create its lock file beside it ({e})",
-            path.display()
-        ))),
-    }
+/// `<path>.lock`.
+fn beside(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    path.with_file_name(name)
 }
 
 #[cfg(test)]
@@ -101,10 +103,19 @@ mod tests {
     fn a_second_lock_is_refused_until_the_first_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cursor.json");
-        let (first, lock_path) = lock_beside(&path).unwrap().unwrap();
-        assert!(lock_path.ends_with("cursor.json.lock"));
-        assert!(lock_beside(&path).unwrap().is_none());
+        let first = lock_state_file("S3_CURSOR_FILE", &path).unwrap();
+        assert!(dir.path().join("cursor.json.lock").exists());
+        let e = lock_state_file("S3_CURSOR_FILE", &path).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("another run is using S3_CURSOR_FILE"),
+            "{e}"
+        );
+        assert_eq!(crate::error::exit_for(&e), crate::error::Exit::Failed);
         drop(first);
-        assert!(lock_beside(&path).unwrap().is_some());
+        assert!(lock_state_file("S3_CURSOR_FILE", &path).is_ok());
+        let e =
+            lock_state_file("S3_CURSOR_FILE", &dir.path().join("no/such/dir/c.json")).unwrap_err();
+        assert_eq!(crate::error::exit_for(&e), crate::error::Exit::Config);
     }
 }

@@ -51,8 +51,9 @@ pub enum Command {
     #[command(name = "retry-failed", after_help = EXIT_CODES)]
     RetryFailed,
     /// Print backlog, age of the oldest unsent record, parked records and the last runs (SQL
-    /// sources). Exit 0 when healthy, 1 when not (parked records, last run failed, or an age
-    /// limit exceeded) or when the state cannot be read, 2 on configuration errors.
+    /// sources: from their tables; CAST AI and S3: from their state file, backlog unknown).
+    /// Exit 0 when healthy, 1 when not (parked records, last run failed, or an age limit
+    /// exceeded) or when the state cannot be read, 2 on configuration errors.
     Status {
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -64,7 +65,8 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         max_since_success: Option<Duration>,
     },
-    /// Create the Elasticsearch/OpenSearch index with the audit mapping, if it does not exist.
+    /// Create the Elasticsearch/OpenSearch index with the audit mapping, if it does not exist
+    /// (an index template instead when the index name has placeholders, e.g. {topic}).
     #[command(name = "init-index", after_help = EXIT_CODES)]
     InitIndex,
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell.

@@ -373,7 +373,11 @@ fn wrong_key_is_a_config_error_naming_castai_api_key() {
     let c = Case::new();
     c.v1_events("u", 3, c.start + chrono::Duration::minutes(1), 1);
     c.env().run(&["run"]).expect(0);
-    let before = std::fs::read(c.state_file()).unwrap();
+    let without_runs = |mut s: Value| {
+        s.as_object_mut().unwrap().remove("runs");
+        s
+    };
+    let before = c.state();
 
     let wrong = "wrong-key-that-must-not-be-printed";
     for command in ["run", "check"] {
@@ -385,7 +389,11 @@ fn wrong_key_is_a_config_error_naming_castai_api_key() {
         let errors: Vec<_> = run.stderr.lines().filter(|l| l.contains("ERROR")).collect();
         assert_eq!(errors.len(), 1, "{}", run.stderr);
     }
-    assert_eq!(std::fs::read(c.state_file()).unwrap(), before);
+    // Nothing moved; the failed run is recorded, so `status` does not show the old success as
+    // the last run.
+    assert_eq!(without_runs(c.state()), without_runs(before));
+    assert_eq!(c.state()["runs"]["last"]["exit_code"], 2);
+    assert_eq!(c.state()["runs"]["last_success"]["exit_code"], 0);
     assert_eq!(osmem().count(&c.index), 3);
     assert!(c.fake.requests().iter().any(|r| r.status == 401));
 }
@@ -653,6 +661,10 @@ fn status_reads_the_state_file() {
     assert_eq!(s["last_run"], Value::Null);
     let (code, _) = status(&env, &["--max-since-success", "1h"]);
     assert_eq!(code, 1, "no successful run yet");
+    // The age of the oldest unsent event is unknown here: asking for it is a usage error.
+    let age = env.run(&["status", "--max-age", "1h"]);
+    age.expect(2);
+    assert!(age.stderr.contains("--max-since-success"), "{}", age.stderr);
 
     c.v1_events("st", 3, c.start + chrono::Duration::minutes(1), 1);
     env.run(&["run"]).expect(0);
@@ -660,6 +672,21 @@ fn status_reads_the_state_file() {
     assert_eq!(code, 0, "{s}");
     assert_eq!(s["last_run"]["exit_code"], 0);
     assert_eq!(s["last_run"]["delivered"], 3);
+    // While a run holds the state file's lock, `status` still reads it (a run is refused).
+    let mut lock_name = c.state_file().into_os_string();
+    lock_name.push(".lock");
+    let held = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_name)
+        .unwrap();
+    held.lock().unwrap();
+    let (code, s) = status(&env, &[]);
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["last_run"]["delivered"], 3);
+    env.run(&["run"]).expect(1);
+    drop(held);
 
     // A run that fails after it read the state (the sink is down) is recorded too.
     std::thread::sleep(Duration::from_millis(20));

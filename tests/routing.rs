@@ -154,6 +154,17 @@ async fn accept_lists_split_the_queue_between_runs(b: Backend) {
     // Each selection has its own run history: the later runs are not this selection's.
     let report = selection_status();
     assert_eq!(report["last_run"]["selected"], 1, "{report}");
+    if b == Backend::Sqlite {
+        // The broken row failed under `_none`: parked there (MAX_ATTEMPTS=1), not in another
+        // selection's status.
+        assert_eq!(report["parked"], 0, "{report}");
+        let run = routing_env(&db, &template)
+            .set("ACCEPT_TOPICS", "generic,_none")
+            .set("MAX_ATTEMPTS", "1")
+            .run(&["status", "--json"]);
+        let none: Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(none["parked"], 1, "{none}");
+    }
 }
 
 /// Two runs for different topics at the same time never claim each other's rows, so neither

@@ -77,6 +77,8 @@ pub struct Queue<S: Schema> {
     routing: Routing,
     /// Built on first use (it needs the column's type), by every connection of a run.
     route_sql: Option<RouteSql>,
+    /// `prepare` ran: our tables exist, so the run can be recorded.
+    prepared: bool,
 }
 
 /// Routing done in SQL: rows a run does not accept are never claimed (so never locked or
@@ -126,6 +128,7 @@ impl<S: Schema> Queue<S> {
             cursors: [None, None],
             routing: routing.clone(),
             route_sql: None,
+            prepared: false,
         }
     }
 
@@ -237,6 +240,7 @@ impl<S: Schema> Queue<S> {
     pub async fn prepare(&mut self) -> Result<()> {
         self.check().await?;
         self.db.migrate().await?;
+        self.prepared = true;
         let d = self.db.dialect;
         let sql = format!(
             "DELETE FROM {FAILED} WHERE source = {} AND NOT EXISTS \
@@ -444,19 +448,32 @@ impl<S: Schema> Queue<S> {
 
     pub async fn parked(&mut self) -> Result<Vec<Parked>> {
         let d = self.db.dialect;
+        // Only this selection's rows (ACCEPT_*), as the backlog counts them.
+        let route_sql = self.routes().await?.clone();
+        let table = d.table(self.schema.table());
+        let mut n = 2;
+        let accept = route_sql.predicate(&mut || {
+            n += 1;
+            d.ph(n)
+        });
+        let mine = match accept.is_empty() {
+            true => String::new(),
+            false => format!(
+                " AND EXISTS (SELECT 1 FROM {table} t WHERE t.id = {FAILED}.row_id{accept})"
+            ),
+        };
         let sql = format!(
-            "SELECT {}, {}, {} FROM {FAILED} WHERE source = {} AND attempts >= {} ORDER BY row_id",
+            "SELECT {}, {}, {} FROM {FAILED} WHERE source = {} AND attempts >= {}{mine} ORDER BY row_id",
             d.as_bigint("row_id"),
             d.as_bigint("attempts"),
             d.as_bytes("last_error"),
             d.ph(1),
             d.ph(2)
         );
-        let rows = sqlx::query(&sql)
+        let q = sqlx::query(&sql)
             .bind(self.schema.source_key())
-            .bind(self.max_attempts as i64)
-            .fetch_all(&mut self.db.conn)
-            .await?;
+            .bind(self.max_attempts as i64);
+        let rows = route_sql.bind(q).fetch_all(&mut self.db.conn).await?;
         let mut parked = rows
             .iter()
             .map(|r| {
@@ -473,15 +490,23 @@ impl<S: Schema> Queue<S> {
         // Rows without a timestamp cannot be ordered, so no page claims them: report them here
         // every run rather than skip them in silence.
         let ts = d.quote(self.schema.ts_column());
+        let mut n = 0;
+        let accept = route_sql.predicate(&mut || {
+            n += 1;
+            d.ph(n)
+        });
         let sql = format!(
-            "SELECT {} FROM {} t WHERE {} AND {ts} IS NULL ORDER BY id",
+            "SELECT {} FROM {table} t WHERE {} AND {ts} IS NULL{accept} ORDER BY id",
             d.as_bigint("t.id"),
-            d.table(self.schema.table()),
             self.schema.unsent(d)
         );
-        let ids: Vec<i64> = sqlx::query_scalar(&sql)
-            .fetch_all(&mut self.db.conn)
-            .await?;
+        let mut q = sqlx::query_scalar::<_, i64>(&sql);
+        for (_, a) in &route_sql.accept {
+            for v in a.values() {
+                q = q.bind(v.clone());
+            }
+        }
+        let ids: Vec<i64> = q.fetch_all(&mut self.db.conn).await?;
         parked.extend(ids.into_iter().map(|id| Parked {
             key: id.to_string(),
             attempts: 0,
@@ -593,6 +618,9 @@ impl<S: Schema> Queue<S> {
     /// Appends the run to `audit_transfer_runs` and forgets this source's runs older than
     /// [`KEEP_RUNS_DAYS`], except its last successful one.
     pub async fn record_run(&mut self, run: &RunRecord) -> Result<()> {
+        if !self.prepared {
+            return Ok(());
+        }
         let d = self.db.dialect;
         let key = self.runs_key();
         let ph: Vec<String> = (1..=11).map(|n| d.ph(n)).collect();

@@ -30,8 +30,8 @@
 //! copy, so nothing ever removes a failed item except its delivery.
 //!
 //! **State file** (`CASTAI_STATE_FILE`, JSON, replaced atomically): checkpoint, next window
-//! span, acknowledged ids after the checkpoint, failed items, and the API version and cluster
-//! filter it belongs to. A missing file starts at `CASTAI_START_FROM`; an unreadable or corrupt
+//! span, acknowledged ids after the checkpoint, failed items, the API version, cluster filter
+//! and ACCEPT_* selection it belongs to, and how the last runs ended (for `status`). A missing file starts at `CASTAI_START_FROM`; an unreadable or corrupt
 //! one stops the run with exit 2 and is never replaced by a fresh start.
 
 use super::{Document, Lane, LastRuns, Page, PageResult, Parked, Record, RunRecord, Source};

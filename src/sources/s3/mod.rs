@@ -606,7 +606,7 @@ impl Source for S3Cursor {
     async fn record_run(&mut self, run: &crate::sources::RunRecord) -> Result<()> {
         if let Some(c) = self.cursor.as_mut() {
             c.runs.record(run);
-            cursor::save(&self.cfg.cursor_file, c)?;
+            self.save()?;
         }
         Ok(())
     }
