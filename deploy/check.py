@@ -73,6 +73,7 @@ REFUSED = [
     ({**ES, "source": {"type": "KAFKA"}}, "source.type"),
     ({**ES, "source": {"type": "CASTAI"}, "send": {"parallelism": 2}}, "send.parallelism"),
     ({"sink": {"type": "file"}}, "sink.file.existingClaim"),
+    ({**ES, "routing": {"acceptTopics": "a"}, "env": {"ACCEPT_TOPICS": "b"}}, "env.ACCEPT_TOPICS"),
 ]
 
 failures = []

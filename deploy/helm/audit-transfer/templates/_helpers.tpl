@@ -48,6 +48,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if and (ne .Values.send.concurrencyPolicy "Forbid") (not (include "audit-transfer.isSql" .)) -}}
 {{- fail "send.concurrencyPolicy must be Forbid for CASTAI, S3_CURSOR and CDP_ARCHIVE: their runs must not overlap" -}}
 {{- end -}}
+{{- /* A variable the chart sets from its own values must not come twice through env. */ -}}
+{{- $own := dict "ROUTING_TOPIC_FIELD" .Values.routing.topicField "ROUTING_KEY_FIELD" .Values.routing.keyField "ACCEPT_TOPICS" .Values.routing.acceptTopics "ACCEPT_ROUTING_KEYS" .Values.routing.acceptRoutingKeys -}}
+{{- range $k, $v := $own -}}
+{{- if and $v (hasKey $.Values.env $k) -}}
+{{- fail (printf "env.%s duplicates routing values: set it in one place" $k) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The pod template of both jobs; call with (dict "root" $ "args" list "component" name). */}}
