@@ -374,11 +374,7 @@ async fn init_index_creates_the_mapping_once() {
     let index = unique("idx");
     let env = Env::osmem(&index);
     env.run(&["init-index"]).expect(0);
-    let mapping: Value = ureq::get(&format!("{}/{index}/_mapping", osmem().url))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let mapping = osmem().mapping(&index);
     let props = &mapping[&index]["mappings"]["properties"];
     assert_eq!(props["@timestamp"]["type"], "date", "{mapping}");
     assert_eq!(props["audit_event"]["properties"]["actor"]["type"], "text");
@@ -423,11 +419,7 @@ async fn create_index_at_run_start() {
         run.stderr
     );
     assert_eq!(osmem().count(&index), 3);
-    let mapping: Value = ureq::get(&format!("{}/{index}/_mapping", osmem().url))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let mapping = osmem().mapping(&index);
     assert_eq!(
         mapping[&index]["mappings"]["properties"]["audit_event"]["properties"]["operation"]["type"],
         "keyword"

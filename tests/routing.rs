@@ -358,11 +358,7 @@ async fn init_index_creates_an_index_template_for_a_name_template() {
     // The index the first document creates has the audit mapping.
     env.run(&["run"]).expect(0);
     let index = format!("{prefix}-generic-2024.05");
-    let mapping: Value = ureq::get(&format!("{}/{index}/_mapping", osmem().url))
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let mapping = osmem().mapping(&index);
     assert_eq!(
         mapping[&index]["mappings"]["properties"]["audit_event"]["properties"]["operation"]["type"],
         "keyword",

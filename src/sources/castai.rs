@@ -600,11 +600,11 @@ impl Source for Castai {
     }
 
     async fn last_runs(&mut self) -> Result<Option<LastRuns>> {
-        let state = match &self.state {
-            Some(s) => Some(s.clone()),
-            None => self.load_state()?,
-        };
-        Ok(Some(state.map(|s| s.runs).unwrap_or_default()))
+        // Only the runs: the file can hold large failed items.
+        Ok(Some(match &self.state {
+            Some(s) => s.runs.clone(),
+            None => self.load_state()?.map(|s| s.runs).unwrap_or_default(),
+        }))
     }
 
     async fn retry_failed(&mut self) -> Result<u64> {

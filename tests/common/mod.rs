@@ -129,6 +129,15 @@ impl Osmem {
         }
     }
 
+    /// The index's mapping as the server reports it (`GET /{index}/_mapping`).
+    pub fn mapping(&self, index: &str) -> Value {
+        ureq::get(&format!("{}/{index}/_mapping", self.url))
+            .call()
+            .unwrap_or_else(|e| panic!("mapping of {index}: {e}"))
+            .into_json()
+            .unwrap()
+    }
+
     pub fn ids(&self, index: &str) -> BTreeSet<String> {
         self.docs(index).into_iter().map(|(id, _)| id).collect()
     }

@@ -612,11 +612,11 @@ impl Source for S3Cursor {
     }
 
     async fn last_runs(&mut self) -> Result<Option<crate::sources::LastRuns>> {
-        let c = match &self.cursor {
-            Some(c) => Some(c.clone()),
-            None => self.load_cursor()?,
-        };
-        Ok(Some(c.map(|c| c.runs).unwrap_or_default()))
+        // Only the runs: the file can hold large failed items.
+        Ok(Some(match &self.cursor {
+            Some(s) => s.runs.clone(),
+            None => self.load_cursor()?.map(|s| s.runs).unwrap_or_default(),
+        }))
     }
 
     /// Tries skipped files and a stopped file again: the cursor goes back to before the first
