@@ -1,24 +1,26 @@
 //! The commands: read the configuration, build source and sink, run, choose the exit code.
 
+use crate::base::env::Env;
+use crate::base::exit::{config_error, exit_for, one_line, Exit};
 use crate::cli::Command;
-use crate::config::{early_logging, Config, RawEnv};
-use crate::error::{config_error, exit_for, one_line, Exit};
+use crate::config::Config;
 use crate::pipeline::{self, Summary};
 use crate::sources::{RunRecord, Source};
 use crate::{logging, metrics, sinks, sources};
 use anyhow::Result;
 
 pub fn main(command: Command, dry_run: bool) -> Exit {
-    let raw = match RawEnv::from_env() {
-        Ok(raw) => raw,
+    let raw = Env::from_process();
+    let log = match logging::Settings::from_env(&raw) {
+        Ok(log) => log,
         Err(e) => {
-            eprintln!("audit-transfer: error: {e}");
+            logging::init(&logging::Settings::fallback(&raw));
+            tracing::error!("{e}");
             return Exit::Config;
         }
     };
-    let (format, debug) = early_logging(&raw);
-    logging::init(format, debug);
-    let cfg = match Config::from_raw(raw) {
+    logging::init(&log);
+    let cfg = match Config::from_env(&raw) {
         Ok(cfg) => cfg,
         Err(e) => {
             tracing::error!("{e}");

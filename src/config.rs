@@ -4,131 +4,15 @@
 //! existing deployment works unchanged; new variables are additive. Every invalid value is a
 //! one-line [`ConfigError`] naming the variable and what it accepts.
 
-use crate::error::ConfigError;
+pub use crate::base::env::duration;
+use crate::base::env::Env;
+use crate::base::exit::ConfigError;
 use crate::sources::cdp::signing::{Credentials, PrivateKey};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
 type Result<T> = std::result::Result<T, ConfigError>;
-
-/// The raw environment, read with envy. Every field is a string so that a bad value gets our
-/// own message (naming the variable) instead of a deserializer's.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawEnv {
-    audit_logger_type: Option<String>,
-    audit_table_name: Option<String>,
-    user_table_name: Option<String>,
-    batch_size: Option<String>,
-    batch_limit: Option<String>,
-    chunk_size: Option<String>,
-    sink_concurrency: Option<String>,
-    max_attempts: Option<String>,
-    clear_audit_log_entries: Option<String>,
-    clear_audit_log_days: Option<String>,
-    database_url: Option<String>,
-    database_password: Option<String>,
-    date_time_field: Option<String>,
-    date_time_parent_field: Option<String>,
-    db_use_ssl: Option<String>,
-    ssl_ca: Option<String>,
-    ssl_cert: Option<String>,
-    ssl_key: Option<String>,
-    ssl_cipher: Option<String>,
-    elasticsearch_host: Option<String>,
-    elasticsearch_port: Option<String>,
-    elasticsearch_scheme: Option<String>,
-    elasticsearch_username: Option<String>,
-    elasticsearch_password: Option<String>,
-    elasticsearch_api_key: Option<String>,
-    elasticsearch_app_audit_log_index: Option<String>,
-    elasticsearch_ca_cert: Option<String>,
-    elasticsearch_insecure: Option<String>,
-    elasticsearch_timeout_seconds: Option<String>,
-    elasticsearch_max_retries: Option<String>,
-    elasticsearch_retry_initial_ms: Option<String>,
-    enable_send_audit_log: Option<String>,
-    audit_log_origin: Option<String>,
-    audit_log_environment: Option<String>,
-    auditlog_operation_format: Option<String>,
-    debug: Option<String>,
-    sink: Option<String>,
-    output_path: Option<String>,
-    output_gzip: Option<String>,
-    output_gzip_level: Option<String>,
-    output_layout: Option<String>,
-    routing_topic_field: Option<String>,
-    routing_key_field: Option<String>,
-    accept_topics: Option<String>,
-    accept_routing_keys: Option<String>,
-    log_format: Option<String>,
-    castai_api_url: Option<String>,
-    castai_api_key: Option<String>,
-    castai_api_version: Option<String>,
-    castai_page_limit: Option<String>,
-    castai_cluster_id: Option<String>,
-    castai_lag: Option<String>,
-    castai_start_from: Option<String>,
-    castai_state_file: Option<String>,
-    castai_window: Option<String>,
-    castai_timeout_seconds: Option<String>,
-    castai_max_retries: Option<String>,
-    castai_retry_initial_ms: Option<String>,
-    cdp_access_key_id: Option<String>,
-    cdp_private_key: Option<String>,
-    cdp_access_token: Option<String>,
-    cdp_profile: Option<String>,
-    cdp_region: Option<String>,
-    cdp_endpoint_url: Option<String>,
-    cdp_batch_events: Option<String>,
-    cdp_from_timestamp: Option<String>,
-    cdp_to_timestamp: Option<String>,
-    cdp_task_timeout: Option<String>,
-    cdp_page_size: Option<String>,
-    cdp_timeout_seconds: Option<String>,
-    cdp_max_retries: Option<String>,
-    cdp_retry_initial_ms: Option<String>,
-    metrics_textfile: Option<String>,
-    metrics_pushgateway_url: Option<String>,
-    elasticsearch_create_index: Option<String>,
-    elasticsearch_compression: Option<String>,
-    s3_bucket: Option<String>,
-    s3_prefix: Option<String>,
-    s3_endpoint: Option<String>,
-    s3_region: Option<String>,
-    s3_path_style: Option<String>,
-    s3_cursor_file: Option<String>,
-    s3_zip_password: Option<String>,
-    s3_format: Option<String>,
-    s3_order: Option<String>,
-    s3_max_attempts: Option<String>,
-    s3_on_bad_file: Option<String>,
-    s3_accept_gaps: Option<String>,
-    s3_output: Option<String>,
-    aws_access_key_id: Option<String>,
-    aws_secret_access_key: Option<String>,
-    aws_session_token: Option<String>,
-    aws_profile: Option<String>,
-    aws_shared_credentials_file: Option<String>,
-    aws_region: Option<String>,
-    aws_default_region: Option<String>,
-    /// Where `~/.cdp/credentials` and `~/.aws/credentials` are looked for.
-    home: Option<String>,
-}
-
-impl RawEnv {
-    pub fn from_env() -> Result<Self> {
-        envy::from_env::<RawEnv>()
-            .map_err(|e| ConfigError(format!("cannot read the environment: {e}")))
-    }
-
-    #[cfg(test)]
-    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
-        envy::from_iter::<_, RawEnv>(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-            .expect("test environment")
-    }
-}
 
 /// Which source this invocation reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,12 +22,6 @@ pub enum SourceKind {
     Castai,
     CdpArchive,
     S3Cursor,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// A validated SQL identifier, optionally `schema.table`; quoted per dialect when used.
@@ -523,9 +401,9 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_raw(raw: RawEnv) -> Result<Self> {
+    pub fn from_env(raw: &Env) -> Result<Self> {
         let mut warnings = Vec::new();
-        let source = match opt(&raw.audit_logger_type).unwrap_or("SINGLE_COLUMN_JSON") {
+        let source = match raw.get("AUDIT_LOGGER_TYPE").unwrap_or("SINGLE_COLUMN_JSON") {
             "SINGLE_COLUMN_JSON" => SourceKind::SingleColumnJson,
             "DJANGO_AUDITLOG" => SourceKind::DjangoAuditlog,
             "CASTAI" => SourceKind::Castai,
@@ -539,8 +417,8 @@ impl Config {
         };
 
         // BATCH_SIZE is the README's name, BATCH_LIMIT what the original's code read.
-        let batch_size = positive("BATCH_SIZE", &raw.batch_size)?;
-        let batch_limit = positive("BATCH_LIMIT", &raw.batch_limit)?;
+        let batch_size = raw.positive("BATCH_SIZE")?;
+        let batch_limit = raw.positive("BATCH_LIMIT")?;
         let batch_size = match (batch_size, batch_limit) {
             (Some(s), Some(l)) => {
                 if s != l {
@@ -554,17 +432,17 @@ impl Config {
             (None, Some(l)) => l,
             (None, None) => 5000,
         };
-        let chunk_size = positive("CHUNK_SIZE", &raw.chunk_size)?.unwrap_or(500);
-        let concurrency = positive("SINK_CONCURRENCY", &raw.sink_concurrency)?.unwrap_or(2);
+        let chunk_size = raw.positive("CHUNK_SIZE")?.unwrap_or(500);
+        let concurrency = raw.positive("SINK_CONCURRENCY")?.unwrap_or(2);
         if concurrency > 16 {
             return Err(ConfigError(format!(
                 "invalid SINK_CONCURRENCY {concurrency}: expected 1 to 16 pages in flight"
             )));
         }
-        let max_attempts = positive("MAX_ATTEMPTS", &raw.max_attempts)?.unwrap_or(5);
+        let max_attempts = raw.positive("MAX_ATTEMPTS")?.unwrap_or(5);
         let max_attempts = u32::try_from(max_attempts)
             .map_err(|_| ConfigError("invalid MAX_ATTEMPTS: expected at most 4294967295".into()))?;
-        let clear_days = match opt(&raw.clear_audit_log_days) {
+        let clear_days = match raw.get("CLEAR_AUDIT_LOG_DAYS") {
             None => 30,
             Some(v) => v.parse::<u32>().map_err(|_| {
                 ConfigError(format!(
@@ -573,20 +451,7 @@ impl Config {
             })?,
         };
 
-        match opt(&raw.log_format)
-            .map(|s| s.to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("text") | Some("json") => {}
-            Some(s) => {
-                return Err(ConfigError(format!(
-                    "invalid LOG_FORMAT {s:?}: expected text or json"
-                )))
-            }
-        }
-        boolean("DEBUG", &raw.debug)?;
-
-        let database = match opt(&raw.database_url) {
+        let database = match raw.get("DATABASE_URL") {
             None => None,
             Some(u) => Some(database_config(u, &raw, &mut warnings)?),
         };
@@ -594,15 +459,15 @@ impl Config {
         let single_column = SingleColumnConfig {
             table: TableName::parse(
                 "AUDIT_TABLE_NAME",
-                opt(&raw.audit_table_name).unwrap_or("audit_logs"),
+                raw.get("AUDIT_TABLE_NAME").unwrap_or("audit_logs"),
             )?,
             date_time_field: raw
-                .date_time_field
-                .clone()
+                .raw("DATE_TIME_FIELD")
+                .map(String::from)
                 .unwrap_or_else(|| "date_time".into()),
             date_time_parent_field: raw
-                .date_time_parent_field
-                .clone()
+                .raw("DATE_TIME_PARENT_FIELD")
+                .map(String::from)
                 .unwrap_or_else(|| "audit_event".into()),
         };
         if single_column.date_time_field.is_empty() {
@@ -615,11 +480,17 @@ impl Config {
         let django = DjangoConfig {
             user_table: TableName::parse(
                 "USER_TABLE_NAME",
-                opt(&raw.user_table_name).unwrap_or("auth_user"),
+                raw.get("USER_TABLE_NAME").unwrap_or("auth_user"),
             )?,
-            origin: raw.audit_log_origin.clone().unwrap_or_default(),
-            environment: raw.audit_log_environment.clone().unwrap_or_default(),
-            operation_format: match opt(&raw.auditlog_operation_format) {
+            origin: raw
+                .raw("AUDIT_LOG_ORIGIN")
+                .map(String::from)
+                .unwrap_or_default(),
+            environment: raw
+                .raw("AUDIT_LOG_ENVIRONMENT")
+                .map(String::from)
+                .unwrap_or_default(),
+            operation_format: match raw.get("AUDITLOG_OPERATION_FORMAT") {
                 None | Some("words") => OperationFormat::Words,
                 Some("numeric") => OperationFormat::Numeric,
                 Some(other) => {
@@ -644,14 +515,12 @@ impl Config {
 
         Ok(Config {
             source,
-            enable_send: boolean("ENABLE_SEND_AUDIT_LOG", &raw.enable_send_audit_log)?
-                .unwrap_or(true),
+            enable_send: raw.boolean("ENABLE_SEND_AUDIT_LOG")?.unwrap_or(true),
             batch_size,
             chunk_size,
             concurrency,
             max_attempts,
-            clear_entries: boolean("CLEAR_AUDIT_LOG_ENTRIES", &raw.clear_audit_log_entries)?
-                .unwrap_or(true),
+            clear_entries: raw.boolean("CLEAR_AUDIT_LOG_ENTRIES")?.unwrap_or(true),
             clear_days,
             database,
             single_column,
@@ -700,8 +569,8 @@ impl Config {
     }
 }
 
-fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
-    let url_text = opt(&raw.castai_api_url).unwrap_or("https://api.cast.ai");
+fn castai_config(raw: &Env) -> Result<CastaiConfig> {
+    let url_text = raw.get("CASTAI_API_URL").unwrap_or("https://api.cast.ai");
     let api_url = url::Url::parse(url_text)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
@@ -711,13 +580,14 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
                 "invalid CASTAI_API_URL {url_text:?}: expected an http(s) URL such as https://api.cast.ai"
             ))
         })?;
-    let api_key = opt(&raw.castai_api_key).map(String::from).ok_or_else(|| {
+    let api_key = raw.get("CASTAI_API_KEY").map(String::from).ok_or_else(|| {
         ConfigError(
             "CASTAI_API_KEY is not set: expected a CAST AI API access key (read-only is enough)"
                 .into(),
         )
     })?;
-    let version = match opt(&raw.castai_api_version)
+    let version = match raw
+        .get("CASTAI_API_VERSION")
         .map(|s| s.to_ascii_lowercase())
         .as_deref()
     {
@@ -734,7 +604,7 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
         CastaiApiVersion::V1 => (10, 1000),
         CastaiApiVersion::V2 => (1, 250),
     };
-    let page_limit = match opt(&raw.castai_page_limit) {
+    let page_limit = match raw.get("CASTAI_PAGE_LIMIT") {
         None => 100,
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (min..=max).contains(&n) => n,
@@ -746,7 +616,7 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
             }
         },
     };
-    let lag = match opt(&raw.castai_lag) {
+    let lag = match raw.get("CASTAI_LAG") {
         None => Duration::from_secs(120),
         Some(s) => duration(s).ok_or_else(|| {
             ConfigError(format!(
@@ -754,7 +624,7 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
             ))
         })?,
     };
-    let start_from = match opt(&raw.castai_start_from) {
+    let start_from = match raw.get("CASTAI_START_FROM") {
         None => StartFrom::Ago(Duration::from_secs(90 * 86400)),
         Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
             Ok(t) => StartFrom::At(t.with_timezone(&chrono::Utc)),
@@ -765,7 +635,7 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
             })?),
         },
     };
-    let state_file = opt(&raw.castai_state_file).map(PathBuf::from).ok_or_else(|| {
+    let state_file = raw.get("CASTAI_STATE_FILE").map(PathBuf::from).ok_or_else(|| {
         ConfigError(
             "CASTAI_STATE_FILE is not set: expected the path of the file that keeps the checkpoint between runs (on a persistent volume)"
                 .into(),
@@ -777,7 +647,7 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
             state_file.display()
         )));
     }
-    let window = match opt(&raw.castai_window) {
+    let window = match raw.get("CASTAI_WINDOW") {
         None => Duration::from_secs(6 * 3600),
         Some(s) => duration(s)
             .filter(|d| d.as_secs() >= 1)
@@ -787,8 +657,8 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
                 ))
             })?,
     };
-    let timeout = positive("CASTAI_TIMEOUT_SECONDS", &raw.castai_timeout_seconds)?.unwrap_or(60);
-    let max_retries = match opt(&raw.castai_max_retries) {
+    let timeout = raw.positive("CASTAI_TIMEOUT_SECONDS")?.unwrap_or(60);
+    let max_retries = match raw.get("CASTAI_MAX_RETRIES") {
         None => 8,
         Some(s) => s.parse::<usize>().map_err(|_| {
             ConfigError(format!(
@@ -796,14 +666,13 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
             ))
         })?,
     };
-    let retry_initial =
-        positive("CASTAI_RETRY_INITIAL_MS", &raw.castai_retry_initial_ms)?.unwrap_or(500);
+    let retry_initial = raw.positive("CASTAI_RETRY_INITIAL_MS")?.unwrap_or(500);
     Ok(CastaiConfig {
         api_url,
         api_key,
         version,
         page_limit,
-        cluster_id: opt(&raw.castai_cluster_id).map(String::from),
+        cluster_id: raw.get("CASTAI_CLUSTER_ID").map(String::from),
         lag,
         start_from,
         state_file,
@@ -814,8 +683,8 @@ fn castai_config(raw: &RawEnv) -> Result<CastaiConfig> {
     })
 }
 
-fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
-    let bucket = opt(&raw.s3_bucket).ok_or_else(|| {
+fn s3_config(raw: &Env, sink: &Result<SinkConfig>) -> Result<S3Config> {
+    let bucket = raw.get("S3_BUCKET").ok_or_else(|| {
         ConfigError(
             "S3_BUCKET is not set: expected the name of the bucket holding the export files".into(),
         )
@@ -830,7 +699,8 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
             "invalid S3_BUCKET {bucket:?}: expected a bucket name of letters, digits, '-', '.' and '_'"
         )));
     }
-    let prefix = opt(&raw.s3_prefix)
+    let prefix = raw
+        .get("S3_PREFIX")
         .unwrap_or("")
         .trim_matches('/')
         .to_string();
@@ -843,30 +713,32 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
             "invalid S3_PREFIX {prefix:?}: expected a folder such as exports/account-1 (no empty, . or .. parts)"
         )));
     }
-    let endpoint = match opt(&raw.s3_endpoint) {
+    let endpoint = match raw.get("S3_ENDPOINT") {
         None => None,
-        Some(u) => Some(http_url(
+        Some(u) => Some(crate::base::env::http_url(
             "S3_ENDPOINT",
             u,
             "http(s)://host[:port] of an S3-compatible store, without credentials",
         )?),
     };
-    let region = opt(&raw.s3_region)
-        .or(opt(&raw.aws_region))
-        .or(opt(&raw.aws_default_region))
+    let region = raw
+        .get("S3_REGION")
+        .or(raw.get("AWS_REGION"))
+        .or(raw.get("AWS_DEFAULT_REGION"))
         .unwrap_or("us-east-1")
         .to_string();
     // MinIO, Ceph and most other stores want path-style; AWS prefers virtual-hosted.
-    let path_style = boolean("S3_PATH_STYLE", &raw.s3_path_style)?.unwrap_or(endpoint.is_some());
+    let path_style = raw.boolean("S3_PATH_STYLE")?.unwrap_or(endpoint.is_some());
     let (credentials, credentials_origin) = aws_credentials(raw)?;
-    let cursor_file = PathBuf::from(opt(&raw.s3_cursor_file).unwrap_or("s3-cursor.json"));
+    let cursor_file = PathBuf::from(raw.get("S3_CURSOR_FILE").unwrap_or("s3-cursor.json"));
     if cursor_file.file_name().is_none() || cursor_file.is_dir() {
         return Err(ConfigError(format!(
             "invalid S3_CURSOR_FILE {:?}: expected a file path, not a directory",
             cursor_file.display()
         )));
     }
-    let format = match opt(&raw.s3_format)
+    let format = match raw
+        .get("S3_FORMAT")
         .map(|s| s.to_ascii_lowercase())
         .as_deref()
     {
@@ -879,7 +751,8 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
             )))
         }
     };
-    let order = match opt(&raw.s3_order)
+    let order = match raw
+        .get("S3_ORDER")
         .map(|s| s.to_ascii_lowercase())
         .as_deref()
     {
@@ -892,10 +765,11 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
             )))
         }
     };
-    let max_attempts = positive("S3_MAX_ATTEMPTS", &raw.s3_max_attempts)?.unwrap_or(5);
+    let max_attempts = raw.positive("S3_MAX_ATTEMPTS")?.unwrap_or(5);
     let max_attempts = u32::try_from(max_attempts)
         .map_err(|_| ConfigError("invalid S3_MAX_ATTEMPTS: expected at most 4294967295".into()))?;
-    let on_bad_file = match opt(&raw.s3_on_bad_file)
+    let on_bad_file = match raw
+        .get("S3_ON_BAD_FILE")
         .map(|s| s.to_ascii_lowercase())
         .as_deref()
     {
@@ -908,7 +782,8 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
         }
     };
     let to_stdout = matches!(sink, Ok(SinkConfig::Stdout));
-    let output = match opt(&raw.s3_output)
+    let output = match raw
+        .get("S3_OUTPUT")
         .map(|s| s.to_ascii_lowercase())
         .as_deref()
     {
@@ -936,12 +811,15 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
         credentials,
         credentials_origin,
         cursor_file,
-        zip_password: raw.s3_zip_password.clone().filter(|p| !p.is_empty()),
+        zip_password: raw
+            .raw("S3_ZIP_PASSWORD")
+            .map(String::from)
+            .filter(|p| !p.is_empty()),
         format,
         order,
         max_attempts,
         on_bad_file,
-        accept_gaps: boolean("S3_ACCEPT_GAPS", &raw.s3_accept_gaps)?.unwrap_or(false),
+        accept_gaps: raw.boolean("S3_ACCEPT_GAPS")?.unwrap_or(false),
         output,
     })
 }
@@ -950,10 +828,10 @@ fn s3_config(raw: &RawEnv, sink: &Result<SinkConfig>) -> Result<S3Config> {
 /// AWS_SESSION_TOKEN); else profile AWS_PROFILE (default `default`) of the credentials file
 /// (AWS_SHARED_CREDENTIALS_FILE, default `~/.aws/credentials`) if it has one; else the chain
 /// of web identity, container and instance credentials. Messages never quote a key.
-fn aws_credentials(raw: &RawEnv) -> Result<(S3Credentials, String)> {
-    let id = opt(&raw.aws_access_key_id);
-    let secret = opt(&raw.aws_secret_access_key);
-    let token = opt(&raw.aws_session_token).map(String::from);
+fn aws_credentials(raw: &Env) -> Result<(S3Credentials, String)> {
+    let id = raw.get("AWS_ACCESS_KEY_ID");
+    let secret = raw.get("AWS_SECRET_ACCESS_KEY");
+    let token = raw.get("AWS_SESSION_TOKEN").map(String::from);
     match (id, secret) {
         (Some(id), Some(secret)) => {
             return Ok((
@@ -977,8 +855,8 @@ fn aws_credentials(raw: &RawEnv) -> Result<(S3Credentials, String)> {
         }
         (None, None) => {}
     }
-    let profile = opt(&raw.aws_profile);
-    let path = match (opt(&raw.aws_shared_credentials_file), opt(&raw.home)) {
+    let profile = raw.get("AWS_PROFILE");
+    let path = match (raw.get("AWS_SHARED_CREDENTIALS_FILE"), raw.get("HOME")) {
         (Some(p), _) => Some(PathBuf::from(p)),
         (None, Some(home)) => Some(PathBuf::from(home).join(".aws").join("credentials")),
         (None, None) => None,
@@ -1021,8 +899,8 @@ fn aws_credentials(raw: &RawEnv) -> Result<(S3Credentials, String)> {
     }
 }
 
-fn metrics_config(raw: &RawEnv) -> Result<MetricsConfig> {
-    let textfile = match opt(&raw.metrics_textfile) {
+fn metrics_config(raw: &Env) -> Result<MetricsConfig> {
+    let textfile = match raw.get("METRICS_TEXTFILE") {
         None => None,
         Some(p) => {
             let path = PathBuf::from(p);
@@ -1034,7 +912,7 @@ fn metrics_config(raw: &RawEnv) -> Result<MetricsConfig> {
             Some(path)
         }
     };
-    let pushgateway = match opt(&raw.metrics_pushgateway_url) {
+    let pushgateway = match raw.get("METRICS_PUSHGATEWAY_URL") {
         None => None,
         Some(u) => Some(
             url::Url::parse(u)
@@ -1061,83 +939,7 @@ fn metrics_config(raw: &RawEnv) -> Result<MetricsConfig> {
     })
 }
 
-/// `90d`, `12h`, `5m`, `30s`, or a bare number of seconds.
-pub fn duration(s: &str) -> Option<Duration> {
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return None,
-    };
-    n.checked_mul(secs).map(Duration::from_secs)
-}
-
-/// Reads LOG_FORMAT and DEBUG alone, so logging can start before the rest is validated.
-pub fn early_logging(raw: &RawEnv) -> (LogFormat, bool) {
-    let format = match opt(&raw.log_format)
-        .map(|s| s.to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("json") => LogFormat::Json,
-        _ => LogFormat::Text,
-    };
-    let debug = boolean("DEBUG", &raw.debug).ok().flatten().unwrap_or(false);
-    (format, debug)
-}
-
-/// An http(s) URL with a host and no credentials in it (those have variables of their own).
-fn http_url(var: &str, value: &str, expected: &str) -> Result<url::Url> {
-    url::Url::parse(value)
-        .ok()
-        .filter(|u| {
-            matches!(u.scheme(), "http" | "https")
-                && u.host_str().is_some()
-                && u.username().is_empty()
-                && u.password().is_none()
-        })
-        .ok_or_else(|| ConfigError(format!("invalid {var} {value:?}: expected {expected}")))
-}
-
-/// An unset or empty variable is "not given" (the original treated empty as unset too).
-fn opt(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
-fn positive(var: &str, v: &Option<String>) -> Result<Option<usize>> {
-    match opt(v) {
-        None => Ok(None),
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(ConfigError(format!(
-                "invalid {var} {s:?}: expected a positive whole number"
-            ))),
-        },
-    }
-}
-
-fn boolean(var: &str, v: &Option<String>) -> Result<Option<bool>> {
-    match opt(v).map(|s| s.to_ascii_lowercase()) {
-        None => Ok(None),
-        // The original (django-environ) accepted these spellings of true.
-        Some(s) if ["true", "1", "yes", "y", "on", "ok"].contains(&s.as_str()) => Ok(Some(true)),
-        Some(s) if ["false", "0", "no", "n", "off"].contains(&s.as_str()) => Ok(Some(false)),
-        Some(s) => Err(ConfigError(format!(
-            "invalid {var} {s:?}: expected true or false"
-        ))),
-    }
-}
-
-fn database_config(
-    raw_url: &str,
-    raw: &RawEnv,
-    warnings: &mut Vec<String>,
-) -> Result<DatabaseConfig> {
+fn database_config(raw_url: &str, raw: &Env, warnings: &mut Vec<String>) -> Result<DatabaseConfig> {
     let invalid = |why: &str| {
         // Never echo the URL: it may hold a password.
         ConfigError(format!(
@@ -1166,7 +968,7 @@ fn database_config(
         url::Url::parse(&format!("{normal}:{rest}")).map_err(|e| invalid(&e.to_string()))?
     };
 
-    if let Some(pw) = opt(&raw.database_password) {
+    if let Some(pw) = raw.get("DATABASE_PASSWORD") {
         if kind == DbKind::Sqlite {
             warnings.push("DATABASE_PASSWORD is ignored for SQLite".into());
         } else {
@@ -1176,14 +978,14 @@ fn database_config(
     }
 
     // The original honoured the SSL variables for MySQL only; we apply them to both servers.
-    if boolean("DB_USE_SSL", &raw.db_use_ssl)?.unwrap_or(false) {
+    if raw.boolean("DB_USE_SSL")?.unwrap_or(false) {
         let files = [
-            ("SSL_CA", &raw.ssl_ca),
-            ("SSL_CERT", &raw.ssl_cert),
-            ("SSL_KEY", &raw.ssl_key),
+            ("SSL_CA", &raw.raw("SSL_CA").map(String::from)),
+            ("SSL_CERT", &raw.raw("SSL_CERT").map(String::from)),
+            ("SSL_KEY", &raw.raw("SSL_KEY").map(String::from)),
         ];
         for (var, v) in files {
-            if let Some(path) = opt(v) {
+            if let Some(path) = v.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
                 if !std::path::Path::new(path).is_file() {
                     return Err(ConfigError(format!(
                         "invalid {var} {path:?}: expected the path of a readable PEM file"
@@ -1191,7 +993,7 @@ fn database_config(
                 }
             }
         }
-        let ca = opt(&raw.ssl_ca);
+        let ca = raw.get("SSL_CA");
         let mut q = url.query_pairs_mut();
         match kind {
             DbKind::Postgres => {
@@ -1202,10 +1004,10 @@ fn database_config(
                 if let Some(ca) = ca {
                     q.append_pair("sslrootcert", ca);
                 }
-                if let Some(c) = opt(&raw.ssl_cert) {
+                if let Some(c) = raw.get("SSL_CERT") {
                     q.append_pair("sslcert", c);
                 }
-                if let Some(k) = opt(&raw.ssl_key) {
+                if let Some(k) = raw.get("SSL_KEY") {
                     q.append_pair("sslkey", k);
                 }
             }
@@ -1221,17 +1023,17 @@ fn database_config(
                 if let Some(ca) = ca {
                     q.append_pair("ssl-ca", ca);
                 }
-                if let Some(c) = opt(&raw.ssl_cert) {
+                if let Some(c) = raw.get("SSL_CERT") {
                     q.append_pair("ssl-cert", c);
                 }
-                if let Some(k) = opt(&raw.ssl_key) {
+                if let Some(k) = raw.get("SSL_KEY") {
                     q.append_pair("ssl-key", k);
                 }
             }
             DbKind::Sqlite => warnings.push("DB_USE_SSL is ignored for SQLite".into()),
         }
         drop(q);
-        if opt(&raw.ssl_cipher).is_some() {
+        if raw.get("SSL_CIPHER").is_some() {
             warnings.push(
                 "SSL_CIPHER is not supported (the TLS library negotiates modern ciphers only) and is ignored"
                     .into(),
@@ -1260,7 +1062,7 @@ fn sqlite_url(raw: &str) -> Option<url::Url> {
 /// Topic and key fields: ROUTING_*_FIELD, else the source's own (the event's source and type
 /// for the APIs; none for SQL tables, where only the application knows which field it is).
 fn routing_config(
-    raw: &RawEnv,
+    raw: &Env,
     source: SourceKind,
     sink: &std::result::Result<SinkConfig, ConfigError>,
     s3_output: Option<S3Output>,
@@ -1273,21 +1075,36 @@ fn routing_config(
         SourceKind::S3Cursor => (Some("event_type"), Some("event_sub_type")),
     };
     let field = |var: &str, v: &Option<String>, default: Option<&str>| {
-        opt(v)
+        v.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
             .or(default)
             .map(|p| FieldPath::parse(var, p))
             .transpose()
     };
-    let accept = |var: &str, v: &Option<String>| opt(v).map(|a| Accept::parse(var, a)).transpose();
+    let accept = |var: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|a| Accept::parse(var, a))
+            .transpose()
+    };
     let routing = crate::routing::Routing {
         topic_field: field(
             "ROUTING_TOPIC_FIELD",
-            &raw.routing_topic_field,
+            &raw.raw("ROUTING_TOPIC_FIELD").map(String::from),
             topic_default,
         )?,
-        key_field: field("ROUTING_KEY_FIELD", &raw.routing_key_field, key_default)?,
-        accept_topics: accept("ACCEPT_TOPICS", &raw.accept_topics)?,
-        accept_keys: accept("ACCEPT_ROUTING_KEYS", &raw.accept_routing_keys)?,
+        key_field: field(
+            "ROUTING_KEY_FIELD",
+            &raw.raw("ROUTING_KEY_FIELD").map(String::from),
+            key_default,
+        )?,
+        accept_topics: accept("ACCEPT_TOPICS", &raw.raw("ACCEPT_TOPICS").map(String::from))?,
+        accept_keys: accept(
+            "ACCEPT_ROUTING_KEYS",
+            &raw.raw("ACCEPT_ROUTING_KEYS").map(String::from),
+        )?,
         sink_needs_route: match sink {
             Ok(SinkConfig::Elasticsearch(es)) => es.index_template.is_some(),
             Ok(SinkConfig::File { layout, .. }) => *layout == FileLayout::Routed,
@@ -1333,9 +1150,9 @@ fn routing_config(
     Ok(routing)
 }
 
-fn sink_config(raw: &RawEnv, source: SourceKind) -> Result<SinkConfig> {
-    let host = opt(&raw.elasticsearch_host);
-    let sink = match opt(&raw.sink).map(|s| s.to_ascii_lowercase()) {
+fn sink_config(raw: &Env, source: SourceKind) -> Result<SinkConfig> {
+    let host = raw.get("ELASTICSEARCH_HOST");
+    let sink = match raw.get("SINK").map(|s| s.to_ascii_lowercase()) {
         Some(s) => s,
         None if host.is_some() => "elasticsearch".into(),
         None => {
@@ -1350,8 +1167,9 @@ fn sink_config(raw: &RawEnv, source: SourceKind) -> Result<SinkConfig> {
             elasticsearch_config(raw)?,
         ))),
         "file" => {
-            let gzip = boolean("OUTPUT_GZIP", &raw.output_gzip)?;
-            let layout = match opt(&raw.output_layout)
+            let gzip = raw.boolean("OUTPUT_GZIP")?;
+            let layout = match raw
+                .get("OUTPUT_LAYOUT")
                 .map(|s| s.to_ascii_lowercase())
                 .as_deref()
             {
@@ -1377,9 +1195,9 @@ fn sink_config(raw: &RawEnv, source: SourceKind) -> Result<SinkConfig> {
                 }
             };
             Ok(SinkConfig::File {
-                dir: PathBuf::from(opt(&raw.output_path).unwrap_or("output")),
+                dir: PathBuf::from(raw.get("OUTPUT_PATH").unwrap_or("output")),
                 gzip: gzip.unwrap_or(false) || layout == FileLayout::CdpArchive,
-                gzip_level: match opt(&raw.output_gzip_level) {
+                gzip_level: match raw.get("OUTPUT_GZIP_LEVEL") {
                     None => crate::sinks::file::DEFAULT_GZIP_LEVEL,
                     Some(v) => v.parse().ok().filter(|l| *l <= 9).ok_or_else(|| {
                         ConfigError(format!(
@@ -1397,11 +1215,12 @@ fn sink_config(raw: &RawEnv, source: SourceKind) -> Result<SinkConfig> {
     }
 }
 
-fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
-    let host = opt(&raw.elasticsearch_host).ok_or_else(|| {
+fn elasticsearch_config(raw: &Env) -> Result<ElasticsearchConfig> {
+    let host = raw.get("ELASTICSEARCH_HOST").ok_or_else(|| {
         ConfigError("ELASTICSEARCH_HOST is not set: expected host, host:port or a URL".into())
     })?;
-    let scheme = opt(&raw.elasticsearch_scheme)
+    let scheme = raw
+        .get("ELASTICSEARCH_SCHEME")
         .unwrap_or("https")
         .to_ascii_lowercase();
     if scheme != "http" && scheme != "https" {
@@ -1409,7 +1228,7 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
             "invalid ELASTICSEARCH_SCHEME {scheme:?}: expected http or https"
         )));
     }
-    let port = match opt(&raw.elasticsearch_port) {
+    let port = match raw.get("ELASTICSEARCH_PORT") {
         None => 0,
         Some(p) => p.parse::<u16>().map_err(|_| {
             ConfigError(format!(
@@ -1438,7 +1257,8 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
         })?;
     }
 
-    let index = opt(&raw.elasticsearch_app_audit_log_index)
+    let index = raw
+        .get("ELASTICSEARCH_APP_AUDIT_LOG_INDEX")
         .unwrap_or("app_audit_log")
         .to_string();
     let template = crate::routing::Template::parse("ELASTICSEARCH_APP_AUDIT_LOG_INDEX", &index)?;
@@ -1457,7 +1277,7 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
         )));
     }
 
-    let ca_cert = opt(&raw.elasticsearch_ca_cert).map(PathBuf::from);
+    let ca_cert = raw.get("ELASTICSEARCH_CA_CERT").map(PathBuf::from);
     if let Some(p) = &ca_cert {
         if !p.is_file() {
             return Err(ConfigError(format!(
@@ -1466,21 +1286,20 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
             )));
         }
     }
-    let username = opt(&raw.elasticsearch_username).map(String::from);
-    let password = raw.elasticsearch_password.clone().filter(|p| !p.is_empty());
-    let api_key = opt(&raw.elasticsearch_api_key).map(String::from);
+    let username = raw.get("ELASTICSEARCH_USERNAME").map(String::from);
+    let password = raw
+        .raw("ELASTICSEARCH_PASSWORD")
+        .map(String::from)
+        .filter(|p| !p.is_empty());
+    let api_key = raw.get("ELASTICSEARCH_API_KEY").map(String::from);
     if api_key.is_some() && username.is_some() {
         return Err(ConfigError(
             "both ELASTICSEARCH_API_KEY and ELASTICSEARCH_USERNAME are set: expected one way to authenticate"
                 .into(),
         ));
     }
-    let timeout = positive(
-        "ELASTICSEARCH_TIMEOUT_SECONDS",
-        &raw.elasticsearch_timeout_seconds,
-    )?
-    .unwrap_or(60);
-    let max_retries = match opt(&raw.elasticsearch_max_retries) {
+    let timeout = raw.positive("ELASTICSEARCH_TIMEOUT_SECONDS")?.unwrap_or(60);
+    let max_retries = match raw.get("ELASTICSEARCH_MAX_RETRIES") {
         None => 8,
         Some(s) => s.parse::<usize>().map_err(|_| {
             ConfigError(format!(
@@ -1488,16 +1307,15 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
             ))
         })?,
     };
-    let retry_initial = positive(
-        "ELASTICSEARCH_RETRY_INITIAL_MS",
-        &raw.elasticsearch_retry_initial_ms,
-    )?
-    .unwrap_or(500);
+    let retry_initial = raw
+        .positive("ELASTICSEARCH_RETRY_INITIAL_MS")?
+        .unwrap_or(500);
     Ok(ElasticsearchConfig {
         url,
         index,
         index_template,
-        compression: match opt(&raw.elasticsearch_compression)
+        compression: match raw
+            .get("ELASTICSEARCH_COMPRESSION")
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
@@ -1513,20 +1331,16 @@ fn elasticsearch_config(raw: &RawEnv) -> Result<ElasticsearchConfig> {
         password,
         api_key,
         ca_cert,
-        insecure: boolean("ELASTICSEARCH_INSECURE", &raw.elasticsearch_insecure)?.unwrap_or(false),
+        insecure: raw.boolean("ELASTICSEARCH_INSECURE")?.unwrap_or(false),
         timeout: Duration::from_secs(timeout as u64),
         max_retries,
         retry_initial: Duration::from_millis(retry_initial as u64),
-        create_index: boolean(
-            "ELASTICSEARCH_CREATE_INDEX",
-            &raw.elasticsearch_create_index,
-        )?
-        .unwrap_or(false),
+        create_index: raw.boolean("ELASTICSEARCH_CREATE_INDEX")?.unwrap_or(false),
     })
 }
 
-fn cdp_config(raw: &RawEnv, now: DateTime<Utc>) -> Result<CdpConfig> {
-    let region = opt(&raw.cdp_region).unwrap_or("us-west-1");
+fn cdp_config(raw: &Env, now: DateTime<Utc>) -> Result<CdpConfig> {
+    let region = raw.get("CDP_REGION").unwrap_or("us-west-1");
     if !region
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -1535,8 +1349,8 @@ fn cdp_config(raw: &RawEnv, now: DateTime<Utc>) -> Result<CdpConfig> {
             "invalid CDP_REGION {region:?}: expected a CDP region such as us-west-1, eu-1, ap-1 or usg-1"
         )));
     }
-    let endpoint = match opt(&raw.cdp_endpoint_url) {
-        Some(u) => http_url(
+    let endpoint = match raw.get("CDP_ENDPOINT_URL") {
+        Some(u) => crate::base::env::http_url(
             "CDP_ENDPOINT_URL",
             u,
             "http(s)://host[:port][/path] without credentials",
@@ -1554,10 +1368,16 @@ fn cdp_config(raw: &RawEnv, now: DateTime<Utc>) -> Result<CdpConfig> {
     };
     let (auth, auth_origin) = cdp_auth(raw)?;
 
-    let to =
-        timestamp("CDP_TO_TIMESTAMP", &raw.cdp_to_timestamp)?.unwrap_or(now - CDP_WINDOW_MARGIN);
-    let from = timestamp("CDP_FROM_TIMESTAMP", &raw.cdp_from_timestamp)?
-        .unwrap_or(to - CDP_DEFAULT_LOOKBACK);
+    let to = timestamp(
+        "CDP_TO_TIMESTAMP",
+        &raw.raw("CDP_TO_TIMESTAMP").map(String::from),
+    )?
+    .unwrap_or(now - CDP_WINDOW_MARGIN);
+    let from = timestamp(
+        "CDP_FROM_TIMESTAMP",
+        &raw.raw("CDP_FROM_TIMESTAMP").map(String::from),
+    )?
+    .unwrap_or(to - CDP_DEFAULT_LOOKBACK);
     if from >= to {
         return Err(ConfigError(format!(
             "invalid CDP_FROM_TIMESTAMP {}: expected a time before CDP_TO_TIMESTAMP {}",
@@ -1565,11 +1385,12 @@ fn cdp_config(raw: &RawEnv, now: DateTime<Utc>) -> Result<CdpConfig> {
             to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )));
     }
-    let window = boolean("CDP_BATCH_EVENTS", &raw.cdp_batch_events)?
+    let window = raw
+        .boolean("CDP_BATCH_EVENTS")?
         .unwrap_or(true)
         .then_some((from, to));
 
-    let page_size = match opt(&raw.cdp_page_size) {
+    let page_size = match raw.get("CDP_PAGE_SIZE") {
         None => 100,
         Some(s) => s
             .parse::<u32>()
@@ -1581,9 +1402,9 @@ fn cdp_config(raw: &RawEnv, now: DateTime<Utc>) -> Result<CdpConfig> {
                 ))
             })?,
     };
-    let task_timeout = positive("CDP_TASK_TIMEOUT", &raw.cdp_task_timeout)?.unwrap_or(600);
-    let request_timeout = positive("CDP_TIMEOUT_SECONDS", &raw.cdp_timeout_seconds)?.unwrap_or(60);
-    let max_retries = match opt(&raw.cdp_max_retries) {
+    let task_timeout = raw.positive("CDP_TASK_TIMEOUT")?.unwrap_or(600);
+    let request_timeout = raw.positive("CDP_TIMEOUT_SECONDS")?.unwrap_or(60);
+    let max_retries = match raw.get("CDP_MAX_RETRIES") {
         // Ten attempts, as the official clients make.
         None => 9,
         Some(s) => s.parse::<usize>().map_err(|_| {
@@ -1592,7 +1413,7 @@ fn cdp_config(raw: &RawEnv, now: DateTime<Utc>) -> Result<CdpConfig> {
             ))
         })?,
     };
-    let retry_initial = positive("CDP_RETRY_INITIAL_MS", &raw.cdp_retry_initial_ms)?.unwrap_or(500);
+    let retry_initial = raw.positive("CDP_RETRY_INITIAL_MS")?.unwrap_or(500);
     Ok(CdpConfig {
         endpoint,
         auth,
@@ -1608,7 +1429,9 @@ fn cdp_config(raw: &RawEnv, now: DateTime<Utc>) -> Result<CdpConfig> {
 
 /// An RFC 3339 time (`2024-05-01T00:00:00Z`) or a date (`2024-05-01`, midnight UTC).
 fn timestamp(var: &str, v: &Option<String>) -> Result<Option<DateTime<Utc>>> {
-    let Some(s) = opt(v) else { return Ok(None) };
+    let Some(s) = v.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(Some(t.with_timezone(&Utc)));
     }
@@ -1626,10 +1449,10 @@ fn timestamp(var: &str, v: &Option<String>) -> Result<Option<DateTime<Utc>>> {
 /// CDP credentials as the CDP CLI finds them: CDP_ACCESS_KEY_ID + CDP_PRIVATE_KEY, or
 /// CDP_ACCESS_TOKEN, else profile CDP_PROFILE of `~/.cdp/credentials`. Messages name where a
 /// bad value came from and never quote a key.
-fn cdp_auth(raw: &RawEnv) -> Result<(CdpAuth, String)> {
-    let id = opt(&raw.cdp_access_key_id);
-    let key = opt(&raw.cdp_private_key);
-    let token = opt(&raw.cdp_access_token);
+fn cdp_auth(raw: &Env) -> Result<(CdpAuth, String)> {
+    let id = raw.get("CDP_ACCESS_KEY_ID");
+    let key = raw.get("CDP_PRIVATE_KEY");
+    let token = raw.get("CDP_ACCESS_TOKEN");
     match (id, key, token) {
         (None, None, Some(t)) => Ok((CdpAuth::Token(t.to_string()), "CDP_ACCESS_TOKEN".into())),
         (_, _, Some(_)) => Err(ConfigError(
@@ -1678,14 +1501,14 @@ fn unescape_newlines(v: &str) -> String {
     }
 }
 
-fn credentials_file(raw: &RawEnv) -> Result<(CdpAuth, String)> {
-    let profile = opt(&raw.cdp_profile).unwrap_or("default");
+fn credentials_file(raw: &Env) -> Result<(CdpAuth, String)> {
+    let profile = raw.get("CDP_PROFILE").unwrap_or("default");
     let none = || {
         ConfigError(format!(
             "no CDP credentials: set CDP_ACCESS_KEY_ID and CDP_PRIVATE_KEY, or CDP_ACCESS_TOKEN, or add profile {profile:?} (CDP_PROFILE) to ~/.cdp/credentials"
         ))
     };
-    let path = PathBuf::from(opt(&raw.home).ok_or_else(none)?)
+    let path = PathBuf::from(raw.get("HOME").ok_or_else(none)?)
         .join(".cdp")
         .join("credentials");
     let text = std::fs::read_to_string(&path).map_err(|_| none())?;
@@ -1747,7 +1570,7 @@ mod tests {
     use super::*;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config> {
-        Config::from_raw(RawEnv::from_pairs(pairs))
+        Config::from_env(&Env::from_pairs(pairs.iter().copied()))
     }
 
     #[test]

@@ -1,12 +1,10 @@
 //! audit-transfer: one pass of moving audit records from a source to a sink, then exit.
 
 mod app;
-mod atomic;
+mod base;
 mod cli;
 mod config;
 mod db;
-mod error;
-mod failpoint;
 mod logging;
 mod metrics;
 mod pipeline;

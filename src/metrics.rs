@@ -7,9 +7,9 @@
 //! directory or a Pushgateway. A run "succeeded" when it completed its pass: exit 0, or exit 3
 //! where single records were rejected or are parked (those have their own numbers).
 
+use crate::base::source::Backlog;
 use crate::config::MetricsConfig;
 use crate::pipeline::Summary;
-use crate::sources::Backlog;
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -23,10 +23,7 @@ pub const JOB: &str = "audit-transfer";
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 const LAST_SUCCESS: &str = "audit_transfer_last_success_timestamp_seconds";
 
-/// Whether an exit code means the run completed its pass.
-pub fn succeeded(exit_code: u8) -> bool {
-    exit_code == 0 || exit_code == 3
-}
+pub use crate::base::exit::succeeded;
 
 /// Everything reported about one run.
 #[derive(Debug, Clone)]
@@ -175,7 +172,7 @@ pub fn write_textfile(path: &Path, metrics: &RunMetrics) -> Result<()> {
         m.previous_success = previous_success_in(path);
     }
     let text = m.render(true);
-    crate::atomic::replace(path, |mut f| {
+    crate::base::atomic::replace(path, |mut f| {
         std::io::Write::write_all(&mut f, text.as_bytes())?;
         Ok(f)
     })
@@ -238,13 +235,13 @@ pub async fn report(cfg: &MetricsConfig, metrics: &RunMetrics) {
     if let Some(path) = &cfg.textfile {
         match write_textfile(path, metrics) {
             Ok(()) => tracing::debug!(path = %path.display(), "metrics written"),
-            Err(e) => tracing::warn!("{}", crate::error::one_line(&e)),
+            Err(e) => tracing::warn!("{}", crate::base::exit::one_line(&e)),
         }
     }
     if let Some(url) = &cfg.pushgateway {
         match push(url, metrics).await {
             Ok(()) => tracing::debug!(url = %url, "metrics pushed"),
-            Err(e) => tracing::warn!("{}", crate::error::one_line(&e)),
+            Err(e) => tracing::warn!("{}", crate::base::exit::one_line(&e)),
         }
     }
 }

@@ -9,10 +9,11 @@
 //! page's read and mark overlap another's bulk request. They claim pages with SKIP LOCKED exactly
 //! as overlapping runs do, which the concurrency tests prove never ships a row twice.
 
-use crate::error::Exit;
+use crate::base::document::Document;
+use crate::base::exit::Exit;
+use crate::base::sink::{Outcome, Sink};
+use crate::base::source::{Lane, PageResult, Paging, Source};
 use crate::routing::Routing;
-use crate::sinks::{Outcome, Sink};
-use crate::sources::{Document, Lane, PageResult, Paging, Source};
 use anyhow::Result;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -211,14 +212,14 @@ async fn transfer(
             if limit == 0 {
                 break;
             }
-            crate::failpoint::hit("before_claim");
+            crate::base::failpoint::hit("before_claim");
             let Some(page) = source.claim(lane, limit).await? else {
                 if lane == Lane::Fresh {
                     budget.fetch_add(limit, Ordering::Relaxed);
                 }
                 break;
             };
-            crate::failpoint::hit("after_claim");
+            crate::base::failpoint::hit("after_claim");
             let records = page.records();
             let n = records.len();
             let exhausted = page.exhausted();
@@ -253,7 +254,7 @@ async fn transfer(
                 }
             }
             let outcomes = sink.ship_named(page.file_name().as_deref(), &docs).await?;
-            crate::failpoint::hit("after_ship");
+            crate::base::failpoint::hit("after_ship");
             for (k, outcome) in outcomes.into_iter().enumerate() {
                 let i = doc_index[k];
                 match outcome {

@@ -65,11 +65,15 @@ pub fn finish() {
 pub struct LogWriter;
 
 impl Write for LogWriter {
+    /// The formatter hands over one whole event per call; it is written with every secret
+    /// blanked out, whoever wrote the text (a driver's error quoting a URL included).
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let clean = crate::base::secret::scrub(&String::from_utf8_lossy(buf));
         match current() {
-            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
-            None => std::io::stderr().write(buf),
-        }
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(clean.as_bytes())),
+            None => std::io::stderr().write_all(clean.as_bytes()),
+        }?;
+        Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()

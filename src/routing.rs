@@ -13,8 +13,8 @@
 //! object means the record has none, which `ACCEPT_*` lists spell `_none` (so a topic that is
 //! literally `_none` cannot be told from none).
 
+use crate::base::exit::ConfigError;
 use crate::db::Dialect;
-use crate::error::ConfigError;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde_json::Value;
 
@@ -22,14 +22,7 @@ use serde_json::Value;
 /// directory names.
 pub const NONE: &str = "_none";
 
-/// Where a record goes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Route {
-    pub topic: Option<String>,
-    pub key: Option<String>,
-    /// The record's date for date templates: `created_at` for SQL rows, `@timestamp` otherwise.
-    pub time: Option<DateTime<Utc>>,
-}
+pub use crate::base::document::Route;
 
 /// JSON escapes PostgreSQL's `json` operators refuse: `\u0000` and lone UTF-16 surrogates (a
 /// valid pair is fine). A regular expression over the column's text, as an E'' literal.

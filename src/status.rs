@@ -5,7 +5,7 @@
 //! when given, the oldest unsent record is not older than `--max-age` and a successful run
 //! (exit 0 or 3) ended within `--max-since-success`.
 
-use crate::sources::{Backlog, LastRuns, RunRecord};
+use crate::base::source::{Backlog, LastRuns, RunRecord};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -37,7 +37,7 @@ impl Report {
             ));
         }
         if let Some(last) = &runs.last {
-            if !crate::metrics::succeeded(last.exit_code) {
+            if !crate::base::exit::succeeded(last.exit_code) {
                 problems.push(format!("the last run failed (exit {})", last.exit_code));
             }
         }

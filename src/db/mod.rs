@@ -243,9 +243,9 @@ impl Db {
         Box::pin(async move {
             match sqlx::query(&sql).execute(&mut self.conn).await {
                 Ok(_) => Ok(()),
-                Err(e) => Err(crate::error::config_error(format!(
+                Err(e) => Err(crate::base::exit::config_error(format!(
                     "{what}: {}",
-                    crate::error::one_line(&e.into())
+                    crate::base::exit::one_line(&e.into())
                 ))),
             }
         })

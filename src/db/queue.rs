@@ -13,11 +13,10 @@
 //!   they never block the queue; a retry lane gives them `MAX_ATTEMPTS` tries in total.
 
 use super::{Db, Dialect};
+use crate::base::document::Record;
+use crate::base::source::{Backlog, Lane, LastRuns, Page, PageResult, Parked, RunRecord, Source};
 use crate::config::TableName;
 use crate::routing::{Accept, FieldPath, Route, Routing};
-use crate::sources::{
-    Backlog, Lane, LastRuns, Page, PageResult, Parked, Record, RunRecord, Source,
-};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -162,7 +161,7 @@ impl<S: Schema> Queue<S> {
             pg_json = match ty.as_deref() {
                 Some(t @ ("json" | "jsonb")) => t.to_string(),
                 other => {
-                    return Err(crate::error::config_error(format!(
+                    return Err(crate::base::exit::config_error(format!(
                         "ROUTING_TOPIC_FIELD/ROUTING_KEY_FIELD need column {} of {} to be json or jsonb on PostgreSQL, it is {}",
                         self.schema.route_column(),
                         self.schema.table().display(),
@@ -571,7 +570,7 @@ impl<S: Schema> Queue<S> {
             // MySQL's column holds 191 characters; a long selection is named by its hash.
             Some(label) if key.len() + label.len() + 3 > 191 => format!(
                 "{key} [selection {:016x}]",
-                crate::sinks::file::fnv1a(std::iter::once(label.as_bytes()))
+                crate::base::hash::fnv1a(std::iter::once(label.as_bytes()))
             ),
             Some(label) => format!("{key} [{label}]"),
             None => key,
@@ -921,7 +920,7 @@ impl<S: Schema> Page for SqlPage<'_, S> {
             }
             q.execute(&mut *tx).await.context("recording failed rows")?;
         }
-        crate::failpoint::hit("before_commit");
+        crate::base::failpoint::hit("before_commit");
         tx.commit().await.context("committing the page")?;
         Ok(marked)
     }

@@ -9,8 +9,8 @@
 //! requests work against Elasticsearch 7/8/9 and OpenSearch 1/2/3.
 
 use super::{Outcome, Sink};
+use crate::base::document::Document;
 use crate::config::ElasticsearchConfig;
-use crate::sources::Document;
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use backon::BackoffBuilder;
@@ -60,7 +60,7 @@ impl ElasticsearchSink {
             let pem = std::fs::read(path)
                 .with_context(|| format!("cannot read ELASTICSEARCH_CA_CERT {}", path.display()))?;
             let cert = Certificate::from_pem(&pem).map_err(|e| {
-                crate::error::config_error(format!(
+                crate::base::exit::config_error(format!(
                     "invalid ELASTICSEARCH_CA_CERT {}: expected PEM certificates ({e})",
                     path.display()
                 ))
@@ -139,7 +139,7 @@ impl ElasticsearchSink {
             Err(e) => {
                 return Ok(Answer::Transient(format!(
                     "request failed: {}",
-                    crate::error::chain_text(&e)
+                    crate::base::exit::chain_text(&e)
                 )))
             }
         };
@@ -157,7 +157,7 @@ impl ElasticsearchSink {
                     "Elasticsearch at {} answered the bulk request with HTTP {}: {}",
                     self.cfg.url,
                     status.as_u16(),
-                    crate::error::excerpt(&text)
+                    crate::base::exit::excerpt(&text)
                 );
             }
         }
@@ -166,14 +166,14 @@ impl ElasticsearchSink {
             Err(e) => {
                 return Ok(Answer::Transient(format!(
                     "reading the response failed: {}",
-                    crate::error::chain_text(&e)
+                    crate::base::exit::chain_text(&e)
                 )))
             }
         };
         let parsed: BulkResponse = serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "unexpected bulk response: {}",
-                crate::error::excerpt(&String::from_utf8_lossy(&bytes))
+                crate::base::exit::excerpt(&String::from_utf8_lossy(&bytes))
             )
         })?;
         if parsed.items.len() != group.len() {
@@ -299,7 +299,7 @@ impl Sink for ElasticsearchSink {
             anyhow!(
                 "cannot reach Elasticsearch at {}: {}",
                 self.cfg.url,
-                crate::error::chain_text(&e)
+                crate::base::exit::chain_text(&e)
             )
         })?;
         let status = response.status_code();

@@ -12,8 +12,8 @@
 //! under that name, `<accountId>_<YYYYMMDDTHHMM>Z_<archiveId>.json.gz`, as CDP's own archives.
 
 use super::{Outcome, Sink};
+use crate::base::document::Document;
 use crate::config::FileLayout;
-use crate::sources::Document;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use flate2::write::GzEncoder;
@@ -69,22 +69,9 @@ impl FileSink {
         let ext = if self.gzip { "jsonl.gz" } else { "jsonl" };
         format!(
             "audit_{first}_{:016x}.{ext}",
-            fnv1a(docs.iter().map(|d| d.id.as_bytes()))
+            crate::base::hash::fnv1a(docs.iter().map(|d| d.id.as_bytes()))
         )
     }
-}
-
-/// FNV-1a over the parts (with a separator): stable across builds and platforms, unlike std's
-/// hasher, which file names and keys rely on.
-pub(crate) fn fnv1a<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for part in parts {
-        for &b in part.iter().chain(std::iter::once(&0u8)) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    }
-    h
 }
 
 impl FileSink {
@@ -119,7 +106,7 @@ pub fn write_lines(out: &mut impl Write, docs: &[&Document]) -> std::io::Result<
     Ok(())
 }
 
-/// Writes `docs` to `dir/name` atomically (see [`crate::atomic::replace`]).
+/// Writes `docs` to `dir/name` atomically (see [`crate::base::atomic::replace`]).
 /// Default OUTPUT_GZIP_LEVEL: the fastest level. JSON lines compress well at any level, and
 /// higher ones cost several times the CPU (level 6 halved the file sink's rate in `make bench`).
 pub const DEFAULT_GZIP_LEVEL: u32 = 1;
@@ -133,7 +120,7 @@ pub fn write_atomically(
     fs::create_dir_all(dir)
         .with_context(|| format!("cannot create OUTPUT_PATH {}", dir.display()))?;
     let final_path = dir.join(name);
-    crate::atomic::replace(&final_path, |file| {
+    crate::base::atomic::replace(&final_path, |file| {
         if let Some(level) = gzip {
             let mut gz = GzEncoder::new(BufWriter::new(file), level);
             write_lines(&mut gz, docs)?;

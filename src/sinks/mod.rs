@@ -7,38 +7,12 @@ pub mod elasticsearch;
 pub mod file;
 pub mod index;
 
+use crate::base::document::Document;
 use crate::config::SinkConfig;
-use crate::sources::Document;
 use anyhow::Result;
 use async_trait::async_trait;
 
-/// The sink's final word on one document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Stored now.
-    Delivered,
-    /// Already stored under the same id by an earlier run (a re-ship after a crash).
-    AlreadyPresent,
-    /// Permanently refused for this document (mapping error, too large): the reason.
-    Rejected(String),
-}
-
-#[async_trait]
-pub trait Sink: Send {
-    fn name(&self) -> String;
-    /// Connects and verifies credentials without writing.
-    async fn check(&mut self) -> Result<()>;
-    /// Ships a page. `Ok` holds one outcome per document, in order; transient failures have
-    /// already been retried. `Err` means the sink is unusable now (down after retries,
-    /// credentials refused): the run stops and the page stays unmarked.
-    async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>>;
-    /// Ships a page the source named as one unit (a CDP archive batch: `name` is the file name
-    /// CDP's own archives use). Sinks that have no use for names ship it as any page.
-    async fn ship_named(&mut self, name: Option<&str>, docs: &[&Document]) -> Result<Vec<Outcome>> {
-        let _ = name;
-        self.ship(docs).await
-    }
-}
+pub use crate::base::sink::{Outcome, Sink};
 
 /// The one place where sinks are registered.
 pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>> {

@@ -35,8 +35,8 @@
 //! one stops the run with exit 2 and is never replaced by a fresh start.
 
 use super::{Document, Lane, LastRuns, Page, PageResult, Parked, Record, RunRecord, Source};
+use crate::base::exit::config_error;
 use crate::config::{CastaiApiVersion, CastaiConfig, Config, StartFrom};
-use crate::error::config_error;
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use backon::BackoffBuilder;
@@ -245,14 +245,14 @@ impl Castai {
     /// because the state file itself is replaced on every save. Creating it also proves, before
     /// anything is shipped, that the state can be saved.
     fn lock(&self) -> Result<std::fs::File> {
-        crate::atomic::lock_state_file("CASTAI_STATE_FILE", self.state_path())
+        crate::base::atomic::lock_state_file("CASTAI_STATE_FILE", self.state_path())
     }
 
     fn save_state(&self) -> Result<()> {
         let state = self.state.as_ref().expect("state loaded");
         let path = self.state_path();
         let json = serde_json::to_vec_pretty(state)?;
-        crate::atomic::replace(path, |mut f| {
+        crate::base::atomic::replace(path, |mut f| {
             f.write_all(&json)?;
             f.write_all(b"\n")?;
             Ok(f)
@@ -797,7 +797,7 @@ fn anonymous_key(item: &Value) -> String {
     let text = item.to_string();
     format!(
         "no-id-{:016x}",
-        crate::sinks::file::fnv1a(std::iter::once(text.as_bytes()))
+        crate::base::hash::fnv1a(std::iter::once(text.as_bytes()))
     )
 }
 
@@ -934,7 +934,7 @@ impl Api {
                 .await
             {
                 Err(e) => (
-                    format!("request failed: {}", crate::error::chain_text(&e)),
+                    format!("request failed: {}", crate::base::exit::chain_text(&e)),
                     None,
                 ),
                 Ok(r) => {
@@ -943,7 +943,7 @@ impl Api {
                         200 => match r.bytes().await {
                             Ok(body) => return self.parse(&body),
                             Err(e) => (
-                                format!("reading the response failed: {}", crate::error::chain_text(&e)),
+                                format!("reading the response failed: {}", crate::base::exit::chain_text(&e)),
                                 None,
                             ),
                         },
@@ -968,7 +968,7 @@ impl Api {
                             bail!(
                                 "CAST AI at {} answered HTTP {status}: {}",
                                 self.endpoint,
-                                crate::error::excerpt(&text)
+                                crate::base::exit::excerpt(&text)
                             );
                         }
                     }
@@ -996,7 +996,7 @@ impl Api {
         let r: Response = serde_json::from_slice(body).with_context(|| {
             format!(
                 "unexpected CAST AI response: {}",
-                crate::error::excerpt(&String::from_utf8_lossy(body))
+                crate::base::exit::excerpt(&String::from_utf8_lossy(body))
             )
         })?;
         // gRPC gateways leave out empty lists, so a missing list is an empty page.

@@ -9,7 +9,7 @@
 //! stops the run (exit 2) and is never silently replaced by a fresh start.
 
 use super::listing::{Mode, Position};
-use crate::error::config_error;
+use crate::base::exit::config_error;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -129,7 +129,7 @@ pub fn load(
 
 pub fn save(path: &Path, cursor: &Cursor) -> Result<()> {
     let json = serde_json::to_vec_pretty(cursor)?;
-    crate::atomic::replace(path, |mut f| {
+    crate::base::atomic::replace(path, |mut f| {
         f.write_all(&json)?;
         f.write_all(b"\n")?;
         Ok(f)
@@ -139,7 +139,7 @@ pub fn save(path: &Path, cursor: &Cursor) -> Result<()> {
 
 /// Runs of one cursor file must not overlap: both would take the same next file.
 pub fn lock(path: &Path) -> Result<std::fs::File> {
-    crate::atomic::lock_state_file("S3_CURSOR_FILE", path)
+    crate::base::atomic::lock_state_file("S3_CURSOR_FILE", path)
 }
 
 #[cfg(test)]
@@ -178,7 +178,10 @@ mod tests {
         assert!(e.contains("belongs to runs that accept everything"), "{e}");
         std::fs::write(&path, "{").unwrap();
         let e = load(&path, "b", "p", None).unwrap_err();
-        assert_eq!(crate::error::exit_for(&e), crate::error::Exit::Config);
+        assert_eq!(
+            crate::base::exit::exit_for(&e),
+            crate::base::exit::Exit::Config
+        );
         assert!(e.to_string().contains("is corrupt"));
     }
 }

@@ -43,8 +43,8 @@ use self::cursor::{Cursor, Pending, Skipped};
 use self::listing::{Mode, ObjectInfo, Position};
 use self::reader::Msg;
 use super::{Lane, Page, PageResult, Paging, Parked, Record, Source};
+use crate::base::exit::config_error;
 use crate::config::{Config, S3Config, S3Credentials, S3OnBadFile};
-use crate::error::config_error;
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -145,7 +145,7 @@ impl S3Cursor {
         };
         // object_store maps 401/403 of object requests to these variants, but leaves a refused
         // listing `Generic`, with the status only in its message.
-        let text = crate::error::one_line(&anyhow!(format!("{e}")));
+        let text = crate::base::exit::one_line(&anyhow!(format!("{e}")));
         let refused = matches!(
             e,
             object_store::Error::PermissionDenied { .. }

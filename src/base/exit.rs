@@ -86,3 +86,8 @@ pub fn excerpt(text: &str) -> String {
         None => one_line,
     }
 }
+
+/// A run "succeeded" when it completed its pass: exit 0, or exit 3 (partial).
+pub fn succeeded(exit_code: u8) -> bool {
+    exit_code == Exit::Ok.code() || exit_code == Exit::Partial.code()
+}

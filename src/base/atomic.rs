@@ -48,7 +48,7 @@ pub fn lock_state_file(var: &str, path: &Path) -> anyhow::Result<File> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| {
-            crate::error::config_error(format!(
+            crate::base::exit::config_error(format!(
                 "invalid {var} {}: cannot create its lock file {} ({e})",
                 path.display(),
                 lock_path.display()
@@ -111,11 +111,17 @@ mod tests {
                 .contains("another run is using S3_CURSOR_FILE"),
             "{e}"
         );
-        assert_eq!(crate::error::exit_for(&e), crate::error::Exit::Failed);
+        assert_eq!(
+            crate::base::exit::exit_for(&e),
+            crate::base::exit::Exit::Failed
+        );
         drop(first);
         assert!(lock_state_file("S3_CURSOR_FILE", &path).is_ok());
         let e =
             lock_state_file("S3_CURSOR_FILE", &dir.path().join("no/such/dir/c.json")).unwrap_err();
-        assert_eq!(crate::error::exit_for(&e), crate::error::Exit::Config);
+        assert_eq!(
+            crate::base::exit::exit_for(&e),
+            crate::base::exit::Exit::Config
+        );
     }
 }

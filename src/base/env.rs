@@ -1,0 +1,251 @@
+//! Reading the environment: one snapshot taken at start, read through typed helpers whose errors
+//! name the variable and what it accepts (`invalid CHUNK_SIZE "lots": expected a positive whole
+//! number`). Each component reads its own variables here, in its own module.
+//!
+//! Variables are named by string literals at the call (`env.positive("CHUNK_SIZE")`): a test
+//! collects them from the source and checks them against `.env.example` and
+//! `docs/environment.md`, so the reference cannot drift from the code.
+
+use crate::base::exit::ConfigError;
+use crate::base::secret::{redact_url, Secret};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub type Result<T> = std::result::Result<T, ConfigError>;
+
+/// A snapshot of the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// The process environment. A value that is not UTF-8 is kept with replacement characters
+    /// (it then fails the variable's own validation, with its name).
+    pub fn from_process() -> Self {
+        Env {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| {
+                    Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
+                })
+                .collect(),
+        }
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// The value as set, untrimmed; `None` when unset.
+    pub fn raw(&self, var: &str) -> Option<&str> {
+        self.vars.get(var).map(String::as_str)
+    }
+
+    /// The value, trimmed; an unset or empty variable is "not given" (the original treated empty
+    /// as unset too).
+    pub fn get(&self, var: &str) -> Option<&str> {
+        self.raw(var).map(str::trim).filter(|s| !s.is_empty())
+    }
+
+    /// The value or `default`, as an owned string.
+    pub fn string_or(&self, var: &str, default: &str) -> String {
+        self.get(var).unwrap_or(default).to_string()
+    }
+
+    /// A secret: remembered so that no output can show it.
+    pub fn secret(&self, var: &str) -> Option<Secret> {
+        self.get(var).map(Secret::new)
+    }
+
+    pub fn path(&self, var: &str) -> Option<PathBuf> {
+        self.get(var).map(PathBuf::from)
+    }
+
+    /// A positive whole number.
+    pub fn positive(&self, var: &str) -> Result<Option<usize>> {
+        match self.get(var) {
+            None => Ok(None),
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(ConfigError(format!(
+                    "invalid {var} {s:?}: expected a positive whole number"
+                ))),
+            },
+        }
+    }
+
+    /// A whole number within `range`, or the error naming the variable and `expected`.
+    pub fn number<T>(
+        &self,
+        var: &str,
+        range: std::ops::RangeInclusive<T>,
+        expected: &str,
+    ) -> Result<Option<T>>
+    where
+        T: std::str::FromStr + PartialOrd,
+    {
+        match self.get(var) {
+            None => Ok(None),
+            Some(s) => match s.parse::<T>() {
+                Ok(n) if range.contains(&n) => Ok(Some(n)),
+                _ => Err(ConfigError(format!(
+                    "invalid {var} {s:?}: expected {expected}"
+                ))),
+            },
+        }
+    }
+
+    pub fn boolean(&self, var: &str) -> Result<Option<bool>> {
+        match self.get(var).map(|s| s.to_ascii_lowercase()) {
+            None => Ok(None),
+            // The original (django-environ) accepted these spellings of true.
+            Some(s) if ["true", "1", "yes", "y", "on", "ok"].contains(&s.as_str()) => {
+                Ok(Some(true))
+            }
+            Some(s) if ["false", "0", "no", "n", "off"].contains(&s.as_str()) => Ok(Some(false)),
+            Some(s) => Err(ConfigError(format!(
+                "invalid {var} {s:?}: expected true or false"
+            ))),
+        }
+    }
+
+    /// A duration: `90d`, `12h`, `5m`, `30s`, or a bare number of seconds.
+    pub fn duration(&self, var: &str) -> Result<Option<Duration>> {
+        match self.get(var) {
+            None => Ok(None),
+            Some(s) => duration(s).map(Some).ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid {var} {s:?}: expected a duration such as 90d, 12h, 5m or 30s"
+                ))
+            }),
+        }
+    }
+
+    /// One of `choices` (case-insensitive); the error lists them.
+    pub fn choice<T: Copy>(&self, var: &str, choices: &[(&str, T)]) -> Result<Option<T>> {
+        let Some(value) = self.get(var) else {
+            return Ok(None);
+        };
+        let lower = value.to_ascii_lowercase();
+        choices
+            .iter()
+            .find(|(name, _)| name.to_ascii_lowercase() == lower)
+            .map(|(_, v)| Some(*v))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "invalid {var} {value:?}: expected {}",
+                    one_of(choices.iter().map(|(n, _)| *n))
+                ))
+            })
+    }
+
+    /// An http(s) URL with a host and no credentials in it (those have variables of their own).
+    /// The error quotes the value with any password blanked.
+    pub fn http_url(&self, var: &str, expected: &str) -> Result<Option<url::Url>> {
+        match self.get(var) {
+            None => Ok(None),
+            Some(value) => http_url(var, value, expected).map(Some),
+        }
+    }
+}
+
+/// See [`Env::http_url`].
+pub fn http_url(var: &str, value: &str, expected: &str) -> Result<url::Url> {
+    url::Url::parse(value)
+        .ok()
+        .filter(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some_and(|h| !h.is_empty())
+                && u.username().is_empty()
+                && u.password().is_none()
+        })
+        .ok_or_else(|| {
+            let shown = redact_url(value);
+            let why = if shown != value {
+                " (credentials do not belong in the URL: use the variables for them)"
+            } else {
+                ""
+            };
+            ConfigError(format!("invalid {var} {shown:?}: expected {expected}{why}"))
+        })
+}
+
+/// `90d`, `12h`, `5m`, `30s`, or a bare number of seconds.
+pub fn duration(s: &str) -> Option<Duration> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(secs).map(Duration::from_secs)
+}
+
+/// `a, b or c`.
+pub fn one_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_helpers_name_the_variable() {
+        let env = Env::from_pairs([
+            ("N", "lots"),
+            ("B", "maybe"),
+            ("E", "  "),
+            ("U", "http://u:PW@h"),
+            ("C", "Json"),
+        ]);
+        assert_eq!(
+            env.positive("N").unwrap_err().0,
+            "invalid N \"lots\": expected a positive whole number"
+        );
+        assert_eq!(
+            env.boolean("B").unwrap_err().0,
+            "invalid B \"maybe\": expected true or false"
+        );
+        assert_eq!(env.get("E"), None);
+        assert_eq!(env.raw("E"), Some("  "));
+        let e = env.http_url("U", "an http(s) URL").unwrap_err().0;
+        assert!(!e.contains("PW") && e.contains("invalid U"), "{e}");
+        assert_eq!(
+            env.choice("C", &[("text", 1), ("json", 2)]).unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            env.choice("C", &[("a", 1), ("b", 2), ("c", 3)])
+                .unwrap_err()
+                .0,
+            "invalid C \"Json\": expected a, b or c"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("90d"), Some(Duration::from_secs(90 * 86400)));
+        assert_eq!(duration("15"), Some(Duration::from_secs(15)));
+        assert_eq!(duration("5w"), None);
+    }
+}

@@ -1,0 +1,14 @@
+//! Hashes that ids, file names and keys rely on.
+
+/// FNV-1a over the parts (with a separator): stable across builds and platforms, unlike std's
+/// hasher, which file names and keys rely on.
+pub fn fnv1a<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for part in parts {
+        for &b in part.iter().chain(std::iter::once(&0u8)) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}

@@ -1,0 +1,172 @@
+//! What a source is to the pipeline: pages of records, each page committed with what the sink
+//! acknowledged. Sources implement [`Source`]; the pipeline drives it.
+
+use crate::base::document::Record;
+use anyhow::Result;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// Which part of the queue a page is claimed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Records never tried before.
+    Fresh,
+    /// Records that failed before and have attempts left.
+    Retry,
+}
+
+/// What happened to each record of a page, by index into [`Page::records`].
+#[derive(Debug, Default)]
+pub struct PageResult {
+    /// Acknowledged by the sink (created, or already present under our id): mark them.
+    pub delivered: Vec<usize>,
+    /// Not deliverable (no timestamp, rejected by the sink): never mark, remember why.
+    pub failed: Vec<(usize, String)>,
+    /// Not for this run (ACCEPT_TOPICS, ACCEPT_ROUTING_KEYS): never mark; a source whose
+    /// position moves past records (a checkpoint) counts them as handled by this selection.
+    pub not_accepted: Vec<usize>,
+}
+
+/// A claimed page. Its records stay claimed (locked) until `commit` or drop; a dropped page
+/// (crash, sink outage) leaves every record unmarked for the next run.
+#[async_trait]
+pub trait Page: Send {
+    fn records(&self) -> &[Record];
+    /// True when the source had fewer records than asked for: the lane is empty for now, so the
+    /// pipeline stops without asking again. Sources that cannot tell say false and are asked
+    /// until they answer `None`.
+    fn exhausted(&self) -> bool {
+        false
+    }
+    /// Marks the delivered records and records the failures, atomically. Returns rows marked.
+    async fn commit(self: Box<Self>, result: PageResult) -> Result<u64>;
+    /// The name under which a sink that keeps files stores this page as one unit, if the
+    /// source's records come in named units (a CDP archive batch). `None`: the sink chooses.
+    fn file_name(&self) -> Option<String> {
+        None
+    }
+}
+
+/// How a source's pages relate to the pipeline's CHUNK_SIZE and BATCH_SIZE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paging {
+    /// A queue: pages of up to `limit` records until it runs dry (the page says so with
+    /// [`Page::exhausted`]); the pipeline stops taking pages at BATCH_SIZE.
+    Queue,
+    /// Records come in units acknowledged whole (CDP archive batches): a page ends where its
+    /// unit ends, so a short page is not the end (`None` is). The source applies BATCH_SIZE
+    /// itself at unit boundaries, since a unit cut short could never be marked.
+    Units,
+}
+
+/// What is left to send, for metrics and `status`: the numbers an alert wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Records still to send, not counting parked ones.
+    pub unsent: u64,
+    /// Ordering timestamp of the oldest of them; `None` when there are none.
+    pub oldest_unsent: Option<DateTime<Utc>>,
+}
+
+/// How a run ended, as a source keeps it (SQL sources: table `audit_transfer_runs`; CAST AI
+/// and S3: their state and cursor files).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    pub finished_at: DateTime<Utc>,
+    pub exit_code: u8,
+    pub selected: u64,
+    pub delivered: u64,
+    pub already_present: u64,
+    pub rejected: u64,
+    pub parked: u64,
+    pub marked: u64,
+    pub duration_ms: u64,
+}
+
+/// The runs `status` reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastRuns {
+    pub last: Option<RunRecord>,
+    pub last_success: Option<RunRecord>,
+}
+
+impl LastRuns {
+    /// Keeps `run` as the last one, and as the last success when it finished (exit 0 or 3).
+    pub fn record(&mut self, run: &RunRecord) {
+        self.last = Some(run.clone());
+        if crate::base::exit::succeeded(run.exit_code) {
+            self.last_success = Some(run.clone());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_none() && self.last_success.is_none()
+    }
+}
+
+/// A record that failed `MAX_ATTEMPTS` times and is no longer tried until `retry-failed`.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    pub key: String,
+    pub attempts: i64,
+    pub last_error: String,
+}
+
+#[async_trait]
+pub trait Source: Send {
+    /// Human name for logs, e.g. `single_column_json:audit_logs`.
+    fn name(&self) -> String;
+    /// Verifies the source is usable (tables, columns); a missing table is a config error.
+    async fn check(&mut self) -> Result<()>;
+    /// `check`, then creates our own state (migrations). Called before a run.
+    async fn prepare(&mut self) -> Result<()>;
+    /// Claims the next page of at most `limit` records from `lane`, after what this run has
+    /// already claimed. `None` when the lane is empty.
+    async fn claim<'a>(
+        &'a mut self,
+        lane: Lane,
+        limit: usize,
+    ) -> Result<Option<Box<dyn Page + 'a>>>;
+    /// Records parked after too many failed attempts.
+    async fn parked(&mut self) -> Result<Vec<Parked>>;
+    /// Makes parked records eligible again; returns how many.
+    async fn retry_failed(&mut self) -> Result<u64>;
+    /// Deletes sent records older than `cutoff`; never an unsent one. Returns how many.
+    async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64>;
+    fn paging(&self) -> Paging {
+        Paging::Queue
+    }
+    /// Whether several connections may claim pages from this source at once (SKIP LOCKED).
+    /// Sources with a state or cursor file, and SQLite (one writer), say no.
+    fn parallel_safe(&self) -> bool {
+        false
+    }
+    /// What is left to send. `None` where the source cannot know without fetching it (the
+    /// APIs); the SQL queue counts it.
+    async fn backlog(&mut self) -> Result<Option<Backlog>> {
+        Ok(None)
+    }
+    /// Records the end of a run in the source's own state, for `status`. Sources without a
+    /// state table keep nothing.
+    async fn record_run(&mut self, run: &RunRecord) -> Result<()> {
+        let _ = run;
+        Ok(())
+    }
+    /// The last run recorded by [`Source::record_run`] that ended with exit code 0 or 3 (it
+    /// finished), and the last run of any outcome. `None` where nothing is kept.
+    async fn last_runs(&mut self) -> Result<Option<LastRuns>> {
+        Ok(None)
+    }
+    /// What made the run partial besides records (files missing from a sequence), one line
+    /// each; asked after the run. Non-empty means exit 3.
+    fn incomplete(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// `run --dry-run`: reports what a run would take, moving and marking nothing.
+    async fn dry_run(&mut self) -> Result<()> {
+        Err(crate::base::exit::config_error(format!(
+            "--dry-run is not supported for {}: it lists CDP archive batches (AUDIT_LOGGER_TYPE=CDP_ARCHIVE)",
+            self.name()
+        )))
+    }
+}
