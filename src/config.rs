@@ -1715,7 +1715,6 @@ mod tests {
             ("AUDIT_TABLE_NAME", "my table"),
             ("AUDIT_TABLE_NAME", "a.b.c"),
             ("USER_TABLE_NAME", "users`"),
-            ("LOG_FORMAT", "xml"),
             ("DATABASE_URL", "oracle://x"),
         ] {
             let err = cfg(&[(var, val)]).unwrap_err().0;
