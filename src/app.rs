@@ -3,10 +3,10 @@
 use crate::base::env::Env;
 use crate::base::exit::{config_error, exit_for, one_line, Exit};
 use crate::cli::Command;
-use crate::config::Config;
 use crate::pipeline::{self, Summary};
+use crate::registry::Setup;
 use crate::sources::{RunRecord, Source};
-use crate::{logging, metrics, sinks, sources};
+use crate::{logging, metrics};
 use anyhow::Result;
 
 pub fn main(command: Command, dry_run: bool) -> Exit {
@@ -20,8 +20,8 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
         }
     };
     logging::init(&log);
-    let cfg = match Config::from_env(&raw) {
-        Ok(cfg) => cfg,
+    let setup = match Setup::from_env(&raw) {
+        Ok(setup) => setup,
         Err(e) => {
             tracing::error!("{e}");
             return Exit::Config;
@@ -31,7 +31,7 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
         tracing::error!("--dry-run applies to `run` only");
         return Exit::Config;
     }
-    for w in &cfg.warnings {
+    for w in &setup.run.warnings {
         tracing::warn!("{w}");
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -46,17 +46,17 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Run if dry_run => dry(&cfg).await,
-            Command::Run => run(&cfg).await,
-            Command::Monthly => monthly(&cfg).await,
-            Command::Check => check(&cfg).await,
-            Command::RetryFailed => retry_failed(&cfg).await,
+            Command::Run if dry_run => dry(&setup).await,
+            Command::Run => run(&setup).await,
+            Command::Monthly => monthly(&setup).await,
+            Command::Check => check(&setup).await,
+            Command::RetryFailed => retry_failed(&setup).await,
             Command::Status {
                 json,
                 max_age,
                 max_since_success,
-            } => status(&cfg, json, max_age, max_since_success).await,
-            Command::InitIndex => init_index(&cfg).await,
+            } => status(&setup, json, max_age, max_since_success).await,
+            Command::InitIndex => init_index(&setup).await,
             // Handled in main before any configuration is read.
             Command::Completions { .. } | Command::Man => Ok(Exit::Ok),
         }
@@ -70,24 +70,21 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
     }
 }
 
-fn sink_config(cfg: &Config) -> Result<crate::config::SinkConfig> {
-    cfg.sink.clone().map_err(|e| config_error(e.0))
-}
-
-async fn run(cfg: &Config) -> Result<Exit> {
+async fn run(setup: &Setup) -> Result<Exit> {
+    let cfg = &setup.run;
     if !cfg.enable_send {
         tracing::info!("sending is disabled (ENABLE_SEND_AUDIT_LOG=false); nothing to do");
         return Ok(Exit::Ok);
     }
     let mut workers = Vec::new();
     let mut summary = Summary::default();
-    let result = transfer(cfg, &mut workers, &mut summary).await;
+    let result = transfer(setup, &mut workers, &mut summary).await;
     let exit = match &result {
         Ok(exit) => *exit,
         Err(e) => exit_for(e),
     };
     finish(
-        cfg,
+        setup,
         workers.first_mut().map(|w| &mut w.source),
         &summary,
         exit,
@@ -98,22 +95,18 @@ async fn run(cfg: &Config) -> Result<Exit> {
 
 /// One pass; the workers are kept for [`finish`] even when the pass fails.
 async fn transfer(
-    cfg: &Config,
+    setup: &Setup,
     workers: &mut Vec<pipeline::Worker>,
     summary: &mut Summary,
 ) -> Result<Exit> {
-    let sink_cfg = sink_config(cfg)?;
-    let sink = sinks::build(&sink_cfg)?;
+    let cfg = &setup.run;
+    let sink = setup.sink()?;
     workers.push(pipeline::Worker {
-        source: sources::build(cfg).await?,
-        sink,
+        source: setup.source.connect(cfg).await?,
+        sink: sink.build()?,
     });
     workers[0].source.prepare().await?;
-    if let crate::config::SinkConfig::Elasticsearch(es) = &sink_cfg {
-        if es.create_index {
-            sinks::index::ensure(es).await?;
-        }
-    }
+    sink.prepare().await?;
     let concurrency = if workers[0].source.parallel_safe() {
         cfg.concurrency
     } else {
@@ -122,8 +115,8 @@ async fn transfer(
     for _ in 1..concurrency {
         // More connections claim pages side by side, exactly as overlapping runs would.
         workers.push(pipeline::Worker {
-            source: sources::build(cfg).await?,
-            sink: sinks::build(&sink_cfg)?,
+            source: setup.source.connect(cfg).await?,
+            sink: sink.build()?,
         });
     }
     tracing::info!(
@@ -159,7 +152,12 @@ async fn transfer(
 /// sources' table, the CAST AI and S3 files; a source records nothing before it has its
 /// state), and its numbers with the backlog go to METRICS_TEXTFILE / METRICS_PUSHGATEWAY_URL.
 /// Nothing here changes the exit code; failures are warnings.
-async fn finish(cfg: &Config, source: Option<&mut Box<dyn Source>>, summary: &Summary, exit: Exit) {
+async fn finish(
+    setup: &Setup,
+    source: Option<&mut Box<dyn Source>>,
+    summary: &Summary,
+    exit: Exit,
+) {
     let finished_at = chrono::Utc::now();
     let mut backlog = None;
     let mut previous_success = None;
@@ -182,7 +180,7 @@ async fn finish(cfg: &Config, source: Option<&mut Box<dyn Source>>, summary: &Su
                 tracing::warn!("cannot record the run: {}", one_line(&e));
             }
         }
-        let wants_metrics = cfg.metrics.textfile.is_some() || cfg.metrics.pushgateway.is_some();
+        let wants_metrics = setup.metrics.textfile.is_some() || setup.metrics.pushgateway.is_some();
         if wants_metrics && exit != Exit::Config {
             match source.backlog().await {
                 Ok(b) => backlog = b,
@@ -201,30 +199,31 @@ async fn finish(cfg: &Config, source: Option<&mut Box<dyn Source>>, summary: &Su
         );
     }
     let m = metrics::RunMetrics {
-        source: cfg.source_label(),
+        source: setup.source.label(),
         summary: summary.clone(),
         exit_code: exit.code(),
         finished_at,
         backlog,
         previous_success,
     };
-    metrics::report(&cfg.metrics, &m).await;
+    metrics::report(&setup.metrics, &m).await;
 }
 
 /// Lists what a run would take; needs no sink.
-async fn dry(cfg: &Config) -> Result<Exit> {
-    let mut source = sources::build(cfg).await?;
+async fn dry(setup: &Setup) -> Result<Exit> {
+    let mut source = setup.source.connect(&setup.run).await?;
     source.check().await?;
     source.dry_run().await?;
     Ok(Exit::Ok)
 }
 
-async fn monthly(cfg: &Config) -> Result<Exit> {
+async fn monthly(setup: &Setup) -> Result<Exit> {
+    let cfg = &setup.run;
     if !cfg.clear_entries {
         tracing::info!("CLEAR_AUDIT_LOG_ENTRIES=false; nothing deleted");
         return Ok(Exit::Ok);
     }
-    let mut source = sources::build(cfg).await?;
+    let mut source = setup.source.connect(cfg).await?;
     source.check().await?;
     let cutoff = chrono::Utc::now() - chrono::Duration::days(cfg.clear_days as i64);
     let deleted = source.purge(cutoff).await?;
@@ -238,18 +237,20 @@ async fn monthly(cfg: &Config) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-async fn check(cfg: &Config) -> Result<Exit> {
-    let mut source = sources::build(cfg).await?;
+async fn check(setup: &Setup) -> Result<Exit> {
+    // Every setting is valid before anything is touched: the sink's too.
+    let sink = setup.sink()?;
+    let mut source = setup.source.connect(&setup.run).await?;
     source.check().await?;
     tracing::info!(source = %source.name(), "source reachable");
-    let mut sink = sinks::build(&sink_config(cfg)?)?;
+    let mut sink = sink.build()?;
     sink.check().await?;
     tracing::info!(sink = %sink.name(), "configuration OK");
     Ok(Exit::Ok)
 }
 
-async fn retry_failed(cfg: &Config) -> Result<Exit> {
-    let mut source = sources::build(cfg).await?;
+async fn retry_failed(setup: &Setup) -> Result<Exit> {
+    let mut source = setup.source.connect(&setup.run).await?;
     source.prepare().await?;
     let n = source.retry_failed().await?;
     tracing::info!(source = %source.name(), records = n, "failed records are eligible again for the next run");
@@ -259,25 +260,19 @@ async fn retry_failed(cfg: &Config) -> Result<Exit> {
 /// `status`: what is left to send and how the last runs went, from the SQL source's tables or
 /// the CAST AI / S3 state file.
 async fn status(
-    cfg: &Config,
+    setup: &Setup,
     json: bool,
     max_age: Option<std::time::Duration>,
     max_since_success: Option<std::time::Duration>,
 ) -> Result<Exit> {
-    use crate::config::SourceKind;
-    if cfg.source == SourceKind::CdpArchive {
-        return Err(config_error(
-            "status reads what a source keeps between runs, and the CDP source keeps nothing (CDP holds the outstanding batches): use `run --dry-run` to list them, or METRICS_TEXTFILE / METRICS_PUSHGATEWAY_URL",
-        ));
+    let traits = setup.source.traits();
+    if let Some(why) = traits.no_status {
+        return Err(config_error(why));
     }
-    let mut source = sources::build(cfg).await?;
-    let sql = matches!(
-        cfg.source,
-        SourceKind::SingleColumnJson | SourceKind::DjangoAuditlog
-    );
+    let mut source = setup.source.connect(&setup.run).await?;
     // The SQL sources need their state tables; the others read their state or cursor file
     // as it is, without the lock a running job holds.
-    if sql {
+    if traits.sql {
         source.prepare().await?;
     }
     let backlog = source.backlog().await?;
@@ -311,14 +306,7 @@ async fn status(
 }
 
 /// `init-index`: creates the index with the audit mapping unless it exists.
-async fn init_index(cfg: &Config) -> Result<Exit> {
-    match sink_config(cfg)? {
-        crate::config::SinkConfig::Elasticsearch(es) => {
-            sinks::index::ensure(&es).await?;
-            Ok(Exit::Ok)
-        }
-        _ => Err(config_error(
-            "init-index needs the elasticsearch sink: set ELASTICSEARCH_HOST (SINK=elasticsearch)",
-        )),
-    }
+async fn init_index(setup: &Setup) -> Result<Exit> {
+    setup.sink()?.init_index().await?;
+    Ok(Exit::Ok)
 }

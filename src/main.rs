@@ -9,6 +9,7 @@ mod logging;
 mod metrics;
 mod pipeline;
 mod progress;
+mod registry;
 mod routing;
 mod sinks;
 mod sources;

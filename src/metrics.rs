@@ -7,14 +7,16 @@
 //! directory or a Pushgateway. A run "succeeded" when it completed its pass: exit 0, or exit 3
 //! where single records were rejected or are parked (those have their own numbers).
 
+use crate::base::env::Env;
+use crate::base::exit::ConfigError;
 use crate::base::source::Backlog;
-use crate::config::MetricsConfig;
 use crate::pipeline::Summary;
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use std::fmt::Write;
 use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const PREFIX: &str = "audit_transfer";
@@ -24,6 +26,57 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 const LAST_SUCCESS: &str = "audit_transfer_last_success_timestamp_seconds";
 
 pub use crate::base::exit::succeeded;
+
+/// Where a run reports its metrics (both may be set).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// METRICS_TEXTFILE: a `.prom` file for node-exporter's textfile collector.
+    pub textfile: Option<PathBuf>,
+    /// METRICS_PUSHGATEWAY_URL: base URL of a Prometheus Pushgateway.
+    pub pushgateway: Option<url::Url>,
+}
+
+impl MetricsConfig {
+    pub fn from_env(raw: &Env) -> Result<Self, ConfigError> {
+        let textfile = match raw.get("METRICS_TEXTFILE") {
+            None => None,
+            Some(p) => {
+                let path = PathBuf::from(p);
+                if path.file_name().is_none() || path.is_dir() || !p.ends_with(".prom") {
+                    return Err(ConfigError(format!(
+                        "invalid METRICS_TEXTFILE {p:?}: expected a file path ending in .prom (node-exporter reads only those)"
+                    )));
+                }
+                Some(path)
+            }
+        };
+        let pushgateway = match raw.get("METRICS_PUSHGATEWAY_URL") {
+            None => None,
+            Some(u) => Some(
+                url::Url::parse(u)
+                    .ok()
+                    .filter(|u| {
+                        matches!(u.scheme(), "http" | "https")
+                            && u.host_str().is_some()
+                            && u.username().is_empty()
+                            && u.password().is_none()
+                            && u.query().is_none()
+                    })
+                    .ok_or_else(|| {
+                        // The value is not echoed: it may hold credentials.
+                        ConfigError(
+                            "invalid METRICS_PUSHGATEWAY_URL: expected http(s)://host:port of a Pushgateway, without credentials or query"
+                                .to_string(),
+                        )
+                    })?,
+            ),
+        };
+        Ok(MetricsConfig {
+            textfile,
+            pushgateway,
+        })
+    }
+}
 
 /// Everything reported about one run.
 #[derive(Debug, Clone)]

@@ -13,7 +13,9 @@
 //! object means the record has none, which `ACCEPT_*` lists spell `_none` (so a topic that is
 //! literally `_none` cannot be told from none).
 
+use crate::base::env::Env;
 use crate::base::exit::ConfigError;
+use crate::base::source::SourceTraits;
 use crate::db::Dialect;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde_json::Value;
@@ -171,6 +173,68 @@ pub struct Routing {
     /// A sink places records by route (index template or routed layout), so every record needs
     /// its route even when nothing is filtered.
     pub sink_needs_route: bool,
+}
+
+/// Topic and key fields: ROUTING_*_FIELD, else the source's own (the event's source and type
+/// for the APIs; none for SQL tables, where only the application knows which field it is).
+impl Routing {
+    pub fn from_env(
+        env: &Env,
+        source: &SourceTraits,
+        sink_needs_route: bool,
+    ) -> Result<Self, ConfigError> {
+        let field = |var: &str, default: Option<&str>| {
+            env.get(var)
+                .or(default)
+                .map(|p| FieldPath::parse(var, p))
+                .transpose()
+        };
+        let accept = |var: &str| env.get(var).map(|a| Accept::parse(var, a)).transpose();
+        let routing = Routing {
+            topic_field: field("ROUTING_TOPIC_FIELD", source.topic_field)?,
+            key_field: field("ROUTING_KEY_FIELD", source.key_field)?,
+            accept_topics: accept("ACCEPT_TOPICS")?,
+            accept_keys: accept("ACCEPT_ROUTING_KEYS")?,
+            sink_needs_route,
+        };
+        if routing.sink_needs_route && source.undated {
+            return Err(ConfigError(
+                "S3_OUTPUT=original ships lines as they are, without @timestamp, so the index name template or OUTPUT_LAYOUT=routed has no date to place them by: use S3_OUTPUT=document".into(),
+            ));
+        }
+        for (var, list, field, field_var) in [
+            (
+                "ACCEPT_TOPICS",
+                &routing.accept_topics,
+                &routing.topic_field,
+                "ROUTING_TOPIC_FIELD",
+            ),
+            (
+                "ACCEPT_ROUTING_KEYS",
+                &routing.accept_keys,
+                &routing.key_field,
+                "ROUTING_KEY_FIELD",
+            ),
+        ] {
+            if list.is_none() {
+                continue;
+            }
+            if source.whole_units {
+                // A unit (CDP archive batch) is acknowledged whole: marking it would lose the
+                // records this run does not accept for every other run.
+                return Err(ConfigError(format!(
+                    "{var} cannot be used with AUDIT_LOGGER_TYPE=CDP_ARCHIVE: an archive batch is marked as a whole, so events this run skipped would be lost to other runs; route them with the index name template or OUTPUT_LAYOUT=routed instead"
+                )));
+            }
+            if field.is_none() {
+                return Err(ConfigError(format!(
+                    "{var} is set but {field_var} is not: name the message field that holds it, e.g. {field_var}=audit_event.{}",
+                    if var == "ACCEPT_TOPICS" { "topic" } else { "routing_key" }
+                )));
+            }
+        }
+        Ok(routing)
+    }
 }
 
 impl Routing {

@@ -9,7 +9,6 @@
 use crate::base::exit::ConfigError;
 use crate::base::secret::{redact_url, Secret};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub type Result<T> = std::result::Result<T, ConfigError>;
@@ -33,6 +32,7 @@ impl Env {
         }
     }
 
+    #[allow(dead_code)] // Until every component reads its settings here.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
@@ -55,18 +55,10 @@ impl Env {
         self.raw(var).map(str::trim).filter(|s| !s.is_empty())
     }
 
-    /// The value or `default`, as an owned string.
-    pub fn string_or(&self, var: &str, default: &str) -> String {
-        self.get(var).unwrap_or(default).to_string()
-    }
-
+    #[allow(dead_code)] // Until every component reads its settings here.
     /// A secret: remembered so that no output can show it.
     pub fn secret(&self, var: &str) -> Option<Secret> {
         self.get(var).map(Secret::new)
-    }
-
-    pub fn path(&self, var: &str) -> Option<PathBuf> {
-        self.get(var).map(PathBuf::from)
     }
 
     /// A positive whole number.
@@ -117,6 +109,7 @@ impl Env {
         }
     }
 
+    #[allow(dead_code)] // Until every component reads its settings here.
     /// A duration: `90d`, `12h`, `5m`, `30s`, or a bare number of seconds.
     pub fn duration(&self, var: &str) -> Result<Option<Duration>> {
         match self.get(var) {
@@ -147,6 +140,7 @@ impl Env {
             })
     }
 
+    #[allow(dead_code)] // Until every component reads its settings here.
     /// An http(s) URL with a host and no credentials in it (those have variables of their own).
     /// The error quotes the value with any password blanked.
     pub fn http_url(&self, var: &str, expected: &str) -> Result<Option<url::Url>> {

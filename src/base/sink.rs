@@ -31,3 +31,14 @@ pub trait Sink: Send {
         self.ship(docs).await
     }
 }
+
+/// What a kind of sink takes, known from its name before its settings are read, so a source
+/// can choose defaults that fit it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkTraits {
+    /// It stores JSON documents only (an index): lines as they were cannot go there.
+    pub json_only: bool,
+    /// It shows lines to a person or a pipe: a source that can ship its original lines does
+    /// so by default.
+    pub prefers_original: bool,
+}

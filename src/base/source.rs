@@ -170,3 +170,24 @@ pub trait Source: Send {
         )))
     }
 }
+
+/// What the rest of a run must know about a configured source before it connects: how routing
+/// defaults and sinks fit it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceTraits {
+    /// Default `ROUTING_TOPIC_FIELD` and `ROUTING_KEY_FIELD` (the API sources' event source and
+    /// type); `None` where records carry no such field by default.
+    pub topic_field: Option<&'static str>,
+    pub key_field: Option<&'static str>,
+    /// Records are acknowledged in whole units (CDP archive batches), so `ACCEPT_*` would lose
+    /// the records a run skips.
+    pub whole_units: bool,
+    /// Pages are named units a file sink can store as one file each (`Page::file_name`).
+    pub named_units: bool,
+    /// Documents carry no `@timestamp` (S3_OUTPUT=original): nothing can place them by date.
+    pub undated: bool,
+    /// Why `status` cannot report on this source (it keeps nothing between runs), if so.
+    pub no_status: Option<&'static str>,
+    /// SQL sources: `status` must prepare (create) their state tables first.
+    pub sql: bool,
+}

@@ -4,11 +4,12 @@
 //! at a time), and the three dialects differ only in a handful of spellings kept in [`Dialect`].
 
 pub mod queue;
+pub mod settings;
 
-use crate::config::{DatabaseConfig, DbKind, TableName};
 use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures_core::future::BoxFuture;
+pub use settings::{DatabaseConfig, DbKind, TableName};
 use sqlx::{any::AnyConnectOptions, AnyConnection};
 use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;

@@ -15,7 +15,7 @@
 use super::{Db, Dialect};
 use crate::base::document::Record;
 use crate::base::source::{Backlog, Lane, LastRuns, Page, PageResult, Parked, RunRecord, Source};
-use crate::config::TableName;
+use crate::db::TableName;
 use crate::routing::{Accept, FieldPath, Route, Routing};
 use anyhow::{Context, Result};
 use async_trait::async_trait;

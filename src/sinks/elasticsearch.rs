@@ -473,3 +473,41 @@ mod tests {
         assert_eq!(split_by_bytes(&all, &docs, 1).len(), 5);
     }
 }
+
+/// `SINK=elasticsearch` (or `opensearch`), implied by `ELASTICSEARCH_HOST`.
+pub const KIND: super::Kind = super::Kind {
+    name: "elasticsearch",
+    aliases: &["opensearch"],
+    implied_by: Some("ELASTICSEARCH_HOST"),
+    traits: super::SinkTraits {
+        json_only: true,
+        prefers_original: false,
+    },
+    configure: |env, _| {
+        Ok(Box::new(Configured(crate::config::elasticsearch_config(
+            env,
+        )?)))
+    },
+};
+
+#[derive(Debug)]
+struct Configured(ElasticsearchConfig);
+
+#[async_trait]
+impl super::Configured for Configured {
+    fn build(&self) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(ElasticsearchSink::new(&self.0)?))
+    }
+    fn needs_route(&self) -> bool {
+        self.0.index_template.is_some()
+    }
+    async fn prepare(&self) -> Result<()> {
+        if self.0.create_index {
+            super::index::ensure(&self.0).await?;
+        }
+        Ok(())
+    }
+    async fn init_index(&self) -> Result<()> {
+        super::index::ensure(&self.0).await.map(|_| ())
+    }
+}

@@ -13,13 +13,130 @@
 
 use super::{Outcome, Sink};
 use crate::base::document::Document;
-use crate::config::FileLayout;
+use crate::base::env::Env;
+use crate::base::exit::ConfigError;
+use crate::base::source::SourceTraits;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use flate2::write::GzEncoder;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+/// `SINK=file`: JSON-lines files under OUTPUT_PATH.
+pub const KIND: super::Kind = super::Kind {
+    name: "file",
+    aliases: &[],
+    implied_by: None,
+    traits: super::SinkTraits {
+        json_only: false,
+        prefers_original: false,
+    },
+    configure: |env, source| Ok(Box::new(Settings::from_env(env, source)?)),
+};
+
+/// `SINK=stdout`: JSON lines on standard output.
+pub const STDOUT: super::Kind = super::Kind {
+    name: "stdout",
+    aliases: &[],
+    implied_by: None,
+    traits: super::SinkTraits {
+        json_only: false,
+        prefers_original: true,
+    },
+    configure: |_, _| Ok(Box::new(Stdout)),
+};
+
+/// How the file sink names and groups its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileLayout {
+    /// One file per page, named after the page's document ids.
+    Pages,
+    /// One gzipped JSON-lines file per CDP archive batch, named as CDP's own archives:
+    /// `<accountId>_<YYYYMMDDTHHMM>Z_<archiveId>.json.gz`.
+    CdpArchive,
+    /// `topic/routing-key/YYYY/mm/dd/HH/` under OUTPUT_PATH, one file per page and directory.
+    Routed,
+}
+
+/// The file sink's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub gzip: bool,
+    /// OUTPUT_GZIP_LEVEL, 0..=9.
+    pub gzip_level: u32,
+    pub layout: FileLayout,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env, source: &SourceTraits) -> Result<Self, ConfigError> {
+        let gzip = env.boolean("OUTPUT_GZIP")?;
+        let layout = match env
+            .get("OUTPUT_LAYOUT")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("pages") => FileLayout::Pages,
+            Some("routed") => FileLayout::Routed,
+            Some("cdp-archive") if source.named_units => {
+                // CDP's archives are gzip by definition.
+                if gzip == Some(false) {
+                    return Err(ConfigError(
+                        "invalid OUTPUT_GZIP \"false\": OUTPUT_LAYOUT=cdp-archive always writes gzip (.json.gz); unset OUTPUT_GZIP".into(),
+                    ));
+                }
+                FileLayout::CdpArchive
+            }
+            Some("cdp-archive") => {
+                return Err(ConfigError(
+                    "invalid OUTPUT_LAYOUT \"cdp-archive\": it needs AUDIT_LOGGER_TYPE=CDP_ARCHIVE"
+                        .into(),
+                ))
+            }
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "invalid OUTPUT_LAYOUT {other:?}: expected pages, routed or cdp-archive"
+                )))
+            }
+        };
+        Ok(Settings {
+            dir: PathBuf::from(env.get("OUTPUT_PATH").unwrap_or("output")),
+            gzip: gzip.unwrap_or(false) || layout == FileLayout::CdpArchive,
+            gzip_level: env
+                .number("OUTPUT_GZIP_LEVEL", 0..=9, "0 (store) to 9 (smallest)")?
+                .unwrap_or(DEFAULT_GZIP_LEVEL),
+            layout,
+        })
+    }
+}
+
+#[async_trait]
+impl super::Configured for Settings {
+    fn build(&self) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(
+            FileSink::new(self.dir.clone(), self.gzip)
+                .with_level(self.gzip_level)
+                .with_layout(self.layout),
+        ))
+    }
+    fn needs_route(&self) -> bool {
+        self.layout == FileLayout::Routed
+    }
+    fn stores_units(&self) -> bool {
+        self.layout == FileLayout::CdpArchive
+    }
+}
+
+#[derive(Debug)]
+struct Stdout;
+
+#[async_trait]
+impl super::Configured for Stdout {
+    fn build(&self) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(StdoutSink))
+    }
+}
 
 pub struct FileSink {
     dir: PathBuf,

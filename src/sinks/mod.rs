@@ -1,33 +1,89 @@
 //! Sinks: where documents go. A sink answers, per document, whether it now holds it; only
 //! then does the pipeline let the source mark the record.
 //!
-//! To add a sink: one file here implementing [`Sink`], plus one line in [`build`].
+//! To add a sink: one file or folder here implementing [`Sink`] and [`Configured`], with a
+//! [`Kind`] that reads its settings, plus one line in [`KINDS`].
 
 pub mod elasticsearch;
 pub mod file;
 pub mod index;
 
-use crate::base::document::Document;
-use crate::config::SinkConfig;
+use crate::base::env::{one_of, Env};
+use crate::base::exit::ConfigError;
+use crate::base::source::SourceTraits;
 use anyhow::Result;
 use async_trait::async_trait;
 
-pub use crate::base::sink::{Outcome, Sink};
+pub use crate::base::sink::{Outcome, Sink, SinkTraits};
 
-/// The one place where sinks are registered.
-pub fn build(cfg: &SinkConfig) -> Result<Box<dyn Sink>> {
-    Ok(match cfg {
-        SinkConfig::Elasticsearch(es) => Box::new(elasticsearch::ElasticsearchSink::new(es)?),
-        SinkConfig::File {
-            dir,
-            gzip,
-            gzip_level,
-            layout,
-        } => Box::new(
-            file::FileSink::new(dir.clone(), *gzip)
-                .with_level(*gzip_level)
-                .with_layout(*layout),
-        ),
-        SinkConfig::Stdout => Box::new(file::StdoutSink),
+/// One kind of sink, as `SINK` names it.
+pub struct Kind {
+    pub name: &'static str,
+    /// Other names `SINK` accepts for it.
+    pub aliases: &'static [&'static str],
+    /// The kind chosen when `SINK` is unset and this variable is set (the original's
+    /// `ELASTICSEARCH_HOST`).
+    pub implied_by: Option<&'static str>,
+    pub traits: SinkTraits,
+    /// Reads the kind's own settings; `source` says what the configured source needs of it.
+    pub configure: fn(&Env, &SourceTraits) -> Configure,
+}
+
+/// What reading a sink's settings gives.
+pub type Configure = std::result::Result<Box<dyn Configured>, ConfigError>;
+
+/// A sink whose settings are read and valid, not yet connected.
+#[async_trait]
+pub trait Configured: Send + Sync + std::fmt::Debug {
+    /// One client per worker.
+    fn build(&self) -> Result<Box<dyn Sink>>;
+    /// Whether documents must carry their route (topic, key, date): the sink places them by it.
+    fn needs_route(&self) -> bool {
+        false
+    }
+    /// Whether each named unit of the source (a CDP archive batch) is stored as one file, so
+    /// the source must ship units whole.
+    fn stores_units(&self) -> bool {
+        false
+    }
+    /// Before a run's first page (Elasticsearch: create the index when asked to).
+    async fn prepare(&self) -> Result<()> {
+        Ok(())
+    }
+    /// `init-index`.
+    async fn init_index(&self) -> Result<()> {
+        Err(crate::base::exit::config_error(
+            "init-index needs the elasticsearch sink: set ELASTICSEARCH_HOST (SINK=elasticsearch)",
+        ))
+    }
+}
+
+/// The one place where sinks are registered: one line each.
+pub const KINDS: &[Kind] = &[elasticsearch::KIND, file::KIND, file::STDOUT];
+
+/// The kind of sink `SINK` names, or the one its variable implies.
+pub fn choose(env: &Env) -> std::result::Result<&'static Kind, ConfigError> {
+    Ok(match env.get("SINK") {
+        Some(name) => {
+            let lower = name.to_ascii_lowercase();
+            KINDS
+                .iter()
+                .find(|k| k.name == lower || k.aliases.contains(&lower.as_str()))
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "invalid SINK {name:?}: expected {}",
+                        one_of(KINDS.iter().map(|k| k.name))
+                    ))
+                })?
+        }
+        None => KINDS
+            .iter()
+            .find(|k| k.implied_by.is_some_and(|v| env.get(v).is_some()))
+            .ok_or_else(|| {
+                ConfigError(
+                    "no sink configured: set ELASTICSEARCH_HOST, or SINK=file (with OUTPUT_PATH) or SINK=stdout"
+                        .into(),
+                )
+            })?,
     })
 }

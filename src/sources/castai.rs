@@ -150,14 +150,10 @@ struct Fetched {
 }
 
 impl Castai {
-    pub fn new(cfg: &Config) -> Result<Self> {
-        let c = cfg
-            .castai
-            .clone()
-            .ok_or_else(|| anyhow!("CAST AI configuration missing"))?;
+    pub fn new(c: &CastaiConfig, cfg: &Config) -> Result<Self> {
         Ok(Castai {
-            api: Api::new(&c)?,
-            cfg: c,
+            api: Api::new(c)?,
+            cfg: c.clone(),
             batch_size: cfg.batch_size,
             max_attempts: cfg.max_attempts,
             state: None,
@@ -1074,5 +1070,31 @@ mod tests {
             .key
         );
         assert!(build(CastaiApiVersion::V2, &json!([1])).record.doc.is_err());
+    }
+}
+
+/// `AUDIT_LOGGER_TYPE=CASTAI`.
+pub const KIND: super::Kind = super::Kind {
+    name: "CASTAI",
+    configure: |env, _| Ok(Box::new(Configured(crate::config::castai_config(env)?))),
+};
+
+#[derive(Debug)]
+struct Configured(CastaiConfig);
+
+#[async_trait]
+impl super::Configured for Configured {
+    fn label(&self) -> String {
+        "castai".into()
+    }
+    fn traits(&self) -> crate::base::source::SourceTraits {
+        crate::base::source::SourceTraits {
+            topic_field: Some("topic"),
+            key_field: Some("labels.clusterId"),
+            ..Default::default()
+        }
+    }
+    async fn connect(&self, run: &Config) -> Result<Box<dyn Source>> {
+        Ok(Box::new(Castai::new(&self.0, run)?))
     }
 }

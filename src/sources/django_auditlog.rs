@@ -13,9 +13,13 @@
 //! has no `FOR UPDATE OF`, and a join there would lock the application's user rows too.
 
 use super::{Document, Record};
-use crate::config::{Config, DjangoConfig, OperationFormat, TableName};
+use crate::base::env::Env;
+use crate::base::exit::ConfigError;
+use crate::base::source::{Source, SourceTraits};
+use crate::config::Config;
 use crate::db::queue::{Queue, Schema};
 use crate::db::{bytes_at, parse_db_timestamp, Db, Dialect};
+use crate::db::{DatabaseConfig, TableName};
 use anyhow::Result;
 use async_trait::async_trait;
 use chrono::{DateTime, Timelike, Utc};
@@ -29,22 +33,89 @@ pub struct Layout {
     table: TableName,
 }
 
-/// The source: our SQL queue over django-auditlog's table.
-pub async fn connect(cfg: &Config) -> Result<Queue<Layout>> {
-    let db = Db::connect(cfg.database()?).await?;
-    let table = TableName {
-        schema: None,
-        name: "auditlog_logentry".into(),
-    };
-    Ok(Queue::new(
-        db,
-        Layout {
-            cfg: cfg.django.clone(),
-            table,
-        },
-        cfg.max_attempts,
-        &cfg.routing,
-    ))
+/// `AUDIT_LOGGER_TYPE=DJANGO_AUDITLOG`.
+pub const KIND: super::Kind = super::Kind {
+    name: "DJANGO_AUDITLOG",
+    configure: |env, _| Ok(Box::new(Settings::from_env(env)?)),
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperationFormat {
+    Words,
+    Numeric,
+}
+
+#[derive(Debug, Clone)]
+pub struct DjangoConfig {
+    pub user_table: TableName,
+    pub origin: String,
+    pub environment: String,
+    pub operation_format: OperationFormat,
+}
+
+/// The source's settings: the database and how entries become documents.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    database: DatabaseConfig,
+    django: DjangoConfig,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let django = DjangoConfig {
+            user_table: TableName::parse(
+                "USER_TABLE_NAME",
+                env.get("USER_TABLE_NAME").unwrap_or("auth_user"),
+            )?,
+            origin: env.raw("AUDIT_LOG_ORIGIN").unwrap_or_default().to_string(),
+            environment: env
+                .raw("AUDIT_LOG_ENVIRONMENT")
+                .unwrap_or_default()
+                .to_string(),
+            operation_format: env
+                .choice(
+                    "AUDITLOG_OPERATION_FORMAT",
+                    &[
+                        ("words", OperationFormat::Words),
+                        ("numeric", OperationFormat::Numeric),
+                    ],
+                )?
+                .unwrap_or(OperationFormat::Words),
+        };
+        Ok(Settings {
+            database: DatabaseConfig::from_env(env)?,
+            django,
+        })
+    }
+}
+
+#[async_trait]
+impl super::Configured for Settings {
+    fn label(&self) -> String {
+        "django_auditlog:auditlog_logentry".into()
+    }
+    fn traits(&self) -> SourceTraits {
+        SourceTraits {
+            sql: true,
+            ..SourceTraits::default()
+        }
+    }
+    async fn connect(&self, run: &Config) -> Result<Box<dyn Source>> {
+        let db = Db::connect(&self.database).await?;
+        let table = TableName {
+            schema: None,
+            name: "auditlog_logentry".into(),
+        };
+        Ok(Box::new(Queue::new(
+            db,
+            Layout {
+                cfg: self.django.clone(),
+                table,
+            },
+            run.max_attempts,
+            &run.routing,
+        )))
+    }
 }
 
 impl Layout {

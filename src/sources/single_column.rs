@@ -7,9 +7,13 @@
 //! reused after a table reset never collides with an older document.
 
 use super::Record;
-use crate::config::{Config, SingleColumnConfig, TableName};
+use crate::base::env::Env;
+use crate::base::exit::ConfigError;
+use crate::base::source::{Source, SourceTraits};
+use crate::config::Config;
 use crate::db::queue::{Queue, Schema};
 use crate::db::{bytes_at, parse_db_timestamp, Db, Dialect};
+use crate::db::{DatabaseConfig, TableName};
 use anyhow::Result;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -22,13 +26,78 @@ pub struct Layout {
     cfg: SingleColumnConfig,
 }
 
-/// The source: our SQL queue over this table layout.
-pub async fn connect(cfg: &Config) -> Result<Queue<Layout>> {
-    let db = Db::connect(cfg.database()?).await?;
-    let layout = Layout {
-        cfg: cfg.single_column.clone(),
-    };
-    Ok(Queue::new(db, layout, cfg.max_attempts, &cfg.routing))
+/// `AUDIT_LOGGER_TYPE=SINGLE_COLUMN_JSON` (the default).
+pub const KIND: super::Kind = super::Kind {
+    name: "SINGLE_COLUMN_JSON",
+    configure: |env, _| Ok(Box::new(Settings::from_env(env)?)),
+};
+
+#[derive(Debug, Clone)]
+pub struct SingleColumnConfig {
+    pub table: TableName,
+    pub date_time_field: String,
+    pub date_time_parent_field: String,
+}
+
+/// The source's settings: the database and the table.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    database: DatabaseConfig,
+    table: SingleColumnConfig,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let table = SingleColumnConfig {
+            table: TableName::parse(
+                "AUDIT_TABLE_NAME",
+                env.get("AUDIT_TABLE_NAME").unwrap_or("audit_logs"),
+            )?,
+            date_time_field: env
+                .raw("DATE_TIME_FIELD")
+                .unwrap_or("date_time")
+                .to_string(),
+            date_time_parent_field: env
+                .raw("DATE_TIME_PARENT_FIELD")
+                .unwrap_or("audit_event")
+                .to_string(),
+        };
+        if table.date_time_field.is_empty() {
+            return Err(ConfigError(
+                "invalid DATE_TIME_FIELD \"\": expected the name of the message's timestamp field"
+                    .into(),
+            ));
+        }
+        Ok(Settings {
+            database: DatabaseConfig::from_env(env)?,
+            table,
+        })
+    }
+}
+
+#[async_trait]
+impl super::Configured for Settings {
+    fn label(&self) -> String {
+        format!("single_column_json:{}", self.table.table.display())
+    }
+    fn traits(&self) -> SourceTraits {
+        SourceTraits {
+            sql: true,
+            ..SourceTraits::default()
+        }
+    }
+    async fn connect(&self, run: &Config) -> Result<Box<dyn Source>> {
+        let db = Db::connect(&self.database).await?;
+        let layout = Layout {
+            cfg: self.table.clone(),
+        };
+        Ok(Box::new(Queue::new(
+            db,
+            layout,
+            run.max_attempts,
+            &run.routing,
+        )))
+    }
 }
 
 #[async_trait]

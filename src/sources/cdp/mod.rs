@@ -18,7 +18,7 @@ pub mod signing;
 
 use self::client::{ArchiveBatch, Client};
 use super::{Document, Lane, Page, PageResult, Paging, Parked, Record, Source};
-use crate::config::{CdpConfig, Config, FileLayout, SinkConfig};
+use crate::config::{CdpConfig, Config};
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -50,22 +50,11 @@ struct Current {
 }
 
 impl CdpArchive {
-    pub fn new(cfg: &Config) -> Result<Self> {
-        let cdp = cfg
-            .cdp
-            .clone()
-            .context("AUDIT_LOGGER_TYPE=CDP_ARCHIVE without CDP settings")?;
-        let whole_batches = matches!(
-            cfg.sink,
-            Ok(SinkConfig::File {
-                layout: FileLayout::CdpArchive,
-                ..
-            })
-        );
+    pub fn new(cdp: &CdpConfig, cfg: &Config) -> Result<Self> {
         Ok(CdpArchive {
-            client: Client::new(&cdp)?,
-            cfg: cdp,
-            whole_batches,
+            client: Client::new(cdp)?,
+            cfg: cdp.clone(),
+            whole_batches: cfg.units_as_files,
             batch_size: cfg.batch_size,
             queue: None,
             current: None,
@@ -424,5 +413,39 @@ mod tests {
             .unwrap_err()
             .contains("no timestamp"));
         assert!(document(&json!([1])).is_err());
+    }
+}
+
+/// `AUDIT_LOGGER_TYPE=CDP_ARCHIVE`.
+pub const KIND: super::Kind = super::Kind {
+    name: "CDP_ARCHIVE",
+    configure: |env, _| {
+        Ok(Box::new(Configured(crate::config::cdp_config(
+            env,
+            Utc::now(),
+        )?)))
+    },
+};
+
+#[derive(Debug)]
+struct Configured(CdpConfig);
+
+#[async_trait]
+impl super::Configured for Configured {
+    fn label(&self) -> String {
+        "cdp_archive".into()
+    }
+    fn traits(&self) -> crate::base::source::SourceTraits {
+        crate::base::source::SourceTraits {
+            topic_field: Some("eventSource"),
+            key_field: Some("eventName"),
+            whole_units: true,
+            named_units: true,
+            no_status: Some("status reads what a source keeps between runs, and the CDP source keeps nothing (CDP holds the outstanding batches): use `run --dry-run` to list them, or METRICS_TEXTFILE / METRICS_PUSHGATEWAY_URL"),
+            ..Default::default()
+        }
+    }
+    async fn connect(&self, run: &Config) -> Result<Box<dyn Source>> {
+        Ok(Box::new(CdpArchive::new(&self.0, run)?))
     }
 }

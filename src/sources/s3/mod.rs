@@ -92,14 +92,10 @@ struct Current {
 }
 
 impl S3Cursor {
-    pub fn new(cfg: &Config) -> Result<Self> {
-        let s3 = cfg
-            .s3
-            .clone()
-            .context("AUDIT_LOGGER_TYPE=S3_CURSOR without S3 settings")?;
+    pub fn new(s3: &S3Config, cfg: &Config) -> Result<Self> {
         Ok(S3Cursor {
-            store: Arc::new(store(&s3)?),
-            cfg: s3,
+            store: Arc::new(store(s3)?),
+            cfg: s3.clone(),
             batch_size: cfg.batch_size,
             cursor: None,
             _lock: None,
@@ -681,5 +677,36 @@ impl Page for FilePage<'_> {
             src.finish_file()?;
         }
         Ok(result.delivered.len() as u64)
+    }
+}
+
+/// `AUDIT_LOGGER_TYPE=S3_CURSOR`.
+pub const KIND: super::Kind = super::Kind {
+    name: "S3_CURSOR",
+    configure: |env, sink| Ok(Box::new(Configured(crate::config::s3_config(env, sink)?))),
+};
+
+#[derive(Debug)]
+struct Configured(S3Config);
+
+#[async_trait]
+impl super::Configured for Configured {
+    fn label(&self) -> String {
+        if self.0.prefix.is_empty() {
+            format!("s3_cursor:{}", self.0.bucket)
+        } else {
+            format!("s3_cursor:{}/{}", self.0.bucket, self.0.prefix)
+        }
+    }
+    fn traits(&self) -> crate::base::source::SourceTraits {
+        crate::base::source::SourceTraits {
+            topic_field: Some("event_type"),
+            key_field: Some("event_sub_type"),
+            undated: self.0.output == crate::config::S3Output::Original,
+            ..Default::default()
+        }
+    }
+    async fn connect(&self, run: &Config) -> Result<Box<dyn Source>> {
+        Ok(Box::new(S3Cursor::new(&self.0, run)?))
     }
 }
