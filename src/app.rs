@@ -102,7 +102,7 @@ async fn transfer(
     let cfg = &setup.run;
     let sink = setup.sink()?;
     workers.push(pipeline::Worker {
-        source: setup.source.connect(cfg).await?,
+        source: setup.source()?.connect(cfg).await?,
         sink: sink.build()?,
     });
     workers[0].source.prepare().await?;
@@ -115,7 +115,7 @@ async fn transfer(
     for _ in 1..concurrency {
         // More connections claim pages side by side, exactly as overlapping runs would.
         workers.push(pipeline::Worker {
-            source: setup.source.connect(cfg).await?,
+            source: setup.source()?.connect(cfg).await?,
             sink: sink.build()?,
         });
     }
@@ -199,7 +199,7 @@ async fn finish(
         );
     }
     let m = metrics::RunMetrics {
-        source: setup.source.label(),
+        source: setup.source.as_ref().map(|s| s.label()).unwrap_or_default(),
         summary: summary.clone(),
         exit_code: exit.code(),
         finished_at,
@@ -211,7 +211,7 @@ async fn finish(
 
 /// Lists what a run would take; needs no sink.
 async fn dry(setup: &Setup) -> Result<Exit> {
-    let mut source = setup.source.connect(&setup.run).await?;
+    let mut source = setup.source()?.connect(&setup.run).await?;
     source.check().await?;
     source.dry_run().await?;
     Ok(Exit::Ok)
@@ -223,7 +223,7 @@ async fn monthly(setup: &Setup) -> Result<Exit> {
         tracing::info!("CLEAR_AUDIT_LOG_ENTRIES=false; nothing deleted");
         return Ok(Exit::Ok);
     }
-    let mut source = setup.source.connect(cfg).await?;
+    let mut source = setup.source()?.connect(cfg).await?;
     source.check().await?;
     let cutoff = chrono::Utc::now() - chrono::Duration::days(cfg.clear_days as i64);
     let deleted = source.purge(cutoff).await?;
@@ -240,7 +240,7 @@ async fn monthly(setup: &Setup) -> Result<Exit> {
 async fn check(setup: &Setup) -> Result<Exit> {
     // Every setting is valid before anything is touched: the sink's too.
     let sink = setup.sink()?;
-    let mut source = setup.source.connect(&setup.run).await?;
+    let mut source = setup.source()?.connect(&setup.run).await?;
     source.check().await?;
     tracing::info!(source = %source.name(), "source reachable");
     let mut sink = sink.build()?;
@@ -250,7 +250,7 @@ async fn check(setup: &Setup) -> Result<Exit> {
 }
 
 async fn retry_failed(setup: &Setup) -> Result<Exit> {
-    let mut source = setup.source.connect(&setup.run).await?;
+    let mut source = setup.source()?.connect(&setup.run).await?;
     source.prepare().await?;
     let n = source.retry_failed().await?;
     tracing::info!(source = %source.name(), records = n, "failed records are eligible again for the next run");
@@ -265,11 +265,11 @@ async fn status(
     max_age: Option<std::time::Duration>,
     max_since_success: Option<std::time::Duration>,
 ) -> Result<Exit> {
-    let traits = setup.source.traits();
+    let traits = setup.source()?.traits();
     if let Some(why) = traits.no_status {
         return Err(config_error(why));
     }
-    let mut source = setup.source.connect(&setup.run).await?;
+    let mut source = setup.source()?.connect(&setup.run).await?;
     // The SQL sources need their state tables; the others read their state or cursor file
     // as it is, without the lock a running job holds.
     if traits.sql {

@@ -5,6 +5,7 @@ mod base;
 mod cli;
 mod config;
 mod db;
+mod http;
 mod logging;
 mod metrics;
 mod pipeline;

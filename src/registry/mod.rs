@@ -13,8 +13,9 @@ use crate::{sinks, sources};
 #[derive(Debug)]
 pub struct Setup {
     pub run: Config,
-    pub source: Box<dyn sources::Configured>,
-    /// Sink errors are kept until a command needs a sink: `monthly` must work without one.
+    /// Source and sink errors are kept until a command needs them: `monthly` works without a
+    /// sink, `init-index` without a source.
+    pub source: Result<Box<dyn sources::Configured>, ConfigError>,
     pub sink: Result<Box<dyn sinks::Configured>, ConfigError>,
     pub metrics: MetricsConfig,
 }
@@ -24,8 +25,8 @@ impl Setup {
         let mut run = Config::from_env(env)?;
         let sink_kind = sinks::choose(env);
         let sink_traits = sink_kind.as_ref().map(|k| k.traits).unwrap_or_default();
-        let source = sources::configure(env, &sink_traits)?;
-        let source_traits = source.traits();
+        let source = sources::configure(env, &sink_traits);
+        let source_traits = source.as_ref().map(|s| s.traits()).unwrap_or_default();
         let sink = sink_kind.and_then(|k| (k.configure)(env, &source_traits));
         let needs_route = sink.as_ref().is_ok_and(|s| s.needs_route());
         run.routing = Routing::from_env(env, &source_traits, needs_route)?;
@@ -36,6 +37,14 @@ impl Setup {
             sink,
             metrics: MetricsConfig::from_env(env)?,
         })
+    }
+
+    /// The source, or the configuration error that keeps this command from having one.
+    pub fn source(&self) -> anyhow::Result<&dyn sources::Configured> {
+        match &self.source {
+            Ok(s) => Ok(s.as_ref()),
+            Err(e) => Err(config_error(e.0.clone())),
+        }
     }
 
     /// The sink, or the configuration error that keeps this command from having one.
