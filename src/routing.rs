@@ -183,18 +183,27 @@ impl Routing {
         source: &SourceTraits,
         sink_needs_route: bool,
     ) -> Result<Self, ConfigError> {
-        let field = |var: &str, default: Option<&str>| {
-            env.get(var)
+        let field = |var: &str, value: Option<&str>, default: Option<&str>| {
+            value
                 .or(default)
                 .map(|p| FieldPath::parse(var, p))
                 .transpose()
         };
-        let accept = |var: &str| env.get(var).map(|a| Accept::parse(var, a)).transpose();
+        let accept =
+            |var: &str, value: Option<&str>| value.map(|a| Accept::parse(var, a)).transpose();
         let routing = Routing {
-            topic_field: field("ROUTING_TOPIC_FIELD", source.topic_field)?,
-            key_field: field("ROUTING_KEY_FIELD", source.key_field)?,
-            accept_topics: accept("ACCEPT_TOPICS")?,
-            accept_keys: accept("ACCEPT_ROUTING_KEYS")?,
+            topic_field: field(
+                "ROUTING_TOPIC_FIELD",
+                env.get("ROUTING_TOPIC_FIELD"),
+                source.topic_field,
+            )?,
+            key_field: field(
+                "ROUTING_KEY_FIELD",
+                env.get("ROUTING_KEY_FIELD"),
+                source.key_field,
+            )?,
+            accept_topics: accept("ACCEPT_TOPICS", env.get("ACCEPT_TOPICS"))?,
+            accept_keys: accept("ACCEPT_ROUTING_KEYS", env.get("ACCEPT_ROUTING_KEYS"))?,
             sink_needs_route,
         };
         if routing.sink_needs_route && source.undated {
