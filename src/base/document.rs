@@ -49,3 +49,10 @@ pub struct Record {
     pub key: String,
     pub doc: std::result::Result<Document, String>,
 }
+
+/// The id of a SQL row's document: `<primary key>-<created_at in Unix microseconds>`. A key
+/// reused after a table reset, or the same key in another table, does not collide with an old
+/// document, so "already exists" really means "this row was delivered before".
+pub fn row_id(id: i64, created: DateTime<Utc>) -> String {
+    format!("{id}-{}", created.timestamp_micros())
+}

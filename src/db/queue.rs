@@ -968,13 +968,13 @@ impl<S: Schema> Source for Queue<S> {
     async fn purge(&mut self, cutoff: DateTime<Utc>) -> Result<u64> {
         Queue::purge(self, cutoff).await
     }
-    async fn backlog(&mut self) -> Result<Option<crate::sources::Backlog>> {
+    async fn backlog(&mut self) -> Result<Option<Backlog>> {
         Queue::backlog(self).await.map(Some)
     }
-    async fn record_run(&mut self, run: &crate::sources::RunRecord) -> Result<()> {
+    async fn record_run(&mut self, run: &RunRecord) -> Result<()> {
         Queue::record_run(self, run).await
     }
-    async fn last_runs(&mut self) -> Result<Option<crate::sources::LastRuns>> {
+    async fn last_runs(&mut self) -> Result<Option<LastRuns>> {
         Queue::last_runs(self).await.map(Some)
     }
 }

@@ -194,7 +194,7 @@ impl Layout {
             });
             let body = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
             Ok(Document::new(
-                crate::sources::single_column::document_id(id, when),
+                crate::base::document::row_id(id, when),
                 body,
             ))
         })())

@@ -16,7 +16,6 @@ use crate::db::{bytes_at, parse_db_timestamp, Db, Dialect};
 use crate::db::{DatabaseConfig, TableName};
 use anyhow::Result;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
@@ -171,13 +170,11 @@ impl Layout {
         )?;
         object.insert("@timestamp".into(), ts);
         let body = serde_json::to_vec(&object).map_err(|e| format!("cannot serialize: {e}"))?;
-        Ok(super::Document::new(document_id(id, created), body))
+        Ok(super::Document::new(
+            crate::base::document::row_id(id, created),
+            body,
+        ))
     }
-}
-
-/// `<id>-<microseconds since the epoch>` of `created_at`.
-pub fn document_id(id: i64, created: DateTime<Utc>) -> String {
-    format!("{id}-{}", created.timestamp_micros())
 }
 
 fn parse_message(bytes: &[u8]) -> Result<Map<String, Value>, String> {
