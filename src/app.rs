@@ -4,7 +4,7 @@ use crate::base::env::Env;
 use crate::base::exit::{config_error, exit_for, one_line, Exit};
 use crate::cli::Command;
 use crate::pipeline::{self, Summary};
-use crate::registry::Setup;
+use crate::registry::{Needs, Setup};
 use crate::sources::{RunRecord, Source};
 use crate::{logging, metrics};
 use anyhow::Result;
@@ -20,17 +20,42 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
         }
     };
     logging::init(&log);
-    let setup = match Setup::from_env(&raw) {
+    if dry_run && command != Command::Run {
+        tracing::error!("--dry-run applies to `run` only");
+        return Exit::Config;
+    }
+    let needs = match command {
+        Command::Run if dry_run => Needs {
+            source: true,
+            sink: false,
+            sends: false,
+        },
+        Command::Run => Needs {
+            sends: true,
+            ..Needs::BOTH
+        },
+        Command::Check => Needs::BOTH,
+        Command::Monthly | Command::RetryFailed | Command::Status { .. } => Needs {
+            sink: false,
+            ..Needs::BOTH
+        },
+        Command::InitIndex => Needs {
+            source: false,
+            ..Needs::BOTH
+        },
+        Command::Completions { .. } | Command::Man => Needs {
+            source: false,
+            sink: false,
+            sends: false,
+        },
+    };
+    let setup = match Setup::from_env(&raw, needs) {
         Ok(setup) => setup,
         Err(e) => {
             tracing::error!("{e}");
             return Exit::Config;
         }
     };
-    if dry_run && command != Command::Run {
-        tracing::error!("--dry-run applies to `run` only");
-        return Exit::Config;
-    }
     for w in &setup.run.warnings {
         tracing::warn!("{w}");
     }
@@ -199,7 +224,7 @@ async fn finish(
         );
     }
     let m = metrics::RunMetrics {
-        source: setup.source.as_ref().map(|s| s.label()).unwrap_or_default(),
+        source: setup.source().map(|s| s.label()).unwrap_or_default(),
         summary: summary.clone(),
         exit_code: exit.code(),
         finished_at,

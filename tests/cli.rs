@@ -156,14 +156,21 @@ async fn file_sink_gzip_and_stdout_sink() {
 fn check_validates_every_setting_before_connecting() {
     let dir = tempfile::tempdir().unwrap();
     let run = Env::new()
-        .set("DATABASE_URL", &format!("sqlite:///{}/missing.db", dir.path().display()))
+        .set(
+            "DATABASE_URL",
+            &format!("sqlite:///{}/missing.db", dir.path().display()),
+        )
         .set("ELASTICSEARCH_HOST", "es.example")
         .set("ELASTICSEARCH_PORT", "http")
         .run(&["check"]);
     run.expect(2);
     assert!(run.stderr.contains("ELASTICSEARCH_PORT"), "{}", run.stderr);
     assert!(!run.stderr.contains("source reachable"), "{}", run.stderr);
-    assert!(!run.stderr.contains("missing.db"), "the database was touched: {}", run.stderr);
+    assert!(
+        !run.stderr.contains("missing.db"),
+        "the database was touched: {}",
+        run.stderr
+    );
 }
 
 /// RUST_LOG is honoured (the convention operators expect); DEBUG stays for compatibility; a bad
@@ -177,10 +184,22 @@ fn rust_log_sets_the_level() {
         .set("ENABLE_SEND_AUDIT_LOG", "false");
     let info = "sending is disabled";
     assert!(base.run(&["run"]).expect(0).stderr.contains(info));
-    assert!(!base.clone().set("RUST_LOG", "warn").run(&["run"]).expect(0).stderr.contains(info));
-    let debug = base.clone().set("RUST_LOG", "audit_transfer=debug").run(&["run"]);
+    assert!(!base
+        .clone()
+        .set("RUST_LOG", "warn")
+        .run(&["run"])
+        .expect(0)
+        .stderr
+        .contains(info));
+    let debug = base
+        .clone()
+        .set("RUST_LOG", "audit_transfer=debug")
+        .run(&["run"]);
     assert!(debug.expect(0).stderr.contains(info));
-    let bad = base.clone().set("RUST_LOG", "audit_transfer=loud").run(&["run"]);
+    let bad = base
+        .clone()
+        .set("RUST_LOG", "audit_transfer=loud")
+        .run(&["run"]);
     bad.expect(2);
     assert!(bad.stderr.contains("invalid RUST_LOG"), "{}", bad.stderr);
 }

@@ -4,33 +4,70 @@
 //! command touches a database, a file or the network.
 
 use crate::base::env::Env;
-use crate::base::exit::{config_error, ConfigError};
+use crate::base::exit::ConfigError;
 use crate::config::Config;
 use crate::metrics::MetricsConfig;
 use crate::routing::Routing;
 use crate::{sinks, sources};
 
+/// Which components a command uses: only those are configured, so `monthly` works without a
+/// sink and `init-index` without a source, while every setting a command uses is checked
+/// before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    pub source: bool,
+    pub sink: bool,
+    /// The `run` command: with ENABLE_SEND_AUDIT_LOG=false it needs nothing.
+    pub sends: bool,
+}
+
+impl Needs {
+    pub const BOTH: Needs = Needs {
+        source: true,
+        sink: true,
+        sends: false,
+    };
+}
+
 #[derive(Debug)]
 pub struct Setup {
     pub run: Config,
-    /// Source and sink errors are kept until a command needs them: `monthly` works without a
-    /// sink, `init-index` without a source.
-    pub source: Result<Box<dyn sources::Configured>, ConfigError>,
-    pub sink: Result<Box<dyn sinks::Configured>, ConfigError>,
+    source: Option<Box<dyn sources::Configured>>,
+    sink: Option<Box<dyn sinks::Configured>>,
     pub metrics: MetricsConfig,
 }
 
 impl Setup {
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+    pub fn from_env(env: &Env, needs: Needs) -> Result<Self, ConfigError> {
         let mut run = Config::from_env(env)?;
-        let sink_kind = sinks::choose(env);
-        let sink_traits = sink_kind.as_ref().map(|k| k.traits).unwrap_or_default();
-        let source = sources::configure(env, &sink_traits);
+        let needs = if needs.sends && !run.enable_send {
+            Needs {
+                source: false,
+                sink: false,
+                sends: true,
+            }
+        } else {
+            needs
+        };
+        // The kind of sink is known before the source is configured (its defaults may depend
+        // on it); a command without a sink takes the defaults.
+        let sink_kind = match needs.sink {
+            true => Some(sinks::choose(env)?),
+            false => None,
+        };
+        let sink_traits = sink_kind.map(|k| k.traits).unwrap_or_default();
+        let source = match needs.source {
+            true => Some(sources::configure(env, &sink_traits)?),
+            false => None,
+        };
         let source_traits = source.as_ref().map(|s| s.traits()).unwrap_or_default();
-        let sink = sink_kind.and_then(|k| (k.configure)(env, &source_traits));
-        let needs_route = sink.as_ref().is_ok_and(|s| s.needs_route());
+        let sink = match sink_kind {
+            Some(k) => Some((k.configure)(env, &source_traits)?),
+            None => None,
+        };
+        let needs_route = sink.as_ref().is_some_and(|s| s.needs_route());
         run.routing = Routing::from_env(env, &source_traits, needs_route)?;
-        run.units_as_files = sink.as_ref().is_ok_and(|s| s.stores_units());
+        run.units_as_files = sink.as_ref().is_some_and(|s| s.stores_units());
         Ok(Setup {
             run,
             source,
@@ -39,20 +76,18 @@ impl Setup {
         })
     }
 
-    /// The source, or the configuration error that keeps this command from having one.
+    /// The source; only commands that declared they need one ask.
     pub fn source(&self) -> anyhow::Result<&dyn sources::Configured> {
-        match &self.source {
-            Ok(s) => Ok(s.as_ref()),
-            Err(e) => Err(config_error(e.0.clone())),
-        }
+        self.source
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("internal: this command was set up without a source"))
     }
 
-    /// The sink, or the configuration error that keeps this command from having one.
+    /// The sink; only commands that declared they need one ask.
     pub fn sink(&self) -> anyhow::Result<&dyn sinks::Configured> {
-        match &self.sink {
-            Ok(s) => Ok(s.as_ref()),
-            Err(e) => Err(config_error(e.0.clone())),
-        }
+        self.sink
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("internal: this command was set up without a sink"))
     }
 }
 

@@ -193,10 +193,7 @@ impl Layout {
                 }
             });
             let body = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
-            Ok(Document::new(
-                crate::base::document::row_id(id, when),
-                body,
-            ))
+            Ok(Document::new(crate::base::document::row_id(id, when), body))
         })())
     }
 }
