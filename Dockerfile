@@ -6,6 +6,8 @@ ARG GIT_REV=
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+# Cargo.toml declares the benchmark target; cargo refuses a manifest whose target file is missing.
+COPY benches ./benches
 RUN AUDIT_TRANSFER_GIT_REV="$GIT_REV" cargo build --release --locked && strip target/release/audit-transfer
 
 FROM gcr.io/distroless/cc-debian12:nonroot
