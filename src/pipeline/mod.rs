@@ -305,3 +305,6 @@ async fn transfer(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
