@@ -2,6 +2,7 @@
 //! image builds without .git: docker build --build-arg GIT_REV=$(git rev-parse --short HEAD)),
 //! else `git rev-parse --short HEAD`, else "unknown".
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {
@@ -11,6 +12,38 @@ fn git(args: &[&str]) -> Option<String> {
     }
     let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
     (!text.is_empty()).then_some(text)
+}
+
+/// `$GIT_DIR/<name>` as git resolves it: in a worktree HEAD is the worktree's own, refs and
+/// packed-refs are the shared ones. Absolute, since git answers relative to the current dir.
+fn git_path(name: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(git(&["rev-parse", "--git-path", name])?);
+    Some(if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir().ok()?.join(p)
+    })
+}
+
+/// The files that change when HEAD moves to another commit. Cargo counts a watched path that
+/// does not exist as changed on every build (and then recompiles the crate), so only existing
+/// paths are named.
+fn head_watch() -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = ["HEAD", "packed-refs", "reftable"]
+        .into_iter()
+        .filter_map(git_path)
+        .collect();
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]).and_then(|b| git_path(&b)) {
+        // A branch held only in packed-refs (after `git gc`) is written loose by its next
+        // commit, which touches nothing else watched here; its directory sees the new file.
+        let watched = branch
+            .ancestors()
+            .find(|p| p.exists())
+            .map(Path::to_path_buf);
+        paths.extend(watched);
+    }
+    paths.retain(|p| p.exists());
+    paths
 }
 
 fn main() {
@@ -23,16 +56,8 @@ fn main() {
     }
     let rev = match git(&["rev-parse", "--short", "HEAD"]) {
         Some(rev) => {
-            // Rebuild when HEAD moves: HEAD itself, the branch it points to, packed refs.
-            for path in ["HEAD", "packed-refs"] {
-                if let Some(p) = git(&["rev-parse", "--git-path", path]) {
-                    println!("cargo:rerun-if-changed={p}");
-                }
-            }
-            if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                if let Some(p) = git(&["rev-parse", "--git-path", &branch]) {
-                    println!("cargo:rerun-if-changed={p}");
-                }
+            for path in head_watch() {
+                println!("cargo:rerun-if-changed={}", path.display());
             }
             rev
         }

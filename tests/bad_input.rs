@@ -1,6 +1,7 @@
 //! Bad input: a corpus of messages no sink should receive as they are, and garbage in every
 //! numeric variable. Each gets a clear error naming the row or variable, and nothing is lost.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -63,6 +64,7 @@ fn corpus() -> Vec<(String, Option<&'static str>)> {
 }
 
 async fn corpus_is_reported_and_kept(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let db = TestDb::new(b).await;
     // A text column, as some applications have: it can hold anything.
     db.exec(&match b {

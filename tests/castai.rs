@@ -1,6 +1,7 @@
 //! The CAST AI source against the fake CAST AI API (tests/common/fakes/castai.rs), into
 //! osmem-server: paging, crashes, window boundaries, rate limits, bad keys and bad items.
 
+#[macro_use]
 mod common;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -96,6 +97,7 @@ fn state_check_point(state: &Value) -> DateTime<Utc> {
 
 #[test]
 fn v1_pages_through_the_window_and_the_next_run_only_takes_new_events() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let events = c.v1_events("ev", 25, c.start + chrono::Duration::minutes(30), 7);
     let started = Utc::now();
@@ -161,6 +163,7 @@ fn v1_pages_through_the_window_and_the_next_run_only_takes_new_events() {
 
 #[test]
 fn v2_with_cluster_filter() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let first = c.start + chrono::Duration::minutes(10);
     let wanted: Vec<Event> = (0..12)
@@ -222,6 +225,7 @@ fn v2_with_cluster_filter() {
 
 #[test]
 fn killed_between_pages_then_rerun_delivers_each_event_once() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let events = c.v1_events("k", 30, c.start + chrono::Duration::minutes(5), 3);
     c.fake.hold_page(2);
@@ -267,6 +271,7 @@ fn killed_between_pages_then_rerun_delivers_each_event_once() {
 
 #[test]
 fn sink_down_mid_window_then_rerun_without_duplicates() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let events = c.v1_events("s", 20, c.start + chrono::Duration::minutes(5), 3);
     // Page 1 reaches osmem; page 2 goes to a closed port (a sink outage after retries).
@@ -298,6 +303,7 @@ fn closed_port() -> u16 {
 
 #[test]
 fn event_on_a_window_boundary_is_delivered_once() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let boundary = c.start + chrono::Duration::hours(1);
     let mut events = c.v1_events("a", 4, c.start + chrono::Duration::minutes(10), 60);
@@ -342,6 +348,7 @@ fn event_on_a_window_boundary_is_delivered_once() {
 
 #[test]
 fn rate_limited_then_success() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let events = c.v1_events("r", 15, c.start + chrono::Duration::minutes(1), 1);
     c.fake.fail_429(3);
@@ -370,6 +377,7 @@ fn rate_limited_then_success() {
 
 #[test]
 fn wrong_key_is_a_config_error_naming_castai_api_key() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     c.v1_events("u", 3, c.start + chrono::Duration::minutes(1), 1);
     c.env().run(&["run"]).expect(0);
@@ -400,6 +408,7 @@ fn wrong_key_is_a_config_error_naming_castai_api_key() {
 
 #[test]
 fn item_with_unparseable_time_is_reported_kept_and_parked() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let first = c.start + chrono::Duration::minutes(1);
     let mut events = c.v1_events("t", 4, first, 10);
@@ -455,6 +464,7 @@ fn item_with_unparseable_time_is_reported_kept_and_parked() {
 
 #[test]
 fn corrupt_state_file_stops_the_run() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     c.v1_events("c", 3, c.start + chrono::Duration::minutes(1), 1);
     let path = c.state_file();
@@ -478,6 +488,7 @@ fn corrupt_state_file_stops_the_run() {
 
 #[test]
 fn missing_settings_are_config_errors() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let run = c.env().set("CASTAI_API_KEY", "").run(&["run"]);
     run.expect(2);
@@ -501,6 +512,7 @@ fn missing_settings_are_config_errors() {
 
 #[test]
 fn killed_after_shipping_before_saving_reships_only_that_page() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let events = c.v1_events("f", 30, c.start + chrono::Duration::minutes(5), 3);
     // Stop the run right after the sink acknowledged page 2, before the state is saved.
@@ -544,6 +556,7 @@ fn killed_after_shipping_before_saving_reships_only_that_page() {
 /// state file, and a state file of one selection is refused to another.
 #[test]
 fn accept_topics_and_an_index_per_topic_and_cluster() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let first = c.start + chrono::Duration::minutes(30);
     c.v1_events("del", 5, first, 7);
@@ -611,6 +624,7 @@ fn accept_topics_and_an_index_per_topic_and_cluster() {
 /// them arrive within a few runs.
 #[test]
 fn a_second_full_of_other_topics_does_not_hold_the_checkpoint() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let at = c.start + chrono::Duration::minutes(30);
     c.v1_events("other", 12, at, 0);
@@ -645,6 +659,7 @@ fn a_second_full_of_other_topics_does_not_hold_the_checkpoint() {
 /// the backlog is unknown, and a failed last run or an old last success is unhealthy.
 #[test]
 fn status_reads_the_state_file() {
+    skip_unless!(Need::Osmem);
     let c = Case::new();
     let status = |env: &Env, args: &[&str]| -> (i32, Value) {
         let mut all = vec!["status", "--json"];

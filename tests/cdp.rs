@@ -1,6 +1,7 @@
 //! The CDP archive source end to end: the binary as a process against the fake CDP server
 //! (`common::fakes::cdp`), shipping into osmem-server or files.
 
+#[macro_use]
 mod common;
 
 use common::fakes::cdp::{ed25519_key, event, rsa_key, Auth, FakeCdp, KeyPair};
@@ -51,6 +52,7 @@ fn yesterday_ms() -> i64 {
 
 #[test]
 fn full_run_over_several_batches_and_pages() {
+    skip_unless!(Need::Osmem);
     let (fake, key) = fake();
     let mut all = Vec::new();
     for (i, n) in [5, 7, 3].into_iter().enumerate() {
@@ -113,6 +115,7 @@ fn full_run_over_several_batches_and_pages() {
 
 #[test]
 fn sink_rejection_mid_batch_leaves_only_that_batch_outstanding() {
+    skip_unless!(Need::Osmem);
     let (fake, key) = fake();
     let b1 = fake.add_batch(T0, fake.events(3, T0));
     let mut middle = fake.events(4, T0 + HOUR);
@@ -158,6 +161,7 @@ fn sink_rejection_mid_batch_leaves_only_that_batch_outstanding() {
 
 #[test]
 fn crash_before_marking_redelivers_without_duplicates() {
+    skip_unless!(Need::Osmem);
     let (fake, key) = fake();
     let mut all = fake.events(4, T0);
     let b1 = fake.add_batch(T0, all.clone());
@@ -201,6 +205,7 @@ fn crash_before_marking_redelivers_without_duplicates() {
 
 #[test]
 fn refused_credentials_fail_clearly_and_mark_nothing() {
+    skip_unless!(Need::Osmem);
     let (fake, key) = fake();
     fake.add_batch(T0, fake.events(2, T0));
     let index = unique("cdp");
@@ -438,6 +443,7 @@ fn a_failed_or_endless_task_fails_the_run() {
 
 #[test]
 fn batch_size_is_applied_between_batches() {
+    skip_unless!(Need::Osmem);
     let (fake, key) = fake();
     for i in 0..3 {
         fake.add_batch(T0 + i * HOUR, fake.events(4, T0 + i * HOUR));

@@ -13,8 +13,7 @@ const LOG: &str = "auditlog_logentry";
 
 /// Runs the Django seed script; returns what each written entry's document must say, by id.
 fn seed(db: &TestDb, args: &[&str]) -> BTreeMap<String, Value> {
-    let python = std::env::var("TEST_PYTHON")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
+    let python = python();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/localtest/django_project/seed.py"
@@ -70,6 +69,7 @@ async fn additional_data(db: &TestDb, id: &str) -> Option<Value> {
 }
 
 async fn documents_match_what_django_wrote(b: Backend) {
+    skip_unless!(b, Need::Osmem, Need::Python("django"));
     let db = TestDb::new(b).await;
     let expected = seed(&db, &["mixed"]);
     assert_eq!(expected.len(), 5);
@@ -125,6 +125,7 @@ async fn documents_match_what_django_wrote(b: Backend) {
 }
 
 async fn numeric_operations_for_existing_indexes(b: Backend) {
+    skip_unless!(b, Need::Osmem, Need::Python("django"));
     let db = TestDb::new(b).await;
     let expected = seed(&db, &["mixed"]);
     let index = unique("dj");
@@ -142,6 +143,7 @@ async fn numeric_operations_for_existing_indexes(b: Backend) {
 }
 
 async fn chunk_and_limit(b: Backend) {
+    skip_unless!(b, Need::Osmem, Need::Python("django"));
     let db = TestDb::new(b).await;
     seed(&db, &["bulk", "3"]);
     let index = unique("dj");
@@ -159,6 +161,7 @@ async fn chunk_and_limit(b: Backend) {
 }
 
 async fn monthly_keeps_unsent_entries_of_any_age(b: Backend) {
+    skip_unless!(b, Need::Osmem, Need::Python("django"));
     let db = TestDb::new(b).await;
     seed(&db, &["mixed"]);
     let old = match b {
@@ -187,6 +190,7 @@ async fn monthly_keeps_unsent_entries_of_any_age(b: Backend) {
 }
 
 async fn overlapping_runs_ship_each_entry_once(b: Backend) {
+    skip_unless!(b, Need::Osmem, Need::Python("django"));
     let db = TestDb::new(b).await;
     seed(&db, &["bulk", "40"]);
     let index = unique("dj");
@@ -208,6 +212,7 @@ async fn overlapping_runs_ship_each_entry_once(b: Backend) {
 /// takes only the topics it accepts, marks them keeping their other keys, and leaves the rest
 /// exactly as they were.
 async fn accept_topics_from_additional_data(b: Backend) {
+    skip_unless!(b, Need::Osmem, Need::Python("django"));
     let db = TestDb::new(b).await;
     let entries = seed(&db, &["bulk", "6"]);
     db.exec(&format!(
@@ -241,6 +246,7 @@ async fn accept_topics_from_additional_data(b: Backend) {
 }
 
 async fn bad_user_table_and_bad_rows(b: Backend) {
+    skip_unless!(b, Need::Osmem, Need::Python("django"));
     let db = TestDb::new(b).await;
     seed(&db, &["bulk", "3"]);
     let index = unique("dj");

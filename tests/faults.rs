@@ -2,6 +2,7 @@
 //! many runs at once, a dropped database connection. Each case ends with the same proof: every
 //! row is in the index exactly once and marked, and no row is marked that is not in the index.
 
+#[macro_use]
 mod common;
 
 use common::proxy::{Fault, Proxy};
@@ -76,6 +77,7 @@ async fn assert_exactly_once(db: &TestDb, index: &str, rows: usize) {
 }
 
 async fn sink_down_for_the_whole_run(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index, proxy) = setup(b, 20).await;
     proxy.push(Fault::Status(503), 1000);
     let run = Env::es_via(&db, &index, &proxy)
@@ -99,6 +101,7 @@ async fn sink_down_for_the_whole_run(b: Backend) {
 }
 
 async fn sink_down_for_a_while_then_back(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index, proxy) = setup(b, 30).await;
     proxy.push(Fault::Status(503), 2);
     proxy.push(Fault::Status(429), 1);
@@ -112,6 +115,7 @@ async fn sink_down_for_a_while_then_back(b: Backend) {
 }
 
 async fn only_failed_items_are_retried(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index, proxy) = setup(b, 10).await;
     proxy.push(
         Fault::Items {
@@ -154,6 +158,7 @@ async fn only_failed_items_are_retried(b: Backend) {
 }
 
 async fn rejected_items_are_parked_the_rest_delivered(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index, proxy) = setup(b, 12).await;
     let ids: Vec<String> = osmem_ids_for(&db, &[3, 8]).await;
     proxy.reject_ids(ids.clone());
@@ -197,6 +202,7 @@ async fn osmem_ids_for(db: &TestDb, pks: &[i64]) -> Vec<String> {
 }
 
 async fn credentials_refused(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index, proxy) = setup(b, 5).await;
     proxy.push(Fault::Status(401), 10);
     let run = Env::es_via(&db, &index, &proxy)
@@ -231,6 +237,7 @@ async fn credentials_refused(b: Backend) {
 
 /// The bulk request reached the index, but the answer never reached us: the retry gets 409s.
 async fn indexed_but_never_answered(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index, proxy) = setup(b, 15).await;
     proxy.push(Fault::ResetAfter, 1);
     proxy.push(Fault::Delay(Duration::from_millis(6500)), 1);
@@ -309,6 +316,7 @@ async fn crash_at(b: Backend, rows: usize, point: &str, nth: u32) {
 }
 
 async fn crash_matrix(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let rows = 5000;
     for (point, nth) in [
         ("before_claim", 1),
@@ -327,6 +335,7 @@ async fn crash_matrix(b: Backend) {
 
 /// Eight runs at once over 20,000 rows: every bulk item forwarded exactly once.
 async fn eight_runs_at_once(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let rows = 20_000;
     let (db, index, proxy) = setup(b, rows).await;
     let env = Env::es_via(&db, &index, &proxy)
@@ -362,6 +371,7 @@ async fn eight_runs_at_once(b: Backend) {
 /// The database connection dies between ship and mark: clear error, nothing marked that was not
 /// delivered, and the next run completes.
 async fn database_connection_dropped(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index, proxy) = setup(b, 300).await;
     let dir = tempfile::tempdir().unwrap();
     // One worker: one job connection to break.
@@ -464,6 +474,7 @@ backend_tests!(
 /// gzip-compressed; the proxy decodes them and osmem-server holds every row exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_request_bodies_with_item_retries() {
+    skip_unless!(Need::Postgres, Need::Osmem);
     let (db, index, proxy) = setup(Backend::Postgres, 1200).await;
     proxy.push(
         Fault::Items {

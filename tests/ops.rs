@@ -2,6 +2,7 @@
 //! a local receiver), `status`, `init-index`, completions, man page, version, and no progress
 //! bar in non-interactive runs.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -15,13 +16,6 @@ const T: &str = "audit_logs";
 type Families = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
 /// One request the Pushgateway stand-in received: method, path, content type, body.
 type Push = (String, String, String, String);
-
-/// The Python with `prometheus_client` (localtest/requirements.txt): TEST_PYTHON, else the
-/// project's .venv.
-fn python() -> String {
-    std::env::var("TEST_PYTHON")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
-}
 
 /// Parses exposition text with prometheus_client's own parser; returns
 /// `metric name -> [(labels, value)]` (the parser drops nothing it accepts, and raises on
@@ -85,6 +79,7 @@ async fn queue(b: Backend) -> TestDb {
 }
 
 async fn textfile_metrics_parse_and_count(b: Backend) {
+    skip_unless!(b, Need::Python("prometheus_client"));
     let db = queue(b).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit-transfer.prom");
@@ -228,6 +223,7 @@ fn receiver() -> (String, Received) {
 
 #[tokio::test]
 async fn pushgateway_receives_the_run() {
+    skip_unless!(Need::Python("prometheus_client"));
     let db = queue(Backend::Sqlite).await;
     let (url, got) = receiver();
     let out = tempfile::tempdir().unwrap();
@@ -284,6 +280,7 @@ async fn pushgateway_receives_the_run() {
 }
 
 async fn status_reports_backlog_parked_and_runs(b: Backend) {
+    skip_unless!(b);
     let db = queue(b).await;
     let out = tempfile::tempdir().unwrap();
     let env = Env::new()
@@ -371,6 +368,7 @@ fn status_is_refused_for_cdp_which_keeps_nothing() {
 
 #[tokio::test]
 async fn init_index_creates_the_mapping_once() {
+    skip_unless!(Need::Osmem);
     let index = unique("idx");
     let env = Env::osmem(&index);
     env.run(&["init-index"]).expect(0);
@@ -407,6 +405,7 @@ async fn init_index_creates_the_mapping_once() {
 
 #[tokio::test]
 async fn create_index_at_run_start() {
+    skip_unless!(Need::Osmem);
     let db = queue(Backend::Sqlite).await;
     let index = unique("idx");
     let run = Env::es(&db, &index)

@@ -37,6 +37,7 @@ async fn failed_rows(db: &TestDb) -> i64 {
 }
 
 async fn accept_lists_split_the_queue_between_runs(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let db = TestDb::new(b).await;
     db.create_audit_table(T).await;
     let messages = vec![
@@ -170,6 +171,7 @@ async fn accept_lists_split_the_queue_between_runs(b: Backend) {
 /// Two runs for different topics at the same time never claim each other's rows, so neither
 /// passes over rows the other holds: each ships exactly its own in one run.
 async fn runs_for_different_topics_at_once(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let db = TestDb::new(b).await;
     db.create_audit_table(T).await;
     let n = 2000;
@@ -285,6 +287,7 @@ backend_tests!(
 /// whole statement on them: such a row has no topic, and the queue keeps moving.
 #[tokio::test]
 async fn postgres_json_column_with_escapes_text_cannot_hold() {
+    skip_unless!(Need::Postgres, Need::Osmem);
     let db = TestDb::new(Backend::Postgres).await;
     db.exec(&format!(
         "CREATE TABLE {T} (id BIGSERIAL PRIMARY KEY, is_sent BOOLEAN NOT NULL DEFAULT false, \
@@ -331,6 +334,7 @@ async fn postgres_json_column_with_escapes_text_cannot_hold() {
 
 #[tokio::test]
 async fn init_index_creates_an_index_template_for_a_name_template() {
+    skip_unless!(Need::Osmem);
     let db = TestDb::new(Backend::Sqlite).await;
     db.create_audit_table(T).await;
     db.insert_messages(T, &[routed(0, Some(json!("generic")), None)])
@@ -368,6 +372,7 @@ async fn init_index_creates_an_index_template_for_a_name_template() {
 
 #[tokio::test]
 async fn routing_settings_are_checked() {
+    skip_unless!(Need::Postgres, Need::Osmem);
     let db = TestDb::new(Backend::Postgres).await;
     // A text message column on PostgreSQL: routing would need a cast that can fail a page.
     db.exec(&format!(

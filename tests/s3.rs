@@ -3,6 +3,7 @@
 //! during a file, passwords, corrupt files and the attempt limit, gaps, malformed lines, wrong
 //! credentials, and the vendor's stdout export.
 
+#[macro_use]
 mod common;
 
 use common::s3::moto;
@@ -141,6 +142,7 @@ fn delivered_files(run: &Run) -> Vec<String> {
 
 #[test]
 fn zip_gzip_and_plain_files_in_json_and_cef_go_in_index_order() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     // Index order is numeric: 9 before 10, whatever the extension.
     c.put("exp-8.zip", zip_of(&cef_lines(1, 3), None));
@@ -190,6 +192,7 @@ fn zip_gzip_and_plain_files_in_json_and_cef_go_in_index_order() {
 
 #[test]
 fn a_second_run_ships_only_the_new_files() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     c.put(&cato(1), zip_of(&cef_lines(1, 3), None));
     c.put(&cato(2), zip_of(&cef_lines(2, 3), None));
@@ -221,6 +224,7 @@ fn a_second_run_ships_only_the_new_files() {
 
 #[test]
 fn batch_size_stops_at_a_file_boundary() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     for i in 1..=3 {
         c.put(&cato(i), zip_of(&cef_lines(i, 4), None));
@@ -241,6 +245,7 @@ fn batch_size_stops_at_a_file_boundary() {
 
 #[test]
 fn killed_during_a_file_then_rerun_creates_no_duplicates() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     c.put(&cato(1), zip_of(&cef_lines(1, 12), None));
     c.put(&cato(2), zip_of(&cef_lines(2, 3), None));
@@ -293,6 +298,7 @@ fn killed_during_a_file_then_rerun_creates_no_duplicates() {
 
 #[test]
 fn password_protected_zip() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     let secret = "zip-pa55word-Secret";
     c.put(&cato(1), zip_of(&cef_lines(1, 3), Some(secret)));
@@ -340,6 +346,7 @@ fn corrupt_zip() -> Vec<u8> {
 
 #[test]
 fn a_corrupt_zip_stops_the_sequence_after_the_attempt_limit() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     c.put(&cato(1), zip_of(&cef_lines(1, 2), None));
     c.put(&cato(2), corrupt_zip());
@@ -393,6 +400,7 @@ fn a_corrupt_zip_stops_the_sequence_after_the_attempt_limit() {
 
 #[test]
 fn a_corrupt_zip_is_skipped_after_the_attempt_limit_with_skip() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     c.put(&cato(1), zip_of(&cef_lines(1, 2), None));
     c.put(&cato(2), corrupt_zip());
@@ -436,6 +444,7 @@ fn a_corrupt_zip_is_skipped_after_the_attempt_limit_with_skip() {
 
 #[test]
 fn a_gap_in_the_sequence_is_reported_with_exit_3_unless_accepted() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     c.put(&cato(1), zip_of(&cef_lines(1, 1), None));
     c.put(&cato(2), zip_of(&cef_lines(2, 1), None));
@@ -468,6 +477,7 @@ fn a_gap_in_the_sequence_is_reported_with_exit_3_unless_accepted() {
 
 #[test]
 fn a_malformed_cef_line_is_reported_with_file_and_line() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     let mut lines = cef_lines(1, 3);
     lines[1] = "CEF:0|Cato Networks|broken header".into();
@@ -498,6 +508,7 @@ fn a_malformed_cef_line_is_reported_with_file_and_line() {
 
 #[test]
 fn wrong_credentials_name_the_variables_and_leave_the_cursor() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     c.put(&cato(1), zip_of(&cef_lines(1, 1), None));
     c.env().run(&["run"]).expect(0);
@@ -546,6 +557,7 @@ fn wrong_credentials_name_the_variables_and_leave_the_cursor() {
 
 #[test]
 fn stdout_writes_the_lines_as_the_vendor_script_did() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     let first = cef_lines(1, 3);
     let second = json_lines(2, 2);
@@ -579,6 +591,7 @@ fn stdout_writes_the_lines_as_the_vendor_script_did() {
 
 #[test]
 fn key_order_for_names_without_numbers_and_a_deleted_cursor_starts_over() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
     let c = Case::new();
     c.put("b-events.log", text(&json_lines(1, 1)));
     c.put("a-events.log", text(&json_lines(2, 1)));

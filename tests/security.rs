@@ -1,6 +1,7 @@
 //! Nobody let in, nothing leaked: TLS to the sink is verified by default, database TLS works,
 //! and no secret reaches the output of a failing run at any log level.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -85,8 +86,7 @@ impl Drop for TlsFront {
 }
 
 fn tls_front(cert: &str, key: &str) -> TlsFront {
-    let python = std::env::var("TEST_PYTHON")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
+    let python = python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/localtest/tls_proxy.py");
     let mut child = Command::new(python)
         .args([script, cert, key, &osmem().url])
@@ -105,6 +105,7 @@ fn tls_front(cert: &str, key: &str) -> TlsFront {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_certificates_are_verified_unless_told_otherwise() {
+    skip_unless!(Need::Osmem, Need::Python("ssl"));
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = private_ca(dir.path());
     let front = tls_front(&cert, &key);
@@ -160,6 +161,7 @@ async fn sink_certificates_are_verified_unless_told_otherwise() {
 /// The local PostgreSQL has TLS enabled (Debian's default snakeoil certificate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_tls_against_postgres() {
+    skip_unless!(Need::Postgres);
     let db = TestDb::new(Backend::Postgres).await;
     assert_eq!(
         db.scalar(
@@ -196,6 +198,7 @@ async fn database_tls_against_postgres() {
 /// Failing runs at debug level: no password, API key, private key or token in the output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_stay_out_of_failing_runs_at_debug_level() {
+    skip_unless!(Need::Postgres);
     let db = TestDb::new(Backend::Postgres).await;
     db.create_audit_table("audit_logs").await;
     db.insert_messages("audit_logs", &[message(1)]).await;

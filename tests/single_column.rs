@@ -19,6 +19,7 @@ async fn setup(backend: Backend, rows: usize) -> (TestDb, String) {
 }
 
 async fn three_rows_are_delivered_and_marked(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 3).await;
     let run = Env::es(&db, &index).run(&["run"]);
     run.expect(0);
@@ -48,6 +49,7 @@ async fn three_rows_are_delivered_and_marked(b: Backend) {
 }
 
 async fn custom_date_time_fields(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let db = TestDb::new(b).await;
     db.create_audit_table(T).await;
     db.insert_messages(
@@ -67,6 +69,7 @@ async fn custom_date_time_fields(b: Backend) {
 }
 
 async fn timestamp_at_the_root(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let db = TestDb::new(b).await;
     db.create_audit_table(T).await;
     db.insert_messages(
@@ -86,6 +89,7 @@ async fn timestamp_at_the_root(b: Backend) {
 }
 
 async fn chunk_size_two_over_three_rows_reads_twice(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 3).await;
     let run = Env::es(&db, &index).set("CHUNK_SIZE", "2").run(&[]);
     run.expect(0);
@@ -94,6 +98,7 @@ async fn chunk_size_two_over_three_rows_reads_twice(b: Backend) {
 }
 
 async fn batch_limit_two_of_three(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 3).await;
     // BATCH_LIMIT is the variable the original's code actually read.
     let run = Env::es(&db, &index).set("BATCH_LIMIT", "2").run(&[]);
@@ -109,6 +114,7 @@ async fn batch_limit_two_of_three(b: Backend) {
 }
 
 async fn monthly_deletes_only_old_sent_rows(b: Backend) {
+    skip_unless!(b);
     let db = TestDb::new(b).await;
     db.create_audit_table(T).await;
     let now = chrono::Utc::now().fixed_offset();
@@ -149,6 +155,7 @@ async fn monthly_deletes_only_old_sent_rows(b: Backend) {
 
 /// The original's test: two overlapping runs over 2 × 20 new rows end with exactly 40 documents.
 async fn two_overlapping_runs(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 40).await;
     let env = Env::es(&db, &index).set("CHUNK_SIZE", "5");
     let children: Vec<_> = (0..2).map(|_| env.spawn(&["run"])).collect();
@@ -171,6 +178,7 @@ async fn two_overlapping_runs(b: Backend) {
 
 /// Four runs started at once over 2,000 rows: each row shipped by exactly one run.
 async fn four_concurrent_runs_ship_each_row_once(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 2000).await;
     let env = Env::es(&db, &index).set("CHUNK_SIZE", "50");
     let children: Vec<_> = (0..4).map(|_| env.spawn(&["run"])).collect();
@@ -191,6 +199,7 @@ async fn four_concurrent_runs_ship_each_row_once(b: Backend) {
 
 /// SIGKILL mid-run, then re-run: every row delivered exactly once, every row marked.
 async fn killed_run_is_completed_by_the_next(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 2000).await;
     let env = Env::es(&db, &index).set("CHUNK_SIZE", "20");
     let mut child = env.spawn(&["run"]);
@@ -215,6 +224,7 @@ async fn killed_run_is_completed_by_the_next(b: Backend) {
 
 /// Rows that can never be delivered, ahead of good ones, more of them than BATCH_SIZE.
 async fn poison_rows_do_not_stall_the_queue(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let db = TestDb::new(b).await;
     db.create_audit_table(T).await;
     let mut messages: Vec<Value> = (0..7)
@@ -264,6 +274,7 @@ async fn poison_rows_do_not_stall_the_queue(b: Backend) {
 
 /// A row the sink rejects (400) is kept unmarked with the reason; the rest are delivered.
 async fn sink_rejections_are_recorded_not_marked(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let db = TestDb::new(b).await;
     db.create_audit_table(T).await;
     let mut messages: Vec<Value> = (0..3)
@@ -294,6 +305,7 @@ async fn sink_rejections_are_recorded_not_marked(b: Backend) {
 }
 
 async fn both_host_port_forms_work(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 2).await;
     let port = osmem().port().to_string();
     Env::es(&db, &index)
@@ -312,6 +324,7 @@ async fn both_host_port_forms_work(b: Backend) {
 }
 
 async fn config_and_connection_errors(b: Backend) {
+    skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 1).await;
     let bad = Env::es(&db, &index).set("CHUNK_SIZE", "lots").run(&[]);
     bad.expect(2);

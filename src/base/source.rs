@@ -45,6 +45,11 @@ pub trait Page: Send {
     fn file_name(&self) -> Option<String> {
         None
     }
+    /// With [`Paging::Units`]: whether this page holds the last records of its unit, so the
+    /// pipeline may stop after it. A source without units: every page ends one.
+    fn ends_unit(&self) -> bool {
+        true
+    }
 }
 
 /// How a source's pages relate to the pipeline's CHUNK_SIZE and BATCH_SIZE.
@@ -53,9 +58,11 @@ pub enum Paging {
     /// A queue: pages of up to `limit` records until it runs dry (the page says so with
     /// [`Page::exhausted`]); the pipeline stops taking pages at BATCH_SIZE.
     Queue,
-    /// Records come in units acknowledged whole (CDP archive batches): a page ends where its
-    /// unit ends, so a short page is not the end (`None` is). The source applies BATCH_SIZE
-    /// itself at unit boundaries, since a unit cut short could never be marked.
+    /// Records come in units acknowledged whole (CDP archive batches, S3 files): a page ends
+    /// where its unit ends, so a short page is not the end (`None` is). The pipeline applies
+    /// BATCH_SIZE at unit boundaries ([`Page::ends_unit`]): a started unit is finished, since a
+    /// unit cut short could never be marked, and no new one is started once BATCH_SIZE
+    /// records were taken.
     Units,
 }
 

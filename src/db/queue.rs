@@ -892,28 +892,8 @@ impl<S: Schema> Page for SqlPage<'_, S> {
             }
         }
         for chunk in result.failed.chunks(200) {
-            let mut values = Vec::with_capacity(chunk.len());
-            for (k, (i, _)) in chunk.iter().enumerate() {
-                values.push(format!(
-                    "({}, {}, 1, {})",
-                    d.ph(2 * k + 1),
-                    ids[*i],
-                    d.ph(2 * k + 2)
-                ));
-            }
-            let upsert = match d {
-                Dialect::MySql => "ON DUPLICATE KEY UPDATE attempts = attempts + 1, \
-                     last_error = VALUES(last_error), last_failed_at = CURRENT_TIMESTAMP(6)"
-                    .to_string(),
-                _ => format!(
-                    "ON CONFLICT (source, row_id) DO UPDATE SET attempts = {FAILED}.attempts + 1, \
-                     last_error = excluded.last_error, last_failed_at = CURRENT_TIMESTAMP"
-                ),
-            };
-            let sql = format!(
-                "INSERT INTO {FAILED} (source, row_id, attempts, last_error) VALUES {} {upsert}",
-                values.join(", ")
-            );
+            let row_ids: Vec<i64> = chunk.iter().map(|(i, _)| ids[*i]).collect();
+            let sql = record_failures_sql(d, &row_ids);
             let mut q = sqlx::query(&sql);
             for (_, reason) in chunk {
                 q = q.bind(key.clone()).bind(truncate(reason, MAX_REASON));
@@ -924,6 +904,29 @@ impl<S: Schema> Page for SqlPage<'_, S> {
         tx.commit().await.context("committing the page")?;
         Ok(marked)
     }
+}
+
+/// Records a failure of each of `row_ids`: a new row starts at one attempt, a known one counts
+/// one more. Binds per row, in order: source key, reason.
+fn record_failures_sql(d: Dialect, row_ids: &[i64]) -> String {
+    let values: Vec<String> = row_ids
+        .iter()
+        .enumerate()
+        .map(|(k, id)| format!("({}, {id}, 1, {})", d.ph(2 * k + 1), d.ph(2 * k + 2)))
+        .collect();
+    let upsert = match d {
+        Dialect::MySql => "ON DUPLICATE KEY UPDATE attempts = attempts + 1, \
+             last_error = VALUES(last_error), last_failed_at = CURRENT_TIMESTAMP(6)"
+            .to_string(),
+        _ => format!(
+            "ON CONFLICT (source, row_id) DO UPDATE SET attempts = {FAILED}.attempts + 1, \
+             last_error = excluded.last_error, last_failed_at = CURRENT_TIMESTAMP"
+        ),
+    };
+    format!(
+        "INSERT INTO {FAILED} (source, row_id, attempts, last_error) VALUES {} {upsert}",
+        values.join(", ")
+    )
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -976,5 +979,206 @@ impl<S: Schema> Source for Queue<S> {
     }
     async fn last_runs(&mut self) -> Result<Option<LastRuns>> {
         Queue::last_runs(self).await.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table laid out as the single-column source's, for the SQL text alone.
+    struct Audit(TableName);
+
+    #[async_trait]
+    impl Schema for Audit {
+        fn source_key(&self) -> String {
+            "test:audit_logs".into()
+        }
+        fn table(&self) -> &TableName {
+            &self.0
+        }
+        fn ts_column(&self) -> &'static str {
+            "created_at"
+        }
+        fn unsent(&self, _d: Dialect) -> String {
+            "is_sent = false".into()
+        }
+        fn sent(&self, _d: Dialect) -> String {
+            "is_sent = true".into()
+        }
+        fn mark_set(&self, _d: Dialect) -> String {
+            "is_sent = true".into()
+        }
+        fn columns(&self, d: Dialect) -> Vec<String> {
+            vec![d.as_bytes("t.message")]
+        }
+        fn describe(&self) -> String {
+            "audit_logs".into()
+        }
+        fn route_column(&self) -> &'static str {
+            "message"
+        }
+        async fn records(
+            &self,
+            _conn: &mut AnyConnection,
+            _d: Dialect,
+            _rows: Vec<AnyRow>,
+        ) -> Result<Vec<Record>> {
+            unreachable!("no rows without a database")
+        }
+    }
+
+    const DIALECTS: [Dialect; 3] = [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite];
+
+    fn audit() -> Audit {
+        Audit(TableName {
+            schema: None,
+            name: "audit_logs".into(),
+        })
+    }
+
+    /// ACCEPT_TOPICS=a,b,_none and ACCEPT_ROUTING_KEYS=k: three bound values.
+    fn accepting(d: Dialect) -> RouteSql {
+        RouteSql {
+            columns: None,
+            accept: vec![
+                (
+                    "topic_expr".into(),
+                    Accept::parse("ACCEPT_TOPICS", "a,b,_none").unwrap(),
+                ),
+                (
+                    "key_expr".into(),
+                    Accept::parse("ACCEPT_ROUTING_KEYS", "k").unwrap(),
+                ),
+            ],
+            binary: d == Dialect::MySql,
+        }
+    }
+
+    /// The placeholders of `sql` in order of appearance, as the numbers PostgreSQL's carry, or
+    /// as 1, 2, … for `?`.
+    fn placeholders(d: Dialect, sql: &str) -> Vec<usize> {
+        match d {
+            Dialect::Postgres => sql
+                .split('$')
+                .skip(1)
+                .map(|rest| {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse().unwrap()
+                })
+                .collect(),
+            _ => (1..=sql.matches('?').count()).collect(),
+        }
+    }
+
+    #[test]
+    fn claim_filter_placeholders_follow_the_bind_order_in_every_dialect() {
+        for d in DIALECTS {
+            for lane in [Lane::Fresh, Lane::Retry] {
+                for after_cursor in [false, true] {
+                    for route in [RouteSql::default(), accepting(d)] {
+                        let sql = filters(&audit(), d, lane, after_cursor, &route);
+                        // What `bind_claim` binds: source key, max attempts (retry lane), cursor
+                        // timestamp twice and id, then the ACCEPT_* values.
+                        let binds = 1
+                            + usize::from(lane == Lane::Retry)
+                            + 3 * usize::from(after_cursor)
+                            + route
+                                .accept
+                                .iter()
+                                .map(|(_, a)| a.values().len())
+                                .sum::<usize>();
+                        assert_eq!(
+                            placeholders(d, &sql),
+                            (1..=binds).collect::<Vec<_>>(),
+                            "{d:?} {lane:?} cursor={after_cursor}: {sql}"
+                        );
+                        assert!(sql.starts_with("is_sent = false AND "), "{sql}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn claim_filter_text_per_lane() {
+        let route = accepting(Dialect::Postgres);
+        assert_eq!(
+            filters(&audit(), Dialect::Postgres, Lane::Retry, true, &route),
+            "is_sent = false AND t.\"created_at\" IS NOT NULL AND EXISTS (SELECT 1 FROM \
+             audit_transfer_failed_rows f WHERE f.source = $1 AND f.row_id = t.id AND f.attempts < $2) \
+             AND t.\"created_at\" >= CAST($3 AS timestamptz) AND (t.\"created_at\" > CAST($4 AS timestamptz) \
+             OR t.id > $5) AND (topic_expr IN ($6, $7) OR topic_expr IS NULL) AND (key_expr IN ($8))"
+        );
+        let fresh = filters(
+            &audit(),
+            Dialect::MySql,
+            Lane::Fresh,
+            false,
+            &accepting(Dialect::MySql),
+        );
+        assert!(
+            fresh.contains("NOT EXISTS (SELECT 1 FROM audit_transfer_failed_rows f WHERE f.source = ? AND f.row_id = t.id)"),
+            "{fresh}"
+        );
+        // Exact comparison on MySQL: its collations fold case and trailing spaces.
+        assert!(
+            fresh.contains("topic_expr IN (CAST(? AS BINARY), CAST(? AS BINARY))"),
+            "{fresh}"
+        );
+        assert!(
+            !fresh.contains("created_at\" >="),
+            "no keyset before the first page"
+        );
+    }
+
+    #[test]
+    fn id_sets_are_one_array_parameter_on_postgres_and_inlined_elsewhere() {
+        let pg = IdSet::new(Dialect::Postgres, "row_id", 2, &[3, 1, 2]);
+        assert_eq!(pg.sql, "row_id = ANY(CAST($2 AS bigint[]))");
+        assert_eq!(pg.param.as_deref(), Some("{3,1,2}"));
+        for d in [Dialect::MySql, Dialect::Sqlite] {
+            let set = IdSet::new(d, "id", 1, &[3, 1, 2]);
+            assert_eq!(set.sql, "id IN (3,1,2)");
+            assert_eq!(set.param, None);
+        }
+    }
+
+    #[test]
+    fn failures_are_upserted_with_two_binds_per_row() {
+        for d in DIALECTS {
+            let sql = record_failures_sql(d, &[11, 12, 13]);
+            assert!(
+                sql.starts_with(
+                    "INSERT INTO audit_transfer_failed_rows (source, row_id, attempts, last_error) VALUES ("
+                ),
+                "{sql}"
+            );
+            assert_eq!(placeholders(d, &sql), (1..=6).collect::<Vec<_>>(), "{sql}");
+            // Row ids are inlined; a failed row starts at one attempt.
+            assert!(sql.contains(", 12, 1, "), "{sql}");
+            let upsert = match d {
+                Dialect::MySql => "ON DUPLICATE KEY UPDATE attempts = attempts + 1,",
+                _ => "ON CONFLICT (source, row_id) DO UPDATE SET attempts = audit_transfer_failed_rows.attempts + 1,",
+            };
+            assert!(sql.contains(upsert), "{d:?}: {sql}");
+        }
+        assert_eq!(
+            record_failures_sql(Dialect::Postgres, &[5]).split(" ON ").next(),
+            Some("INSERT INTO audit_transfer_failed_rows (source, row_id, attempts, last_error) VALUES ($1, 5, 1, $2)")
+        );
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        // "é" is two bytes: a cut at 3 would split the second one.
+        assert_eq!(truncate("ééé", 3), "é…");
+        assert_eq!(
+            truncate(&"x".repeat(MAX_REASON + 5), MAX_REASON)
+                .chars()
+                .count(),
+            MAX_REASON + 1
+        );
     }
 }

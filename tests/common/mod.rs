@@ -6,6 +6,17 @@ pub mod fakes;
 pub mod proxy;
 pub mod s3;
 
+/// At the start of a test that needs services (`Backend`s and [`Need`]s): returns from the test
+/// when one is missing, after one line saying what it needs; see [`available`].
+#[allow(unused_macros)]
+macro_rules! skip_unless {
+    ($($need:expr),+ $(,)?) => {
+        if !$crate::common::available(&[$($crate::common::Need::from($need)),+]) {
+            return;
+        }
+    };
+}
+
 /// One module per database, each running the listed `async fn(Backend)` tests against it.
 #[allow(unused_macros)]
 macro_rules! backend_tests {
@@ -25,8 +36,11 @@ macro_rules! backend_tests {
 use serde_json::Value;
 use sqlx::{AnyConnection, Connection};
 use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_audit-transfer");
@@ -53,6 +67,129 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed),
         nanos % 100_000
     )
+}
+
+// ---------------------------------------------------------------- services a test needs
+
+/// A service a test cannot run without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Postgres,
+    MySql,
+    Osmem,
+    /// The tests' Python ([`python`]) with this module importable.
+    Python(&'static str),
+    /// SQLite: in-process, always there.
+    Nothing,
+}
+
+impl From<Backend> for Need {
+    fn from(b: Backend) -> Need {
+        match b {
+            Backend::Postgres => Need::Postgres,
+            Backend::MySql => Need::MySql,
+            Backend::Sqlite => Need::Nothing,
+        }
+    }
+}
+
+/// The Python with the packages of localtest/requirements.txt: TEST_PYTHON, else the project's
+/// .venv (`make .venv/.installed`).
+pub fn python() -> String {
+    std::env::var("TEST_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").into())
+}
+
+/// `host:port` of a database URL, for the probe and the skip line (never its password).
+fn endpoint(url: &str, default_port: u16) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}:{}",
+            u.host_str().unwrap_or("127.0.0.1"),
+            u.port().unwrap_or(default_port)
+        ),
+        Err(_) => "an unparsable URL".into(),
+    }
+}
+
+/// Something accepts TCP connections there: tells a running server from none in well under a
+/// second, where a database driver would wait for its own connect timeout.
+fn listening(endpoint: &str) -> bool {
+    endpoint.to_socket_addrs().is_ok_and(|mut addrs| {
+        addrs.any(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
+    })
+}
+
+impl Need {
+    fn met(self) -> bool {
+        static POSTGRES: OnceLock<bool> = OnceLock::new();
+        static MYSQL: OnceLock<bool> = OnceLock::new();
+        static PYTHON: Mutex<Option<HashMap<&str, bool>>> = Mutex::new(None);
+        match self {
+            Need::Postgres => *POSTGRES.get_or_init(|| listening(&endpoint(&pg_admin_url(), 5432))),
+            Need::MySql => *MYSQL.get_or_init(|| listening(&endpoint(&mysql_admin_url(), 3306))),
+            Need::Osmem => std::env::var_os("OSMEM_SERVER_BIN")
+                .is_some_and(|bin| std::path::Path::new(&bin).is_file()),
+            Need::Python(module) => *PYTHON
+                .lock()
+                .unwrap()
+                .get_or_insert_with(HashMap::new)
+                .entry(module)
+                .or_insert_with(|| {
+                    Command::new(python())
+                        .args(["-c", &format!("import {module}")])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                }),
+            Need::Nothing => true,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Need::Postgres => format!(
+                "PostgreSQL on {} (TEST_POSTGRES_URL)",
+                endpoint(&pg_admin_url(), 5432)
+            ),
+            Need::MySql => format!(
+                "MariaDB on {} (TEST_MYSQL_URL)",
+                endpoint(&mysql_admin_url(), 3306)
+            ),
+            Need::Osmem => "osmem-server (OSMEM_SERVER_BIN)".into(),
+            Need::Python(module) => format!("{} with {module} (TEST_PYTHON)", python()),
+            Need::Nothing => "nothing".into(),
+        }
+    }
+}
+
+/// Whether the calling test has every service it needs. If not, it prints one line saying what
+/// is missing and returns false: a newcomer's `cargo test` skips what cannot run here. With
+/// AUDIT_TRANSFER_REQUIRE_SERVICES=1 (`make test`, CI) a missing service panics instead, so a
+/// run that is meant to be complete cannot pass by skipping.
+pub fn available(needs: &[Need]) -> bool {
+    let missing: Vec<String> = needs
+        .iter()
+        .filter(|n| !n.met())
+        .map(|n| n.describe())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let missing = missing.join(", ");
+    if std::env::var("AUDIT_TRANSFER_REQUIRE_SERVICES").is_ok_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test} needs {missing}, and AUDIT_TRANSFER_REQUIRE_SERVICES is set");
+    }
+    // Straight to stderr, as one write so parallel tests do not cut it up: the harness would
+    // capture `eprintln!` and show it only for failing tests.
+    let line = format!("SKIPPED {test}: needs {missing}; `make test` provides every service\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    false
 }
 
 // ---------------------------------------------------------------- osmem-server

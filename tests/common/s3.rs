@@ -21,9 +21,7 @@ pub struct Moto {
 pub fn moto() -> &'static Moto {
     static SERVER: OnceLock<Moto> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string()
-        });
+        let python = super::python();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/moto_s3.py");
         let mut child = Command::new(&python)
             .arg(script)

@@ -9,9 +9,10 @@
 //! the events it re-ships are "already present", not duplicates.
 //!
 //! Pages never span batches. A batch is split into CHUNK_SIZE pages, except with
-//! OUTPUT_LAYOUT=cdp-archive, where a batch is one page because it becomes one file. BATCH_SIZE
-//! is applied between batches: a started batch is finished (a batch cut short could never be
-//! marked), so a run takes at most BATCH_SIZE events plus the rest of its last batch.
+//! OUTPUT_LAYOUT=cdp-archive, where a batch is one page because it becomes one file. A batch is
+//! a unit to the pipeline, which applies BATCH_SIZE between batches: a started batch is finished
+//! (a batch cut short could never be marked), so a run takes at most BATCH_SIZE events plus the
+//! rest of its last batch.
 
 pub mod client;
 pub mod signing;
@@ -31,12 +32,9 @@ pub struct CdpArchive {
     cfg: CdpConfig,
     /// One page per batch (OUTPUT_LAYOUT=cdp-archive) instead of CHUNK_SIZE pages.
     whole_batches: bool,
-    batch_size: usize,
     /// Filled at the first claim of a run.
     queue: Option<VecDeque<ArchiveBatch>>,
     current: Option<Current>,
-    /// Events taken this run, for BATCH_SIZE.
-    taken: usize,
 }
 
 /// The batch being shipped.
@@ -55,10 +53,8 @@ impl CdpArchive {
             client: Client::new(cdp)?,
             cfg: cdp.clone(),
             whole_batches: cfg.units_as_files,
-            batch_size: cfg.batch_size,
             queue: None,
             current: None,
-            taken: 0,
         })
     }
 
@@ -125,17 +121,9 @@ impl CdpArchive {
         Ok(batches)
     }
 
-    /// The next batch to ship with its records, or `None` when done (or BATCH_SIZE reached).
+    /// The next batch to ship with its records, or `None` when done.
     async fn next_batch(&mut self) -> Result<Option<Current>> {
         let queue = self.queue.as_mut().expect("queue filled before");
-        if self.taken >= self.batch_size && !queue.is_empty() {
-            tracing::info!(
-                batches_left = queue.len(),
-                "BATCH_SIZE={} reached; the remaining batches are left for the next run",
-                self.batch_size
-            );
-            queue.clear();
-        }
         let Some(batch) = queue.pop_front() else {
             return Ok(None);
         };
@@ -235,6 +223,10 @@ impl Page for BatchPage<'_> {
         Some(self.current.batch.file_name())
     }
 
+    fn ends_unit(&self) -> bool {
+        self.last
+    }
+
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {
         if !result.failed.is_empty() || result.delivered.len() != self.records.len() {
             self.current.intact = false;
@@ -318,7 +310,6 @@ impl Source for CdpArchive {
             limit.min(current.rest.len())
         };
         let records: Vec<Record> = current.rest.drain(..n).collect();
-        self.taken += records.len();
         let last = current.rest.is_empty();
         Ok(Some(Box::new(BatchPage {
             client: &self.client,

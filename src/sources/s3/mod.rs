@@ -9,10 +9,10 @@
 //! never span two files. When the page holding a file's last line is committed and every
 //! record of the file was acknowledged, the cursor file (cursor.rs) moves to that file.
 //!
-//! **BATCH_SIZE** is applied at file boundaries: no new file is started once BATCH_SIZE
-//! records were taken, but a started file is finished, so the cursor never needs a line
-//! offset and a file is never split across runs (a run takes at most BATCH_SIZE records plus
-//! the rest of its last file).
+//! **BATCH_SIZE** is applied by the pipeline at file boundaries (a file is a unit): no new file
+//! is started once BATCH_SIZE records were taken, but a started file is finished, so the cursor
+//! never needs a line offset and a file is never split across runs (a run takes at most
+//! BATCH_SIZE records plus the rest of its last file).
 //!
 //! **Attempts.** Starting a file counts an attempt in the cursor file before anything is
 //! read, so a file that crashes the process is counted too. A file fails when it cannot be
@@ -61,7 +61,6 @@ const LIST_UNNUMBERED: usize = 10;
 pub struct S3Cursor {
     cfg: S3Config,
     store: Arc<dyn ObjectStore>,
-    batch_size: usize,
     /// Loaded by `prepare`.
     cursor: Option<Cursor>,
     _lock: Option<std::fs::File>,
@@ -69,8 +68,6 @@ pub struct S3Cursor {
     queue: Option<VecDeque<ObjectInfo>>,
     mode: Mode,
     current: Option<Current>,
-    /// Records taken this run, for BATCH_SIZE.
-    taken: usize,
     /// A file could not be completed: later files wait for the next run.
     stopped: bool,
     /// What makes the run partial besides records: gaps, files outside the sequence.
@@ -83,6 +80,8 @@ pub struct S3Cursor {
 struct Current {
     info: ObjectInfo,
     lines: tokio::sync::mpsc::Receiver<Msg>,
+    /// The message after a full page, read to learn whether the file ended with that page.
+    ahead: Option<Msg>,
     entry: Option<String>,
     /// Records the sink refused: the file is not complete.
     sink_rejected: u64,
@@ -96,13 +95,11 @@ impl S3Cursor {
         Ok(S3Cursor {
             store: Arc::new(store(s3)?),
             cfg: s3.clone(),
-            batch_size: cfg.batch_size,
             cursor: None,
             _lock: None,
             queue: None,
             mode: Mode::Key,
             current: None,
-            taken: 0,
             stopped: false,
             problems: Vec::new(),
             accepts: cfg.routing.accept_label(),
@@ -280,6 +277,7 @@ impl S3Cursor {
         self.current = Some(Current {
             info,
             lines,
+            ahead: None,
             entry: None,
             sink_rejected: 0,
             unreadable_times: 0,
@@ -366,7 +364,8 @@ impl S3Cursor {
     }
 
     /// Reads up to `limit` records of the current file. `(records, last)`: `last` when the
-    /// file ended; `Err` when it could not be read.
+    /// file ended with them (a full page looks one message ahead to know, so the pipeline can
+    /// stop after it); `Err` when it could not be read.
     async fn read_page(
         &mut self,
         limit: usize,
@@ -375,32 +374,39 @@ impl S3Cursor {
         let (format, output) = (self.cfg.format, self.cfg.output);
         let cur = self.current.as_mut().expect("a file being read");
         let mut records = Vec::new();
-        while records.len() < limit {
-            match cur.lines.recv().await {
-                Some(Msg::Entry(name)) => cur.entry = Some(name),
-                Some(Msg::Line { line, bytes }) => {
+        let last = loop {
+            let msg = match cur.ahead.take() {
+                Some(msg) => msg,
+                None => cur.lines.recv().await.unwrap_or_else(|| {
+                    Msg::Failed("the reading thread stopped unexpectedly".into())
+                }),
+            };
+            match msg {
+                Msg::Entry(name) => cur.entry = Some(name),
+                Msg::End => break true,
+                // Kept for the next page; a failure too, so this full page is shipped first.
+                msg if records.len() >= limit => {
+                    cur.ahead = Some(msg);
+                    break false;
+                }
+                Msg::Line { line, bytes } => {
                     let o = origin(&bucket, &cur.info, cur.entry.as_deref());
                     let built = document::build(&o, line, &bytes, format, output);
                     cur.unreadable_times += u64::from(built.unreadable_time);
                     records.push(built.record);
                 }
-                Some(Msg::TooLong { line }) => {
+                Msg::TooLong { line } => {
                     let o = origin(&bucket, &cur.info, cur.entry.as_deref());
                     records.push(Record {
                         key: o.locate(line),
                         doc: Err(format!("line longer than {} MiB", reader::MAX_LINE >> 20)),
                     });
                 }
-                Some(Msg::End) => {
-                    cur.records += records.len() as u64;
-                    return Ok((records, true));
-                }
-                Some(Msg::Failed(why)) => return Err(why),
-                None => return Err("the reading thread stopped unexpectedly".into()),
+                Msg::Failed(why) => return Err(why),
             }
-        }
+        };
         cur.records += records.len() as u64;
-        Ok((records, false))
+        Ok((records, last))
     }
 }
 
@@ -537,14 +543,6 @@ impl Source for S3Cursor {
                     return Ok(None);
                 }
                 let queue = self.queue.as_mut().expect("queue filled");
-                if self.taken >= self.batch_size && !queue.is_empty() {
-                    tracing::info!(
-                        files_left = queue.len(),
-                        "BATCH_SIZE={} reached; the remaining files are left for the next run",
-                        self.batch_size
-                    );
-                    queue.clear();
-                }
                 let Some(info) = queue.pop_front() else {
                     return Ok(None);
                 };
@@ -558,9 +556,8 @@ impl Source for S3Cursor {
                     continue;
                 }
                 Ok((records, last)) => {
-                    self.taken += records.len();
                     if records.is_empty() {
-                        // The file ended on a page boundary, or was empty.
+                        // The file was empty.
                         self.finish_file()?;
                         continue;
                     }
@@ -659,6 +656,10 @@ struct FilePage<'a> {
 impl Page for FilePage<'_> {
     fn records(&self) -> &[Record] {
         &self.records
+    }
+
+    fn ends_unit(&self) -> bool {
+        self.last
     }
 
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {

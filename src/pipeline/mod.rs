@@ -3,6 +3,8 @@
 //! Order of a run: first one page (at most CHUNK_SIZE) of records that failed in earlier runs
 //! and have attempts left; then fresh records in pages of CHUNK_SIZE until BATCH_SIZE are taken
 //! or the queue is empty. Failures are retried once per run, and never hold up fresh records.
+//! Sources whose records come in units (`Paging::Units`) are stopped at the first unit boundary
+//! after BATCH_SIZE records instead, since a unit is only acknowledged whole.
 //!
 //! With SINK_CONCURRENCY > 1 (SQL sources on PostgreSQL and MySQL), several workers run this same
 //! loop at once, each with its own connection and sink client, sharing the BATCH_SIZE budget: one
@@ -96,13 +98,8 @@ pub async fn run(
     summary: &mut Summary,
 ) -> Result<()> {
     let started = Instant::now();
-    let paging = workers[0].source.paging();
-    let budget = AtomicUsize::new(match paging {
-        Paging::Queue => batch_size,
-        // The source stops at BATCH_SIZE itself, between its units.
-        Paging::Units => usize::MAX,
-    });
-    let budget = &budget;
+    // Fresh records still to take this run, shared by the workers.
+    let budget = &AtomicUsize::new(batch_size);
     // Earlier failures first, by one worker alone, so no worker retries a row that another one
     // failed a moment ago in this same run.
     let (first, _) = workers.split_first_mut().expect("at least one worker");
@@ -204,17 +201,30 @@ async fn transfer(
     let paging = source.paging();
     {
         let mut retry_left = chunk_size;
+        // Units: the last page left its unit unfinished, which must be finished regardless of
+        // the budget.
+        let mut in_unit = false;
         loop {
-            let limit = match lane {
-                Lane::Retry => std::mem::take(&mut retry_left),
-                Lane::Fresh => reserve(budget, chunk_size),
+            let limit = match (lane, paging) {
+                (Lane::Retry, _) => std::mem::take(&mut retry_left),
+                (Lane::Fresh, Paging::Queue) => reserve(budget, chunk_size),
+                (Lane::Fresh, Paging::Units) => {
+                    if in_unit || budget.load(Ordering::Relaxed) > 0 {
+                        chunk_size
+                    } else {
+                        tracing::info!(
+                            "BATCH_SIZE reached at the end of a unit; what is left waits for the next run"
+                        );
+                        0
+                    }
+                }
             };
             if limit == 0 {
                 break;
             }
             crate::base::failpoint::hit("before_claim");
             let Some(page) = source.claim(lane, limit).await? else {
-                if lane == Lane::Fresh {
+                if lane == Lane::Fresh && paging == Paging::Queue {
                     budget.fetch_add(limit, Ordering::Relaxed);
                 }
                 break;
@@ -225,8 +235,20 @@ async fn transfer(
             let exhausted = page.exhausted();
             summary.pages += 1;
             summary.selected += n as u64;
-            if lane == Lane::Fresh && n < limit && paging == Paging::Queue {
-                budget.fetch_add(limit - n, Ordering::Relaxed);
+            if lane == Lane::Fresh {
+                match paging {
+                    Paging::Queue if n < limit => {
+                        budget.fetch_add(limit - n, Ordering::Relaxed);
+                    }
+                    Paging::Queue => {}
+                    Paging::Units => {
+                        // Pages of a unit are not reserved ahead: the unit decides their size.
+                        let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                            Some(b.saturating_sub(n))
+                        });
+                        in_unit = !page.ends_unit();
+                    }
+                }
             }
 
             let mut result = PageResult::default();
@@ -283,3 +305,6 @@ async fn transfer(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
