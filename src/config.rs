@@ -7,8 +7,6 @@
 pub use crate::base::env::duration;
 use crate::base::env::Env;
 use crate::base::exit::ConfigError;
-use crate::sources::cdp::signing::{Credentials, PrivateKey};
-use chrono::{DateTime, Utc};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -86,24 +84,6 @@ impl std::fmt::Debug for ElasticsearchConfig {
             .field("username", &self.username)
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .finish()
-    }
-}
-
-/// How requests to the CDP API are authenticated.
-#[derive(Clone)]
-pub enum CdpAuth {
-    /// Signed requests (`x-altus-auth`) with an API access key.
-    Key(Credentials),
-    /// `Authorization: <token>`.
-    Token(String),
-}
-
-impl std::fmt::Debug for CdpAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CdpAuth::Key(c) => write!(f, "Key({}, {:?})", c.access_key_id, c.key),
-            CdpAuth::Token(_) => f.write_str("Token(***)"),
-        }
     }
 }
 
@@ -200,28 +180,6 @@ impl std::fmt::Debug for S3Config {
             .finish()
     }
 }
-
-/// The CDP pull-based audit archive source (`AUDIT_LOGGER_TYPE=CDP_ARCHIVE`).
-#[derive(Debug, Clone)]
-pub struct CdpConfig {
-    /// `https://api.<region>.cdp.cloudera.com`, or CDP_ENDPOINT_URL.
-    pub endpoint: url::Url,
-    pub auth: CdpAuth,
-    /// Where the credentials came from, for messages (never the values).
-    pub auth_origin: String,
-    /// The window a batching task is started for; `None` with CDP_BATCH_EVENTS=false.
-    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
-    pub task_timeout: Duration,
-    pub page_size: u32,
-    pub request_timeout: Duration,
-    pub max_retries: usize,
-    pub retry_initial: Duration,
-}
-
-/// How far back the default batching window reaches, and how far it stays behind now, so
-/// that events still being written are left for the next run's window.
-pub const CDP_DEFAULT_LOOKBACK: chrono::Duration = chrono::Duration::days(7);
-pub const CDP_WINDOW_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
 
 /// What every run uses, whatever its source and sink: the budget, paging, attempts, purging,
 /// and routing. Each source and sink reads its own settings in its own module.
@@ -748,206 +706,6 @@ pub(crate) fn elasticsearch_config(raw: &Env) -> Result<ElasticsearchConfig> {
         retry_initial: Duration::from_millis(retry_initial as u64),
         create_index: raw.boolean("ELASTICSEARCH_CREATE_INDEX")?.unwrap_or(false),
     })
-}
-
-pub(crate) fn cdp_config(raw: &Env, now: DateTime<Utc>) -> Result<CdpConfig> {
-    let region = raw.get("CDP_REGION").unwrap_or("us-west-1");
-    if !region
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Err(ConfigError(format!(
-            "invalid CDP_REGION {region:?}: expected a CDP region such as us-west-1, eu-1, ap-1 or usg-1"
-        )));
-    }
-    let endpoint = match raw.get("CDP_ENDPOINT_URL") {
-        Some(u) => crate::base::env::http_url(
-            "CDP_ENDPOINT_URL",
-            u,
-            "http(s)://host[:port][/path] without credentials",
-        )?,
-        None => {
-            let host = match region {
-                // The US government region lives under its own domain.
-                "usg-1" => "https://api.usg-1.cdp.clouderagovt.com".to_string(),
-                r => format!("https://api.{r}.cdp.cloudera.com"),
-            };
-            url::Url::parse(&host).map_err(|_| {
-                ConfigError(format!("invalid CDP_REGION {region:?}: not a host name"))
-            })?
-        }
-    };
-    let (auth, auth_origin) = cdp_auth(raw)?;
-
-    let to = timestamp(
-        "CDP_TO_TIMESTAMP",
-        &raw.raw("CDP_TO_TIMESTAMP").map(String::from),
-    )?
-    .unwrap_or(now - CDP_WINDOW_MARGIN);
-    let from = timestamp(
-        "CDP_FROM_TIMESTAMP",
-        &raw.raw("CDP_FROM_TIMESTAMP").map(String::from),
-    )?
-    .unwrap_or(to - CDP_DEFAULT_LOOKBACK);
-    if from >= to {
-        return Err(ConfigError(format!(
-            "invalid CDP_FROM_TIMESTAMP {}: expected a time before CDP_TO_TIMESTAMP {}",
-            from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        )));
-    }
-    let window = raw
-        .boolean("CDP_BATCH_EVENTS")?
-        .unwrap_or(true)
-        .then_some((from, to));
-
-    let page_size = match raw.get("CDP_PAGE_SIZE") {
-        None => 100,
-        Some(s) => s
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (20..=100).contains(n))
-            .ok_or_else(|| {
-                ConfigError(format!(
-                    "invalid CDP_PAGE_SIZE {s:?}: expected a whole number from 20 to 100"
-                ))
-            })?,
-    };
-    let task_timeout = raw.positive("CDP_TASK_TIMEOUT")?.unwrap_or(600);
-    let request_timeout = raw.positive("CDP_TIMEOUT_SECONDS")?.unwrap_or(60);
-    let max_retries = match raw.get("CDP_MAX_RETRIES") {
-        // Ten attempts, as the official clients make.
-        None => 9,
-        Some(s) => s.parse::<usize>().map_err(|_| {
-            ConfigError(format!(
-                "invalid CDP_MAX_RETRIES {s:?}: expected a whole number (0 or more)"
-            ))
-        })?,
-    };
-    let retry_initial = raw.positive("CDP_RETRY_INITIAL_MS")?.unwrap_or(500);
-    Ok(CdpConfig {
-        endpoint,
-        auth,
-        auth_origin,
-        window,
-        task_timeout: Duration::from_secs(task_timeout as u64),
-        page_size,
-        request_timeout: Duration::from_secs(request_timeout as u64),
-        max_retries,
-        retry_initial: Duration::from_millis(retry_initial as u64),
-    })
-}
-
-/// An RFC 3339 time (`2024-05-01T00:00:00Z`) or a date (`2024-05-01`, midnight UTC).
-fn timestamp(var: &str, v: &Option<String>) -> Result<Option<DateTime<Utc>>> {
-    let Some(s) = v.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
-        return Ok(None);
-    };
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(Some(t.with_timezone(&Utc)));
-    }
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| Some(t.and_utc()))
-        .ok_or_else(|| {
-            ConfigError(format!(
-                "invalid {var} {s:?}: expected an RFC 3339 time such as 2024-05-01T00:00:00Z, or a date 2024-05-01"
-            ))
-        })
-}
-
-/// CDP credentials as the CDP CLI finds them: CDP_ACCESS_KEY_ID + CDP_PRIVATE_KEY, or
-/// CDP_ACCESS_TOKEN, else profile CDP_PROFILE of `~/.cdp/credentials`. Messages name where a
-/// bad value came from and never quote a key.
-fn cdp_auth(raw: &Env) -> Result<(CdpAuth, String)> {
-    let id = raw.get("CDP_ACCESS_KEY_ID");
-    let key = raw.get("CDP_PRIVATE_KEY");
-    let token = raw.get("CDP_ACCESS_TOKEN");
-    match (id, key, token) {
-        (None, None, Some(t)) => Ok((CdpAuth::Token(t.to_string()), "CDP_ACCESS_TOKEN".into())),
-        (_, _, Some(_)) => Err(ConfigError(
-            "both CDP_ACCESS_TOKEN and CDP_ACCESS_KEY_ID/CDP_PRIVATE_KEY are set: expected one way to authenticate".into(),
-        )),
-        (Some(id), Some(key), None) => {
-            let text = if looks_like_key(key) {
-                key.to_string()
-            } else {
-                std::fs::read_to_string(key).map_err(|_| {
-                    ConfigError(
-                        "invalid CDP_PRIVATE_KEY: expected a base64 Ed25519 key, an RSA key in PEM, or the path of a readable file holding one".into(),
-                    )
-                })?
-            };
-            let key = PrivateKey::parse(&unescape_newlines(&text))
-                .map_err(|why| ConfigError(format!("invalid CDP_PRIVATE_KEY: {why}")))?;
-            Ok((
-                CdpAuth::Key(Credentials {
-                    access_key_id: id.to_string(),
-                    key,
-                }),
-                "CDP_ACCESS_KEY_ID/CDP_PRIVATE_KEY".into(),
-            ))
-        }
-        (Some(_), None, None) => Err(ConfigError(
-            "CDP_PRIVATE_KEY is not set: expected it with CDP_ACCESS_KEY_ID (the key, or the path of a file holding it)".into(),
-        )),
-        (None, Some(_), None) => Err(ConfigError(
-            "CDP_ACCESS_KEY_ID is not set: expected it with CDP_PRIVATE_KEY".into(),
-        )),
-        (None, None, None) => credentials_file(raw),
-    }
-}
-
-fn looks_like_key(v: &str) -> bool {
-    v.contains("-----BEGIN") || (v.len() == 44 && v.ends_with('='))
-}
-
-/// A PEM key kept on one line (in `~/.cdp/credentials`, or a Secret) has literal `\n`s.
-fn unescape_newlines(v: &str) -> String {
-    if v.contains("-----BEGIN") {
-        v.replace("\\n", "\n")
-    } else {
-        v.to_string()
-    }
-}
-
-fn credentials_file(raw: &Env) -> Result<(CdpAuth, String)> {
-    let profile = raw.get("CDP_PROFILE").unwrap_or("default");
-    let none = || {
-        ConfigError(format!(
-            "no CDP credentials: set CDP_ACCESS_KEY_ID and CDP_PRIVATE_KEY, or CDP_ACCESS_TOKEN, or add profile {profile:?} (CDP_PROFILE) to ~/.cdp/credentials"
-        ))
-    };
-    let path = PathBuf::from(raw.get("HOME").ok_or_else(none)?)
-        .join(".cdp")
-        .join("credentials");
-    let text = std::fs::read_to_string(&path).map_err(|_| none())?;
-    let section = ini_section(&text, profile).ok_or_else(|| {
-        ConfigError(format!(
-            "invalid CDP_PROFILE {profile:?}: no such profile in {}",
-            path.display()
-        ))
-    })?;
-    let origin = format!("profile {profile:?} of {}", path.display());
-    let get = |k: &str| {
-        section
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| ConfigError(format!("{origin} has no {k}")))
-    };
-    let id = get("cdp_access_key_id")?;
-    let key = PrivateKey::parse(&unescape_newlines(&get("cdp_private_key")?))
-        .map_err(|why| ConfigError(format!("invalid cdp_private_key in {origin}: {why}")))?;
-    Ok((
-        CdpAuth::Key(Credentials {
-            access_key_id: id,
-            key,
-        }),
-        origin,
-    ))
 }
 
 /// The `key = value` pairs of `[name]` in an INI text, or `None` without that section.

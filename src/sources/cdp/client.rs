@@ -1,11 +1,13 @@
 //! A client for the CDP audit API: `POST /api/v1/audit/<operation>` with a JSON body, signed
-//! per request (or an access token), retried with backoff on 429/502/503/504 and connection
-//! errors, and re-signed on every attempt because the signed date changes.
+//! per request (or an access token). Failures are retried by the shared policy
+//! ([`crate::http::retry`]: 408, 429, 5xx and connection errors), and every attempt is signed
+//! anew because the signed date changes.
 
+use super::settings::{Auth, Settings};
 use super::signing::altus_date;
-use crate::config::{CdpAuth, CdpConfig};
+use crate::base::exit::chain_text;
+use crate::http::retry::{self, Class, Failure, Policy};
 use anyhow::{bail, Context, Result};
-use backon::BackoffBuilder;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -15,8 +17,6 @@ use std::fmt;
 use std::time::Duration;
 
 const CONTENT_TYPE: &str = "application/json";
-/// The longest a server's Retry-After is honoured; beyond that our own backoff applies.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// An error answer of the API: status, the service's `code` and `message`, and the request id
 /// Cloudera support asks for.
@@ -31,15 +31,7 @@ pub struct ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "CDP {} answered {} {}: {} (request id {})",
-            self.operation,
-            self.status,
-            self.code,
-            self.message,
-            self.request_id.as_deref().unwrap_or("none")
-        )
+        write!(f, "CDP {} {}", self.operation, self.answer())
     }
 }
 
@@ -89,8 +81,15 @@ impl ApiError {
         }
     }
 
-    fn transient(&self) -> bool {
-        matches!(self.status, 429 | 502 | 503 | 504)
+    /// What the service answered, without the operation: the reason the retry warnings give.
+    fn answer(&self) -> String {
+        format!(
+            "answered {} {}: {} (request id {})",
+            self.status,
+            self.code,
+            self.message,
+            self.request_id.as_deref().unwrap_or("none")
+        )
     }
 }
 
@@ -155,26 +154,27 @@ pub struct TaskStatus {
 pub struct Client {
     http: reqwest::Client,
     base: url::Url,
-    auth: CdpAuth,
+    auth: Auth,
     auth_origin: String,
-    max_retries: usize,
-    retry_initial: Duration,
+    policy: Policy,
 }
 
+/// The longest wait between two polls of a batching task.
+const POLL_CAP: Duration = Duration::from_secs(15);
+
 impl Client {
-    pub fn new(cfg: &CdpConfig) -> Result<Client> {
+    pub fn new(settings: &Settings) -> Result<Client> {
         let http = reqwest::Client::builder()
-            .timeout(cfg.request_timeout)
+            .timeout(settings.policy.timeout)
             .user_agent(concat!("audit-transfer/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot set up the CDP HTTP client")?;
         Ok(Client {
             http,
-            base: cfg.endpoint.clone(),
-            auth: cfg.auth.clone(),
-            auth_origin: cfg.auth_origin.clone(),
-            max_retries: cfg.max_retries,
-            retry_initial: cfg.retry_initial,
+            base: settings.endpoint.clone(),
+            auth: settings.auth.clone(),
+            auth_origin: settings.auth_origin.clone(),
+            policy: settings.policy,
         })
     }
 
@@ -182,17 +182,18 @@ impl Client {
         &self.base
     }
 
-    /// Waits growing from the configured initial wait, doubling up to `cap`, with jitter.
-    pub fn backoff(&self, cap: Duration, times: usize) -> impl Iterator<Item = Duration> {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.retry_initial)
-            .with_max_delay(cap)
-            .with_jitter()
-            .with_max_times(times)
-            .build()
+    /// Waits between polls of a batching task (and for another client's task): the retry
+    /// policy's jittered steps from CDP_RETRY_INITIAL_MS, never ending, each at most 15 s.
+    pub fn poll_waits(&self) -> impl Iterator<Item = Duration> {
+        Policy {
+            max_retries: usize::MAX,
+            ..self.policy
+        }
+        .waits()
+        .map(|w| w.min(POLL_CAP))
     }
 
-    /// Calls one operation, retrying transient failures.
+    /// Calls one operation through the retry policy.
     pub async fn call<T: DeserializeOwned>(&self, operation: &str, body: &Value) -> Result<T> {
         let body = serde_json::to_vec(body)?;
         let path = format!(
@@ -201,41 +202,21 @@ impl Client {
         );
         let mut url = self.base.clone();
         url.set_path(&path);
-        let mut delays = self.backoff(Duration::from_secs(30), self.max_retries);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (why, retry_after) = match self.send(operation, &url, &path, &body).await {
-                Ok(answer) => return Ok(answer),
-                Err(Failure::Api(e, retry_after)) if e.transient() => (e.to_string(), retry_after),
-                Err(Failure::Api(e, _)) => return Err(self.explain(e)),
-                Err(Failure::Transport(e)) => (e, None),
-                Err(Failure::Other(e)) => return Err(e),
-            };
-            let Some(delay) = delays.next() else {
-                bail!("CDP {operation} still failing after {attempt} attempts: {why}");
-            };
-            let delay = retry_after.map_or(delay, |r| r.min(MAX_RETRY_AFTER).max(delay));
-            tracing::warn!(
-                operation,
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                "{why}; retrying"
-            );
-            tokio::time::sleep(delay).await;
-        }
+        self.policy
+            .run(&format!("CDP {operation}"), || {
+                self.send(operation, &url, &path, &body)
+            })
+            .await
+            .map_err(|f| f.into_error(&format!("CDP {operation} at {}", self.base)))
     }
 
     /// Adds what to check to refused credentials; the message names variables, never values.
     fn explain(&self, e: ApiError) -> anyhow::Error {
-        if matches!(e.status, 401 | 403) {
-            let what = format!("CDP refused the credentials from {}", self.auth_origin);
-            anyhow::Error::new(e).context(what)
-        } else {
-            anyhow::Error::new(e)
-        }
+        let what = format!("CDP refused the credentials from {}", self.auth_origin);
+        anyhow::Error::new(e).context(what)
     }
 
+    /// One attempt, classified for the retry policy.
     async fn send<T: DeserializeOwned>(
         &self,
         operation: &str,
@@ -252,16 +233,16 @@ impl Client {
             .header("x-altus-date", &date)
             .body(body.to_vec());
         req = match &self.auth {
-            CdpAuth::Key(creds) => req.header(
+            Auth::Key(creds) => req.header(
                 "x-altus-auth",
                 creds.auth_header("POST", CONTENT_TYPE, &date, path),
             ),
-            CdpAuth::Token(token) => req.header("authorization", token),
+            Auth::Token(token) => req.header("authorization", token.expose()),
         };
         let resp = req
             .send()
             .await
-            .map_err(|e| Failure::Transport(format!("CDP {operation}: {}", transport(&e))))?;
+            .map_err(|e| self.transport(operation, &e))?;
         let status = resp.status().as_u16();
         let header = |name: &str| {
             resp.headers()
@@ -270,25 +251,49 @@ impl Client {
                 .map(str::to_string)
         };
         let request_id = header("x-altus-request-id").or_else(|| header("x-cdp-request-id"));
-        let retry_after = header("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = header("retry-after").and_then(|v| retry::parse_retry_after(&v));
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| Failure::Transport(format!("CDP {operation}: {}", transport(&e))))?;
+            .map_err(|e| self.transport(operation, &e))?;
         if status >= 300 {
-            return Err(Failure::Api(
-                ApiError::from_response(operation, status, request_id, &bytes),
-                retry_after,
-            ));
+            let e = ApiError::from_response(operation, status, request_id, &bytes);
+            let class = retry::classify_status(status);
+            let why = e.answer();
+            let error = match class {
+                Class::Auth => self.explain(e),
+                // Kept as the error itself: a 409 is recognised by its status.
+                _ => anyhow::Error::new(e),
+            };
+            return Err(Failure::new(class, why, error).with_retry_after(retry_after));
         }
         serde_json::from_slice(&bytes).map_err(|e| {
-            Failure::Other(anyhow::anyhow!(
-                "CDP {operation} answered {status} with a body that is not the expected JSON: {e} (request id {})",
+            let why = format!(
+                "answered {status} with a body that is not the expected JSON: {e} (request id {})",
                 request_id.as_deref().unwrap_or("none")
-            ))
+            );
+            Failure::new(
+                Class::Permanent,
+                why.clone(),
+                anyhow::anyhow!("CDP {operation} {why}"),
+            )
         })
+    }
+
+    /// No answer: connection refused or reset, timeout (retried), or a certificate that does not
+    /// verify (not retried: it will not verify on the next attempt either).
+    fn transport(&self, operation: &str, e: &reqwest::Error) -> Failure {
+        let text = chain_text(e);
+        let class = retry::classify_transport(&text);
+        let error = if class == Class::Permanent {
+            anyhow::anyhow!(
+                "CDP {operation} at {}: {text} (the server's certificate is not trusted; not retried)",
+                self.base
+            )
+        } else {
+            anyhow::anyhow!("CDP {operation} at {}: {text}", self.base)
+        };
+        Failure::new(class, text, error)
     }
 
     /// Starts a batching task; `Err` holds an [`ApiError`] with status 409 while another
@@ -393,29 +398,6 @@ impl Client {
     }
 }
 
-enum Failure {
-    /// An error answer, with the server's Retry-After.
-    Api(ApiError, Option<Duration>),
-    /// No answer: connection refused or reset, timeout. Retried.
-    Transport(String),
-    /// An answer we cannot read. Not retried.
-    Other(anyhow::Error),
-}
-
-/// reqwest's error with its causes (its Display alone hides "connection refused").
-fn transport(e: &reqwest::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,7 +418,7 @@ mod tests {
         assert_eq!((e.code.as_str(), e.message.as_str()), ("UNKNOWN", "a; b"));
         let e = ApiError::from_response("op", 502, None, b"<html>\n<b>Bad gateway</b></html>");
         assert!(e.message.contains("Bad gateway") && !e.message.contains('\n'));
-        assert!(e.transient());
+        assert_eq!(retry::classify_status(e.status), Class::Transient);
     }
 
     #[test]

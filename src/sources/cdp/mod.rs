@@ -15,11 +15,14 @@
 //! rest of its last batch.
 
 pub mod client;
+mod credentials;
+pub mod settings;
 pub mod signing;
 
 use self::client::{ArchiveBatch, Client};
+use self::settings::Settings;
 use super::{Document, Lane, Page, PageResult, Paging, Parked, Record, Source};
-use crate::config::{CdpConfig, Config};
+use crate::config::Config;
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -29,7 +32,7 @@ use std::time::{Duration, Instant};
 
 pub struct CdpArchive {
     client: Client,
-    cfg: CdpConfig,
+    cfg: Settings,
     /// One page per batch (OUTPUT_LAYOUT=cdp-archive) instead of CHUNK_SIZE pages.
     whole_batches: bool,
     /// Filled at the first claim of a run.
@@ -48,7 +51,7 @@ struct Current {
 }
 
 impl CdpArchive {
-    pub fn new(cdp: &CdpConfig, cfg: &Config) -> Result<Self> {
+    pub fn new(cdp: &Settings, cfg: &Config) -> Result<Self> {
         Ok(CdpArchive {
             client: Client::new(cdp)?,
             cfg: cdp.clone(),
@@ -64,7 +67,7 @@ impl CdpArchive {
         let window = format!("{}..{}", stamp(from), stamp(to));
         let timeout = self.cfg.task_timeout;
         let deadline = Instant::now() + timeout;
-        let mut waits = self.client.backoff(Duration::from_secs(15), usize::MAX);
+        let mut waits = self.client.poll_waits();
         let mut sleep_or_give_up = |what: &str| -> Result<Duration> {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -410,16 +413,11 @@ mod tests {
 /// `AUDIT_LOGGER_TYPE=CDP_ARCHIVE`.
 pub const KIND: super::Kind = super::Kind {
     name: "CDP_ARCHIVE",
-    configure: |env, _| {
-        Ok(Box::new(Configured(crate::config::cdp_config(
-            env,
-            Utc::now(),
-        )?)))
-    },
+    configure: |env, _| Ok(Box::new(Configured(Settings::from_env(env, Utc::now())?))),
 };
 
 #[derive(Debug)]
-struct Configured(CdpConfig);
+struct Configured(Settings);
 
 #[async_trait]
 impl super::Configured for Configured {
