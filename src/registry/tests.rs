@@ -4,7 +4,6 @@
 use super::*;
 use crate::config::*;
 use std::path::PathBuf;
-use std::time::Duration;
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -80,6 +79,8 @@ fn routing_settings_that_could_lose_or_misplace_records_are_refused() {
         c.run.routing.key_field.unwrap().to_string(),
         "labels.clusterId"
     );
+    // Other sources do not need the CAST AI variables.
+    assert!(cfg(&[("SINK", "stdout")]).is_ok());
 }
 
 fn es(pairs: &[(&str, &str)]) -> ElasticsearchConfig {
@@ -210,18 +211,6 @@ fn bad_values_name_the_variable() {
     }
 }
 
-fn castai(pairs: &[(&str, &str)]) -> Result<CastaiConfig> {
-    let mut all = vec![
-        ("AUDIT_LOGGER_TYPE", "CASTAI"),
-        ("CASTAI_API_KEY", "k3y-secret"),
-        ("CASTAI_STATE_FILE", "/var/lib/audit-transfer/castai.json"),
-    ];
-    all.retain(|(k, _)| !pairs.iter().any(|(p, _)| p == k));
-    all.extend_from_slice(pairs);
-    cfg(&all)?;
-    castai_config(&env(&all))
-}
-
 fn s3(pairs: &[(&str, &str)]) -> Result<S3Config> {
     let mut all = vec![
         ("AUDIT_LOGGER_TYPE", "S3_CURSOR"),
@@ -331,69 +320,6 @@ fn s3_credentials_from_a_profile() {
     assert!(
         matches!(&c.credentials, S3Credentials::Static { key_id, .. } if key_id == "AKIADEFAULT")
     );
-}
-
-#[test]
-fn castai_defaults_and_values() {
-    let c = castai(&[]).unwrap();
-    assert_eq!(c.api_url.as_str(), "https://api.cast.ai/");
-    assert_eq!(c.version, CastaiApiVersion::V1);
-    assert_eq!(c.page_limit, 100);
-    assert_eq!(c.lag, Duration::from_secs(120));
-    assert_eq!(
-        c.start_from,
-        StartFrom::Ago(Duration::from_secs(90 * 86400))
-    );
-    assert_eq!(c.window, Duration::from_secs(6 * 3600));
-    assert!(!format!("{c:?}").contains("k3y-secret"));
-    let c = castai(&[
-        ("CASTAI_API_VERSION", "V2"),
-        ("CASTAI_PAGE_LIMIT", "250"),
-        ("CASTAI_LAG", "0"),
-        ("CASTAI_START_FROM", "2024-05-01T00:00:00+02:00"),
-        ("CASTAI_WINDOW", "30m"),
-    ])
-    .unwrap();
-    assert_eq!((c.version, c.page_limit), (CastaiApiVersion::V2, 250));
-    assert_eq!(c.lag, Duration::ZERO);
-    assert_eq!(
-        c.start_from,
-        StartFrom::At("2024-04-30T22:00:00Z".parse().unwrap())
-    );
-    assert_eq!(c.window, Duration::from_secs(1800));
-    assert_eq!(
-        castai(&[("CASTAI_START_FROM", "12h")]).unwrap().start_from,
-        StartFrom::Ago(Duration::from_secs(12 * 3600))
-    );
-    // Other sources do not need the CAST AI variables.
-    assert!(cfg(&[("SINK", "stdout")]).is_ok());
-}
-
-#[test]
-fn castai_bad_values_name_the_variable() {
-    for (var, val) in [
-        ("CASTAI_API_VERSION", "v3"),
-        ("CASTAI_API_URL", "api.cast.ai"),
-        ("CASTAI_API_URL", "https://user:pw@api.cast.ai"),
-        ("CASTAI_PAGE_LIMIT", "5"),
-        ("CASTAI_PAGE_LIMIT", "1001"),
-        ("CASTAI_LAG", "soon"),
-        ("CASTAI_START_FROM", "yesterday"),
-        ("CASTAI_WINDOW", "0"),
-        ("CASTAI_TIMEOUT_SECONDS", "0"),
-        ("CASTAI_MAX_RETRIES", "-1"),
-        ("CASTAI_RETRY_INITIAL_MS", "x"),
-        ("CASTAI_API_KEY", ""),
-        ("CASTAI_STATE_FILE", ""),
-    ] {
-        let err = castai(&[(var, val)]).unwrap_err().0;
-        assert!(err.contains(var), "{var}={val}: {err}");
-        assert!(!err.contains('\n') && !err.contains("k3y-secret"));
-    }
-    let err = castai(&[("CASTAI_API_VERSION", "v2"), ("CASTAI_PAGE_LIMIT", "500")])
-        .unwrap_err()
-        .0;
-    assert!(err.contains("1 to 250"), "{err}");
 }
 
 #[test]
