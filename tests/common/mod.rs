@@ -5,6 +5,7 @@
 pub mod fakes;
 pub mod proxy;
 pub mod s3;
+pub mod tls;
 
 /// One module per database, each running the listed `async fn(Backend)` tests against it.
 #[allow(unused_macros)]

@@ -34,6 +34,7 @@
 //! says how many, takes the files that are there, and exits 3 unless `S3_ACCEPT_GAPS=true`.
 
 mod cef;
+mod connector;
 mod cursor;
 mod document;
 mod listing;
@@ -147,14 +148,31 @@ impl S3Cursor {
         };
         // object_store maps 401/403 of object requests to these variants, but leaves a refused
         // listing `Generic`, with the status only in its message.
-        let text = crate::base::exit::one_line(&anyhow!(format!("{e}")));
+        let text = crate::base::exit::chain_text(&e);
         let refused = matches!(
             e,
             object_store::Error::PermissionDenied { .. }
                 | object_store::Error::Unauthenticated { .. }
         ) || text.contains("403 Forbidden")
             || text.contains("401 Unauthorized");
+        let certificate = crate::http::retry::is_certificate_error(&text);
+        // Only the credential chain asks the instance metadata service; off AWS it answers
+        // nothing useful, and the store itself was never asked.
+        let no_credentials = text.contains("/latest/api/token")
+            || text.contains("/latest/meta-data/iam/security-credentials");
         match e {
+            _ if no_credentials => config_error(format!(
+                "no AWS credentials for {where_}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are \
+                 not set, the AWS credentials file has no profile for AWS_PROFILE (default \
+                 \"default\"), and {} gave none ({e})",
+                self.credentials_origin
+            )),
+            _ if certificate => anyhow!(
+                "{where_} presented a certificate that does not verify while {doing} S3_BUCKET {}: \
+                 add the CA that signed it to the system's trust store, or name a PEM file holding \
+                 it in SSL_CERT_FILE ({e})",
+                self.cfg.bucket
+            ),
             _ if refused => config_error(format!(
                 "{where_} refused the credentials from {} while {doing} S3_BUCKET {}: check \
                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and that the key may \
@@ -438,6 +456,7 @@ fn store(cfg: &Settings, credentials: &S3Credentials) -> Result<object_store::aw
         }
         S3Credentials::Chain => chain_builder(),
     }
+    .with_http_connector(connector::CertificateFailsAtOnce)
     .with_bucket_name(&cfg.bucket)
     .with_region(&cfg.region)
     .with_virtual_hosted_style_request(!cfg.path_style);
