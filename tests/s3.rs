@@ -616,3 +616,64 @@ fn key_order_for_names_without_numbers_and_a_deleted_cursor_starts_over() {
     );
     assert_eq!(osmem().count(&c.index), 4);
 }
+
+/// A store whose certificate does not verify fails at once, in one line that says what to do
+/// (object_store alone retries it ten times); with its CA in SSL_CERT_FILE the run gets past TLS.
+#[test]
+fn a_certificate_that_does_not_verify_fails_at_once() {
+    let c = Case::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::tls::private_ca(dir.path());
+    let front = common::tls::tls_front(&cert, &key, &moto().endpoint);
+    let endpoint = format!("https://127.0.0.1:{}", front.port);
+    let run = c.env().set("S3_ENDPOINT", &endpoint).run(&["check"]);
+    run.expect(1);
+    let errors: Vec<&str> = run.stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("presented a certificate that does not verify")
+            && errors[0].contains("SSL_CERT_FILE"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("retries"), "{}", run.stderr);
+
+    let trusted = c
+        .env()
+        .set("S3_ENDPOINT", &endpoint)
+        .set("SSL_CERT_FILE", &ca)
+        .run(&["check"]);
+    // The front does not pass the request's signature on: the store answers, with an error.
+    assert!(
+        trusted.stderr.contains("listing S3_BUCKET") && !trusted.stderr.contains("certificate"),
+        "{}",
+        trusted.stderr
+    );
+}
+
+/// Without a key, a profile or a role, the run says so in one line (exit 2) instead of
+/// blaming the store, which was never asked.
+#[test]
+fn no_credentials_anywhere_is_one_line_naming_the_variables() {
+    let c = Case::new();
+    // Where the chain would ask for an instance role: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metadata = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let run = c
+        .env()
+        .set("AWS_ACCESS_KEY_ID", "")
+        .set("AWS_SECRET_ACCESS_KEY", "")
+        .set("AWS_METADATA_ENDPOINT", &metadata)
+        .run(&["check"]);
+    run.expect(2);
+    let errors: Vec<&str> = run.stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("no AWS credentials")
+            && errors[0].contains("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            && errors[0].contains("AWS_PROFILE"),
+        "{}",
+        run.stderr
+    );
+}

@@ -4,111 +4,15 @@
 #[macro_use]
 mod common;
 
+use common::tls::{private_ca, tls_front};
 use common::*;
-use std::io::BufRead;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
-/// A private CA and a server certificate for 127.0.0.1 signed by it, made with the openssl
-/// CLI: (CA certificate, server certificate, server key).
-fn private_ca(dir: &Path) -> (String, String, String) {
-    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let run = |args: &[&str]| {
-        let status = Command::new("openssl")
-            .args(args)
-            .stderr(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .expect("openssl");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.pem"),
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        &p("server.key"),
-        "-out",
-        &p("server.csr"),
-    ]);
-    std::fs::write(
-        p("ext.cnf"),
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("server.csr"),
-        "-CA",
-        &p("ca.pem"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &p("ext.cnf"),
-        "-out",
-        &p("server.pem"),
-    ]);
-    (p("ca.pem"), p("server.pem"), p("server.key"))
-}
-
-struct TlsFront {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn tls_front(cert: &str, key: &str) -> TlsFront {
-    let python = python();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/localtest/tls_proxy.py");
-    let mut child = Command::new(python)
-        .args([script, cert, key, &osmem().url])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the TLS front");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    TlsFront {
-        port: line.trim().parse().expect("port"),
-        child,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_certificates_are_verified_unless_told_otherwise() {
     skip_unless!(Need::Osmem, Need::Python("ssl"));
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = private_ca(dir.path());
-    let front = tls_front(&cert, &key);
+    let front = tls_front(&cert, &key, &osmem().url);
     let db = TestDb::new(Backend::Sqlite).await;
     db.create_audit_table("audit_logs").await;
     db.insert_messages("audit_logs", &[message(1), message(2)])

@@ -7,7 +7,7 @@
 //! `docs/environment.md`, so the reference cannot drift from the code.
 
 use crate::base::exit::ConfigError;
-use crate::base::secret::{redact_url, Secret};
+use crate::base::secret::{redact_url, Secret, MASK};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -142,7 +142,7 @@ impl Env {
 
     #[allow(dead_code)] // Until every component reads its settings here.
     /// An http(s) URL with a host and no credentials in it (those have variables of their own).
-    /// The error quotes the value with any password blanked.
+    /// The error quotes the value with any user info blanked.
     pub fn http_url(&self, var: &str, expected: &str) -> Result<Option<url::Url>> {
         match self.get(var) {
             None => Ok(None),
@@ -162,7 +162,7 @@ pub fn http_url(var: &str, value: &str, expected: &str) -> Result<url::Url> {
                 && u.password().is_none()
         })
         .ok_or_else(|| {
-            let shown = redact_url(value);
+            let shown = without_user_info(value);
             let why = if shown != value {
                 " (credentials do not belong in the URL: use the variables for them)"
             } else {
@@ -170,6 +170,26 @@ pub fn http_url(var: &str, value: &str, expected: &str) -> Result<url::Url> {
             };
             ConfigError(format!("invalid {var} {shown:?}: expected {expected}{why}"))
         })
+}
+
+/// `value` as an error may quote it: all before the last `@` of its authority blanked, user
+/// name too. `redact_url` keeps the user and cannot blank a scheme-less `key:secret@host` (it
+/// reads `key` as the scheme); here the value was meant to be http(s), so whatever stands before
+/// the `@` is taken for credentials.
+fn without_user_info(value: &str) -> String {
+    let end = value.find(['?', '#']).unwrap_or(value.len());
+    let Some(at) = value[..end].rfind('@') else {
+        return redact_url(value);
+    };
+    let lower = value.to_ascii_lowercase();
+    let start = match value.find("//") {
+        Some(i) if i < at => i + 2,
+        _ => ["http:", "https:"]
+            .iter()
+            .find(|s| lower.starts_with(*s))
+            .map_or(0, |s| s.len()),
+    };
+    format!("{}{MASK}{}", &value[..start], redact_url(&value[at..]))
 }
 
 /// `90d`, `12h`, `5m`, `30s`, or a bare number of seconds.
@@ -224,6 +244,20 @@ mod tests {
         assert_eq!(env.raw("E"), Some("  "));
         let e = env.http_url("U", "an http(s) URL").unwrap_err().0;
         assert!(!e.contains("PW") && e.contains("invalid U"), "{e}");
+        // Without a scheme the part before '@' is still credentials; a user alone may be a token.
+        for (value, shown) in [
+            ("key:PW@h:9000", "***@h:9000"),
+            ("//key:PW@h", "//***@h"),
+            ("http:key:PW@h", "http:***@h"),
+            ("https://PW@h/x?token=PW", "https://***@h/x?token=***"),
+            ("https://u:P/W@h", "https://***@h"),
+        ] {
+            let e = http_url("U", value, "an http(s) URL").unwrap_err().0;
+            assert!(
+                e.starts_with(&format!("invalid U {shown:?}")),
+                "{value}: {e}"
+            );
+        }
         assert_eq!(
             env.choice("C", &[("text", 1), ("json", 2)]).unwrap(),
             Some(2)

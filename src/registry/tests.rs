@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::config::*;
-use std::path::PathBuf;
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -211,117 +210,6 @@ fn bad_values_name_the_variable() {
     }
 }
 
-fn s3(pairs: &[(&str, &str)]) -> Result<S3Config> {
-    let mut all = vec![
-        ("AUDIT_LOGGER_TYPE", "S3_CURSOR"),
-        ("S3_BUCKET", "cato-logs"),
-        ("SINK", "file"),
-    ];
-    all.retain(|(k, _)| !pairs.iter().any(|(p, _)| p == k));
-    all.extend_from_slice(pairs);
-    cfg(&all)?;
-    let sink = crate::sinks::choose(&env(&all)).map(|k| k.traits);
-    s3_config(&env(&all), &sink.unwrap_or_default())
-}
-
-#[test]
-fn s3_defaults_and_values() {
-    let c = s3(&[]).unwrap();
-    assert_eq!(c.prefix, "");
-    assert_eq!(c.region, "us-east-1");
-    assert!(!c.path_style, "virtual-hosted for AWS");
-    assert_eq!(c.cursor_file, PathBuf::from("s3-cursor.json"));
-    assert_eq!(c.format, S3Format::Auto);
-    assert_eq!(c.order, S3Order::Auto);
-    assert_eq!(c.max_attempts, 5);
-    assert_eq!(c.on_bad_file, S3OnBadFile::Stop);
-    assert!(!c.accept_gaps);
-    assert_eq!(c.output, S3Output::Document);
-    assert!(matches!(c.credentials, S3Credentials::Chain));
-    let c = s3(&[
-        ("S3_PREFIX", "/acct/1234/"),
-        ("S3_ENDPOINT", "http://minio:9000"),
-        ("AWS_REGION", "eu-north-1"),
-        ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
-        ("AWS_SECRET_ACCESS_KEY", "s3cr3t-value"),
-        ("S3_ZIP_PASSWORD", "z1p-secret"),
-        ("S3_FORMAT", "CEF"),
-        ("S3_ON_BAD_FILE", "skip"),
-        ("S3_MAX_ATTEMPTS", "2"),
-        ("S3_ACCEPT_GAPS", "true"),
-        ("SINK", "stdout"),
-    ])
-    .unwrap();
-    assert_eq!(c.prefix, "acct/1234");
-    assert!(c.path_style, "path-style with an endpoint");
-    assert_eq!(c.region, "eu-north-1");
-    assert_eq!(c.format, S3Format::Cef);
-    assert_eq!(c.on_bad_file, S3OnBadFile::Skip);
-    assert_eq!(c.max_attempts, 2);
-    assert!(c.accept_gaps);
-    assert_eq!(c.output, S3Output::Original, "stdout: the vendor's lines");
-    let debug = format!("{c:?}");
-    assert!(
-        !debug.contains("s3cr3t-value") && !debug.contains("z1p-secret"),
-        "{debug}"
-    );
-}
-
-#[test]
-fn s3_invalid_values_name_the_variable() {
-    let err = |pairs: &[(&str, &str)]| s3(pairs).unwrap_err().0;
-    assert!(err(&[("S3_BUCKET", "")]).starts_with("S3_BUCKET is not set"));
-    assert!(err(&[("S3_BUCKET", "a b")]).starts_with("invalid S3_BUCKET"));
-    assert!(err(&[("S3_PREFIX", "a//b")]).starts_with("invalid S3_PREFIX"));
-    assert!(err(&[("S3_ENDPOINT", "minio:9000")]).starts_with("invalid S3_ENDPOINT"));
-    assert!(err(&[("S3_FORMAT", "xml")]).starts_with("invalid S3_FORMAT"));
-    assert!(err(&[("S3_ORDER", "date")]).starts_with("invalid S3_ORDER"));
-    assert!(err(&[("S3_MAX_ATTEMPTS", "0")]).starts_with("invalid S3_MAX_ATTEMPTS"));
-    assert!(err(&[("S3_ON_BAD_FILE", "ignore")]).starts_with("invalid S3_ON_BAD_FILE"));
-    assert!(err(&[("S3_ACCEPT_GAPS", "maybe")]).starts_with("invalid S3_ACCEPT_GAPS"));
-    assert!(err(&[("S3_OUTPUT", "xml")]).starts_with("invalid S3_OUTPUT"));
-    let e = err(&[
-        ("S3_OUTPUT", "original"),
-        ("SINK", ""),
-        ("ELASTICSEARCH_HOST", "es"),
-    ]);
-    assert!(e.contains("Elasticsearch needs JSON"), "{e}");
-    let e = err(&[("AWS_ACCESS_KEY_ID", "AKIA")]);
-    assert!(e.starts_with("AWS_SECRET_ACCESS_KEY is not set"), "{e}");
-    let e = err(&[("AWS_SECRET_ACCESS_KEY", "s3cr3t")]);
-    assert!(
-        e.starts_with("AWS_ACCESS_KEY_ID is not set") && !e.contains("s3cr3t"),
-        "{e}"
-    );
-    let e = err(&[("AWS_PROFILE", "nope"), ("HOME", "/nonexistent")]);
-    assert!(e.starts_with("invalid AWS_PROFILE"), "{e}");
-}
-
-#[test]
-fn s3_credentials_from_a_profile() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("credentials");
-    std::fs::write(
-        &file,
-        "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = d3f\n\n[audit]\naws_access_key_id=AKIAAUDIT\naws_secret_access_key=4ud1t\naws_session_token=tok\n",
-    )
-    .unwrap();
-    let f = file.to_str().unwrap();
-    let c = s3(&[("AWS_SHARED_CREDENTIALS_FILE", f), ("AWS_PROFILE", "audit")]).unwrap();
-    match &c.credentials {
-        S3Credentials::Static { key_id, token, .. } => {
-            assert_eq!(key_id, "AKIAAUDIT");
-            assert_eq!(token.as_deref(), Some("tok"));
-        }
-        S3Credentials::Chain => panic!("profile not used"),
-    }
-    assert!(c.credentials_origin.contains("profile \"audit\""));
-    let c = s3(&[("AWS_SHARED_CREDENTIALS_FILE", f)]).unwrap();
-    assert!(
-        matches!(&c.credentials, S3Credentials::Static { key_id, .. } if key_id == "AKIADEFAULT")
-    );
-}
-
 #[test]
 fn sink_is_chosen_explicitly_or_by_host() {
     assert_eq!(
@@ -369,4 +257,24 @@ fn cdp_archive_layout_needs_the_cdp_source_and_gzip() {
         .unwrap_err()
         .0;
     assert!(err.contains("OUTPUT_LAYOUT"), "{err}");
+}
+
+/// The S3 source reads its settings with the traits of the sink the variables choose: an index
+/// chosen by ELASTICSEARCH_HOST cannot take original lines, stdout gets them by default.
+#[test]
+fn s3_settings_take_the_traits_of_the_chosen_sink() {
+    let s3 = [("AUDIT_LOGGER_TYPE", "S3_CURSOR"), ("S3_BUCKET", "b")];
+    let e = cfg(&[
+        s3[0],
+        s3[1],
+        ("S3_OUTPUT", "original"),
+        ("ELASTICSEARCH_HOST", "es"),
+    ])
+    .unwrap_err()
+    .0;
+    assert!(e.contains("Elasticsearch needs JSON"), "{e}");
+    let setup = cfg(&[s3[0], s3[1], ("SINK", "stdout")]).unwrap();
+    assert!(setup.source().unwrap().traits().undated, "original lines");
+    let setup = cfg(&[s3[0], s3[1], ("SINK", "file")]).unwrap();
+    assert!(!setup.source().unwrap().traits().undated, "documents");
 }

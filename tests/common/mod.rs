@@ -5,6 +5,7 @@
 pub mod fakes;
 pub mod proxy;
 pub mod s3;
+pub mod tls;
 
 /// At the start of a test that needs services (`Backend`s and [`Need`]s): returns from the test
 /// when one is missing, after one line saying what it needs; see [`available`].

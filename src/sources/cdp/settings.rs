@@ -288,7 +288,7 @@ mod tests {
                 .0;
             assert!(err.starts_with("invalid CDP_ENDPOINT_URL"), "{err}");
             assert!(!err.contains("Hunter2"), "{err}");
-            assert!(err.contains("audit:***@"), "{err}");
+            assert!(err.contains("***@api.example.com"), "{err}");
         }
         let err = cdp(&[
             ("CDP_ACCESS_TOKEN", "t"),

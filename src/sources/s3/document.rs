@@ -14,7 +14,7 @@
 //! line exactly as in the file.
 
 use super::cef;
-use crate::config::{S3Format, S3Output};
+use super::settings::{S3Format, S3Output};
 use crate::sources::{Document, Record};
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};

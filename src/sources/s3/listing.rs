@@ -7,7 +7,7 @@
 //! the next files are those after the cursor's key. `S3_ORDER=auto` takes index order when
 //! every file's name carries a number; a cursor keeps the order it was written in.
 
-use crate::config::S3Order;
+use super::settings::S3Order;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;

@@ -34,17 +34,20 @@
 //! says how many, takes the files that are there, and exits 3 unless `S3_ACCEPT_GAPS=true`.
 
 mod cef;
+mod connector;
 mod cursor;
 mod document;
 mod listing;
 mod reader;
+mod settings;
 
 use self::cursor::{Cursor, Pending, Skipped};
 use self::listing::{Mode, ObjectInfo, Position};
 use self::reader::Msg;
+use self::settings::{S3Credentials, S3OnBadFile, S3Order, S3Output, Settings};
 use super::{Lane, Page, PageResult, Paging, Parked, Record, Source};
 use crate::base::exit::config_error;
-use crate::config::{Config, S3Config, S3Credentials, S3OnBadFile};
+use crate::config::Config;
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -59,7 +62,9 @@ use std::sync::Arc;
 const LIST_UNNUMBERED: usize = 10;
 
 pub struct S3Cursor {
-    cfg: S3Config,
+    cfg: Settings,
+    /// Where the credentials came from, for messages (never the values).
+    credentials_origin: String,
     store: Arc<dyn ObjectStore>,
     /// Loaded by `prepare`.
     cursor: Option<Cursor>,
@@ -91,10 +96,12 @@ struct Current {
 }
 
 impl S3Cursor {
-    pub fn new(s3: &S3Config, cfg: &Config) -> Result<Self> {
+    pub fn new(s3: &Settings, cfg: &Config) -> Result<Self> {
+        let (credentials, credentials_origin) = s3.credentials().map_err(|e| config_error(e.0))?;
         Ok(S3Cursor {
-            store: Arc::new(store(s3)?),
+            store: Arc::new(store(s3, &credentials)?),
             cfg: s3.clone(),
+            credentials_origin,
             cursor: None,
             _lock: None,
             queue: None,
@@ -138,19 +145,36 @@ impl S3Cursor {
         };
         // object_store maps 401/403 of object requests to these variants, but leaves a refused
         // listing `Generic`, with the status only in its message.
-        let text = crate::base::exit::one_line(&anyhow!(format!("{e}")));
+        let text = crate::base::exit::chain_text(&e);
         let refused = matches!(
             e,
             object_store::Error::PermissionDenied { .. }
                 | object_store::Error::Unauthenticated { .. }
         ) || text.contains("403 Forbidden")
             || text.contains("401 Unauthorized");
+        let certificate = crate::http::retry::is_certificate_error(&text);
+        // Only the credential chain asks the instance metadata service; off AWS it answers
+        // nothing useful, and the store itself was never asked.
+        let no_credentials = text.contains("/latest/api/token")
+            || text.contains("/latest/meta-data/iam/security-credentials");
         match e {
+            _ if no_credentials => config_error(format!(
+                "no AWS credentials for {where_}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are \
+                 not set, the AWS credentials file has no profile for AWS_PROFILE (default \
+                 \"default\"), and {} gave none ({e})",
+                self.credentials_origin
+            )),
+            _ if certificate => anyhow!(
+                "{where_} presented a certificate that does not verify while {doing} S3_BUCKET {}: \
+                 add the CA that signed it to the system's trust store, or name a PEM file holding \
+                 it in SSL_CERT_FILE ({e})",
+                self.cfg.bucket
+            ),
             _ if refused => config_error(format!(
                 "{where_} refused the credentials from {} while {doing} S3_BUCKET {}: check \
                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and that the key may \
                  list and read the bucket ({e})",
-                self.cfg.credentials_origin, self.cfg.bucket
+                self.credentials_origin, self.cfg.bucket
             )),
             object_store::Error::NotFound { .. } => config_error(format!(
                 "{where_} has no S3_BUCKET {} (while {doing} it): {e}",
@@ -189,8 +213,8 @@ impl S3Cursor {
         let last = cursor.last.clone();
         let cursor_mode = cursor.order;
         // Key order can start the listing after the cursor; index order needs all names.
-        let key_only = self.cfg.order == crate::config::S3Order::Key
-            || (self.cfg.order == crate::config::S3Order::Auto && cursor_mode == Some(Mode::Key));
+        let key_only = self.cfg.order == S3Order::Key
+            || (self.cfg.order == S3Order::Auto && cursor_mode == Some(Mode::Key));
         let offset = last.as_ref().filter(|_| key_only).map(|p| p.key.clone());
         let objects = self.list(offset.as_deref()).await?;
         let mode = listing::choose_mode(self.cfg.order, cursor_mode, &objects);
@@ -425,23 +449,20 @@ fn origin<'a>(
 
 /// The object store for the configuration. Credentials: the configured key, or (without one)
 /// object_store's own chain, which reads the web identity, container and instance settings.
-fn store(cfg: &S3Config) -> Result<object_store::aws::AmazonS3> {
-    let mut b = match &cfg.credentials {
-        S3Credentials::Static {
-            key_id,
-            secret,
-            token,
-        } => {
+fn store(cfg: &Settings, credentials: &S3Credentials) -> Result<object_store::aws::AmazonS3> {
+    let mut b = match credentials {
+        S3Credentials::Static(keys) => {
             let b = AmazonS3Builder::new()
-                .with_access_key_id(key_id)
-                .with_secret_access_key(secret);
-            match token {
-                Some(t) => b.with_token(t),
+                .with_access_key_id(&keys.key_id)
+                .with_secret_access_key(keys.secret.expose());
+            match &keys.token {
+                Some(t) => b.with_token(t.expose()),
                 None => b,
             }
         }
         S3Credentials::Chain => chain_builder(),
     }
+    .with_http_connector(connector::CertificateFailsAtOnce)
     .with_bucket_name(&cfg.bucket)
     .with_region(&cfg.region)
     .with_virtual_hosted_style_request(!cfg.path_style);
@@ -684,11 +705,11 @@ impl Page for FilePage<'_> {
 /// `AUDIT_LOGGER_TYPE=S3_CURSOR`.
 pub const KIND: super::Kind = super::Kind {
     name: "S3_CURSOR",
-    configure: |env, sink| Ok(Box::new(Configured(crate::config::s3_config(env, sink)?))),
+    configure: |env, sink| Ok(Box::new(Configured(Settings::from_env(env, sink)?))),
 };
 
 #[derive(Debug)]
-struct Configured(S3Config);
+struct Configured(Settings);
 
 #[async_trait]
 impl super::Configured for Configured {
@@ -703,7 +724,7 @@ impl super::Configured for Configured {
         crate::base::source::SourceTraits {
             topic_field: Some("event_type"),
             key_field: Some("event_sub_type"),
-            undated: self.0.output == crate::config::S3Output::Original,
+            undated: self.0.output == S3Output::Original,
             ..Default::default()
         }
     }

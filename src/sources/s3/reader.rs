@@ -9,6 +9,7 @@
 //! while it is being read fails instead of mixing two versions.
 
 use super::listing::ObjectInfo;
+use crate::base::secret::Secret;
 use object_store::{path::Path as StorePath, GetOptions, GetRange, ObjectStore};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::sync::Arc;
@@ -61,7 +62,7 @@ fn kind(key: &str) -> Kind {
 pub fn spawn(
     store: Arc<dyn ObjectStore>,
     info: &ObjectInfo,
-    zip_password: Option<String>,
+    zip_password: Option<Secret>,
 ) -> io::Result<mpsc::Receiver<Msg>> {
     let (tx, rx) = mpsc::channel(CHANNEL);
     let reader = ObjectReader {
@@ -78,7 +79,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("s3-file".into())
         .spawn(move || {
-            let last = match read(reader, kind, zip_password.as_deref(), &tx) {
+            let last = match read(reader, kind, zip_password.as_ref().map(Secret::expose), &tx) {
                 Ok(()) => Msg::End,
                 Err(Stop::Failed(e)) => Msg::Failed(e),
                 Err(Stop::Dropped) => return,
