@@ -36,18 +36,6 @@ fn sink_debug(setup: &Setup) -> String {
 }
 
 #[test]
-fn compression_is_gzip_or_none() {
-    let host = ("ELASTICSEARCH_HOST", "es:9200");
-    assert!(!es(&[host]).compression);
-    assert!(es(&[host, ("ELASTICSEARCH_COMPRESSION", "GZIP")]).compression);
-    let e = cfg(&[host, ("ELASTICSEARCH_COMPRESSION", "br")])
-        .unwrap()
-        .sink
-        .unwrap_err();
-    assert!(e.0.contains("ELASTICSEARCH_COMPRESSION"), "{e:?}");
-}
-
-#[test]
 fn routing_settings_that_could_lose_or_misplace_records_are_refused() {
     let err = |pairs: &[(&str, &str)]| cfg(pairs).map(|_| ()).unwrap_err().0;
     let file = [("SINK", "file")];
@@ -89,15 +77,6 @@ fn routing_settings_that_could_lose_or_misplace_records_are_refused() {
     );
 }
 
-fn es(pairs: &[(&str, &str)]) -> ElasticsearchConfig {
-    let c = cfg(pairs).unwrap();
-    assert!(
-        sink_debug(&c).starts_with("Ok(Configured(ElasticsearchConfig"),
-        "{c:?}"
-    );
-    elasticsearch_config(&env(pairs)).unwrap()
-}
-
 #[test]
 fn defaults_match_the_original() {
     let c = cfg(&[]).unwrap();
@@ -117,27 +96,6 @@ fn defaults_match_the_original() {
     let dj = cfg(&[("AUDIT_LOGGER_TYPE", "DJANGO_AUDITLOG")]).unwrap();
     assert!(format!("{:?}", dj.source).contains("name: \"auth_user\""));
     assert!(c.sink.unwrap_err().0.contains("ELASTICSEARCH_HOST"));
-}
-
-#[test]
-fn both_host_port_forms_give_the_same_url() {
-    let a = es(&[
-        ("ELASTICSEARCH_HOST", "es.example"),
-        ("ELASTICSEARCH_PORT", "9243"),
-    ]);
-    let b = es(&[
-        ("ELASTICSEARCH_HOST", "es.example:9243"),
-        ("ELASTICSEARCH_PORT", "0"),
-    ]);
-    let c = es(&[("ELASTICSEARCH_HOST", "es.example:9243")]);
-    assert_eq!(a.url.as_str(), "https://es.example:9243/");
-    assert_eq!(a.url, b.url);
-    assert_eq!(b.url, c.url);
-    let d = es(&[
-        ("ELASTICSEARCH_HOST", "localhost:9200"),
-        ("ELASTICSEARCH_SCHEME", "http"),
-    ]);
-    assert_eq!(d.url.as_str(), "http://localhost:9200/");
 }
 
 #[test]
@@ -199,23 +157,13 @@ fn bad_values_name_the_variable() {
     let django = ("AUDIT_LOGGER_TYPE", "DJANGO_AUDITLOG");
     let err = cfg(&[django, ("USER_TABLE_NAME", "users`")]).unwrap_err().0;
     assert!(err.contains("USER_TABLE_NAME"), "{err}");
-    for (var, val) in [
-        ("ELASTICSEARCH_PORT", "http"),
-        ("ELASTICSEARCH_PORT", "70000"),
-        ("ELASTICSEARCH_SCHEME", "ftp"),
-        ("ELASTICSEARCH_APP_AUDIT_LOG_INDEX", "Bad Index"),
-        ("ELASTICSEARCH_MAX_RETRIES", "many"),
-        ("ELASTICSEARCH_TIMEOUT_SECONDS", "0"),
-        ("ELASTICSEARCH_INSECURE", "perhaps"),
-        ("ELASTICSEARCH_CREATE_INDEX", "sure"),
-    ] {
-        let err = cfg(&[("ELASTICSEARCH_HOST", "h"), (var, val)])
-            .unwrap()
-            .sink
-            .unwrap_err()
-            .0;
-        assert!(err.contains(var), "{var}={val}: {err}");
-    }
+    // The sink's errors are kept for the commands that need a sink.
+    let err = cfg(&[("ELASTICSEARCH_HOST", "h"), ("ELASTICSEARCH_PORT", "http")])
+        .unwrap()
+        .sink
+        .unwrap_err()
+        .0;
+    assert!(err.contains("ELASTICSEARCH_PORT"), "{err}");
 }
 
 fn castai(pairs: &[(&str, &str)]) -> Result<CastaiConfig> {
@@ -415,8 +363,17 @@ fn sink_is_chosen_explicitly_or_by_host() {
         file.starts_with("Ok(Settings {") && file.contains("gzip: true"),
         "{file}"
     );
-    let es = cfg(&[("ELASTICSEARCH_HOST", "es:9200")]).unwrap();
-    assert!(sink_debug(&es).contains("ElasticsearchConfig"));
+    let es = sink_debug(&cfg(&[("ELASTICSEARCH_HOST", "es:9200")]).unwrap());
+    assert!(
+        es.starts_with("Ok(Configured { settings: Settings { url: Url { scheme: \"https\"")
+            && es.contains("Domain(\"es\")"),
+        "{es}"
+    );
+    let os = sink_debug(&cfg(&[("SINK", "OpenSearch"), ("ELASTICSEARCH_HOST", "es")]).unwrap());
+    assert!(
+        os.starts_with("Ok(Configured { settings: Settings {"),
+        "{os}"
+    );
     assert!(cfg(&[("SINK", "kafka")])
         .unwrap()
         .sink
