@@ -80,7 +80,7 @@ pub enum Command {
 
 /// `90s`, `30m`, `2h`, `1d`, or a bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::config::duration(s.trim())
+    crate::base::env::duration(s.trim())
         .ok_or_else(|| format!("{s:?}: expected a duration such as 90s, 30m, 2h or 1d"))
 }
 

@@ -62,6 +62,118 @@ async fn sink_certificates_are_verified_unless_told_otherwise() {
     );
 }
 
+/// Issue 14 (6): a certificate that does not verify will not verify on a retry either: every
+/// command that reaches the sink fails at once (default retry settings), naming the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_fails_at_once_naming_the_fix() {
+    skip_unless!(Need::Osmem, Need::Python("ssl"));
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, cert, key) = private_ca(dir.path());
+    let front = tls_front(&cert, &key, &osmem().url);
+    let db = TestDb::new(Backend::Sqlite).await;
+    db.create_audit_table("audit_logs").await;
+    db.insert_messages("audit_logs", &[message(1)]).await;
+    let env = Env::es(&db, &unique("tls"))
+        .set("ELASTICSEARCH_SCHEME", "https")
+        .set("ELASTICSEARCH_PORT", &front.port.to_string())
+        // The defaults: 8 retries from 500 ms would take up to ~128 s.
+        .set("ELASTICSEARCH_RETRY_INITIAL_MS", "500")
+        .set("ELASTICSEARCH_MAX_RETRIES", "8");
+    let create = env.clone().set("ELASTICSEARCH_CREATE_INDEX", "true");
+    for (env, args) in [
+        (&env, &[][..]),
+        (&create, &[][..]),
+        (&env, &["check"][..]),
+        (&env, &["init-index"][..]),
+    ] {
+        let start = std::time::Instant::now();
+        let run = env.run(args);
+        run.expect(1);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{args:?} took {:?}",
+            start.elapsed()
+        );
+        assert!(
+            run.stderr.contains("certificate")
+                && run.stderr.contains("ELASTICSEARCH_CA_CERT")
+                && run.stderr.contains("ELASTICSEARCH_INSECURE=true"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
+    }
+    assert_eq!(db.unsent("audit_logs").await, 1);
+}
+
+/// Issue 14 (8): the warning about ELASTICSEARCH_INSECURE is logged once per run, however many
+/// clients the run uses (index creation, several workers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_insecure_warning_is_logged_once() {
+    skip_unless!(Need::Osmem, Need::Python("ssl"), Need::Postgres);
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, cert, key) = private_ca(dir.path());
+    let front = tls_front(&cert, &key, &osmem().url);
+    let db = TestDb::new(Backend::Postgres).await;
+    db.create_audit_table("audit_logs").await;
+    db.insert_messages("audit_logs", &(1..=4).map(message).collect::<Vec<_>>())
+        .await;
+    let index = unique("insecure");
+    let env = Env::es(&db, &index)
+        .set("ELASTICSEARCH_SCHEME", "https")
+        .set("ELASTICSEARCH_PORT", &front.port.to_string())
+        .set("ELASTICSEARCH_INSECURE", "true")
+        .set("ELASTICSEARCH_CREATE_INDEX", "true")
+        .set("SINK_CONCURRENCY", "3")
+        .set("CHUNK_SIZE", "1");
+    for args in [&[][..], &["check"][..], &["init-index"][..]] {
+        let run = env.run(args);
+        run.expect(0);
+        assert_eq!(
+            run.stderr.matches("ELASTICSEARCH_INSECURE=true").count(),
+            1,
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(osmem().count(&index), 4);
+}
+
+/// Issue 14 (2): credentials in ELASTICSEARCH_HOST are refused, the value quoted without its
+/// password, whatever the form.
+#[test]
+fn credentials_in_the_sink_host_are_refused_unprinted() {
+    for (host, shown) in [
+        (
+            "http://elastic:es-host-secret@127.0.0.1:9200",
+            "http://elastic:***@127.0.0.1:9200",
+        ),
+        (
+            "elastic:es-host-secret@127.0.0.1:9200",
+            "elastic:***@127.0.0.1:9200",
+        ),
+        (
+            "http://:es-host-secret@127.0.0.1:9200",
+            "http://:***@127.0.0.1:9200",
+        ),
+    ] {
+        for format in ["text", "json"] {
+            let run = Env::new()
+                .set("LOG_FORMAT", format)
+                .set("DATABASE_URL", "sqlite:///nonexistent/audit.sqlite3")
+                .set("ELASTICSEARCH_HOST", host)
+                .run(&["check"]);
+            run.expect(2);
+            assert!(
+                run.stderr.contains("invalid ELASTICSEARCH_HOST") && run.stderr.contains(shown),
+                "{host}: {}",
+                run.stderr
+            );
+            assert!(!run.stderr.contains("es-host-secret"), "{}", run.stderr);
+        }
+    }
+}
+
 /// The local PostgreSQL has TLS enabled (Debian's default snakeoil certificate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_tls_against_postgres() {

@@ -32,7 +32,7 @@ impl Env {
         }
     }
 
-    #[allow(dead_code)] // Until every component reads its settings here.
+    #[cfg(test)]
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
@@ -55,7 +55,6 @@ impl Env {
         self.raw(var).map(str::trim).filter(|s| !s.is_empty())
     }
 
-    #[allow(dead_code)] // Until every component reads its settings here.
     /// A secret: remembered so that no output can show it.
     pub fn secret(&self, var: &str) -> Option<Secret> {
         self.get(var).map(Secret::new)
@@ -109,19 +108,6 @@ impl Env {
         }
     }
 
-    #[allow(dead_code)] // Until every component reads its settings here.
-    /// A duration: `90d`, `12h`, `5m`, `30s`, or a bare number of seconds.
-    pub fn duration(&self, var: &str) -> Result<Option<Duration>> {
-        match self.get(var) {
-            None => Ok(None),
-            Some(s) => duration(s).map(Some).ok_or_else(|| {
-                ConfigError(format!(
-                    "invalid {var} {s:?}: expected a duration such as 90d, 12h, 5m or 30s"
-                ))
-            }),
-        }
-    }
-
     /// One of `choices` (case-insensitive); the error lists them.
     pub fn choice<T: Copy>(&self, var: &str, choices: &[(&str, T)]) -> Result<Option<T>> {
         let Some(value) = self.get(var) else {
@@ -140,7 +126,6 @@ impl Env {
             })
     }
 
-    #[allow(dead_code)] // Until every component reads its settings here.
     /// An http(s) URL with a host and no credentials in it (those have variables of their own).
     /// The error quotes the value with any user info blanked.
     pub fn http_url(&self, var: &str, expected: &str) -> Result<Option<url::Url>> {

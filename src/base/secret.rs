@@ -13,11 +13,9 @@ use std::sync::RwLock;
 pub const MASK: &str = "***";
 
 /// A secret value: `Debug` and `Display` print `***`.
-#[allow(dead_code)] // Until every component reads its settings through Env.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
 
-#[allow(dead_code)]
 impl Secret {
     /// Wraps `value` and remembers it for [`scrub`].
     pub fn new(value: impl Into<String>) -> Self {
@@ -113,6 +111,9 @@ pub fn redact_url(value: &str) -> String {
             let userinfo = &before_query[slashes..at];
             let user = match userinfo.find(':') {
                 Some(i) => format!("{}:{MASK}", &userinfo[..i]),
+                // `user:pw@host` without a scheme reads as scheme `user`, user info `pw`:
+                // without `//` there is no telling, so the whole user info goes.
+                None if slashes == 0 => MASK.to_string(),
                 None => userinfo.to_string(),
             };
             format!("{}{user}{}", &before_query[..slashes], &before_query[at..])
@@ -214,6 +215,7 @@ mod tests {
             ("https://h/x?token=PW&a=1", "https://h/x?token=***&a=1"),
             ("https://h/x", "https://h/x"),
             ("mysql://u@h/db", "mysql://u@h/db"),
+            ("elastic:PW@h:9200", "elastic:***@h:9200"),
         ] {
             assert_eq!(redact_url(input), want, "{input}");
             assert!(!redact_url(input).contains("PW"), "{input}");

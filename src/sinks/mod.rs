@@ -6,7 +6,6 @@
 
 pub mod elasticsearch;
 pub mod file;
-pub mod index;
 
 use crate::base::env::{one_of, Env};
 use crate::base::exit::ConfigError;
