@@ -287,3 +287,87 @@ async fn secrets_stay_out_of_failing_runs_at_debug_level() {
         }
     }
 }
+
+/// Every URL variable, well-formed or not, with a password in it: no output at any level (ours
+/// at trace, the libraries' at trace), in text or JSON, ever shows the password. URLs without a
+/// proper authority are configuration errors, not a "default host".
+#[test]
+fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let state = state.to_str().unwrap();
+    let sqlite = format!("sqlite:///{}/none.db", dir.path().display());
+    let base = |var: &str| -> Env {
+        let env = Env::new()
+            .set("SINK", "stdout")
+            .set("DATABASE_URL", &sqlite)
+            .set("ELASTICSEARCH_MAX_RETRIES", "0")
+            .set("CASTAI_MAX_RETRIES", "0")
+            .set("CDP_MAX_RETRIES", "0");
+        match var {
+            "ELASTICSEARCH_HOST" => env.set("SINK", "elasticsearch"),
+            "CDP_ENDPOINT_URL" => env
+                .set("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE")
+                .set("CDP_ACCESS_TOKEN", "tok"),
+            "S3_ENDPOINT" => env
+                .set("AUDIT_LOGGER_TYPE", "S3_CURSOR")
+                .set("S3_BUCKET", "b")
+                .set("S3_CURSOR_FILE", state)
+                .set("AWS_ACCESS_KEY_ID", "id")
+                .set("AWS_SECRET_ACCESS_KEY", "aws-secret"),
+            "CASTAI_API_URL" => env
+                .set("AUDIT_LOGGER_TYPE", "CASTAI")
+                .set("CASTAI_API_KEY", "key")
+                .set("CASTAI_STATE_FILE", state),
+            _ => env,
+        }
+    };
+    let vars = [
+        ("DATABASE_URL", "mysql"),
+        ("DATABASE_URL", "postgres"),
+        ("ELASTICSEARCH_HOST", "http"),
+        ("CDP_ENDPOINT_URL", "https"),
+        ("S3_ENDPOINT", "http"),
+        ("CASTAI_API_URL", "https"),
+        ("METRICS_PUSHGATEWAY_URL", "http"),
+    ];
+    for (var, scheme) in vars {
+        let forms = [
+            format!("{scheme}://user:SECRETPW@127.0.0.1:1/db"),
+            format!("{scheme}:/user:SECRETPW@127.0.0.1:1/db"),
+            format!("{scheme}:user:SECRETPW@127.0.0.1:1/db"),
+            format!("{scheme}:///user:SECRETPW@127.0.0.1:1/db"),
+            format!("{scheme}://user:SECRETPW@/db"),
+            "user:SECRETPW@127.0.0.1:1".to_string(),
+            format!("{scheme}://user:SECRET/PW@127.0.0.1:1/db"),
+        ];
+        for value in &forms {
+            for format in ["text", "json"] {
+                for args in [&["check"][..], &["run"][..]] {
+                    let run = base(var)
+                        .set(var, value)
+                        .set("LOG_FORMAT", format)
+                        .set("DEBUG", "true")
+                        .set("RUST_LOG", "trace")
+                        .run(args);
+                    let out = format!("{}{}", run.stdout, run.stderr);
+                    assert!(
+                        !out.contains("SECRETPW") && !out.contains("SECRET/PW"),
+                        "{var}={value} {args:?} {format} printed the password:\n{out}"
+                    );
+                    // A database URL may carry its password; the other URL variables may not.
+                    let well_formed = value.starts_with(&format!("{scheme}://user:SECRETPW@127"));
+                    if var == "DATABASE_URL" && well_formed {
+                        assert_eq!(run.code, 1, "{var}={value} {args:?}: {out}");
+                        continue;
+                    }
+                    assert_eq!(run.code, 2, "{var}={value} {args:?}: {out}");
+                    assert!(
+                        out.contains(var),
+                        "{var}={value}: the error names it: {out}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -131,6 +131,10 @@ fn url(env: &Env) -> Result<url::Url> {
             u.host_str().is_some_and(|h| !h.is_empty())
                 && u.username().is_empty()
                 && u.password().is_none()
+                // `http:/user:pw@host` would read as host `http` with the rest as a path:
+                // a host without a scheme has no path, and an `@` anywhere is credentials.
+                && !host.contains('@')
+                && (has_scheme || !host.contains('/'))
         })
         .ok_or_else(|| {
             // Quoted as given, its password blanked: `user:pw@host` without a scheme too.
