@@ -16,7 +16,6 @@
 use crate::base::env::Env;
 use crate::base::exit::ConfigError;
 use crate::base::source::SourceTraits;
-use crate::db::Dialect;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde_json::Value;
 
@@ -25,10 +24,6 @@ use serde_json::Value;
 pub const NONE: &str = "_none";
 
 pub use crate::base::document::Route;
-
-/// JSON escapes PostgreSQL's `json` operators refuse: `\u0000` and lone UTF-16 surrogates (a
-/// valid pair is fine). A regular expression over the column's text, as an E'' literal.
-const PG_BAD_ESCAPES: &str = r"E'\\\\u0000|\\\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\\\u[dD][c-fC-F])|(?<!\\\\u[dD][89abAB][0-9a-fA-F]{2})\\\\u[dD][c-fC-F]'";
 
 /// A dotted path into a JSON object, e.g. `audit_event.origin`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,47 +56,9 @@ impl FieldPath {
         at.as_str().filter(|s| !s.is_empty()).map(str::to_string)
     }
 
-    /// SQL that yields the string at this path of JSON column `column` (qualified, e.g.
-    /// `t.message`), or NULL; never an error, whatever the row holds. `pg_json` is the column's
-    /// type on PostgreSQL (`json` or `jsonb`).
-    pub fn sql(&self, d: Dialect, column: &str, pg_json: &str) -> String {
-        match d {
-            Dialect::Postgres => {
-                // Quoted elements: an unquoted `null` would be SQL NULL in an array literal.
-                let quoted: Vec<String> = self.0.iter().map(|s| format!("\"{s}\"")).collect();
-                let path = format!("'{{{}}}'", quoted.join(","));
-                let get = format!(
-                    "CASE WHEN {pg_json}_typeof({column} #> {path}) = 'string' THEN NULLIF({column} #>> {path}, '') END"
-                );
-                if pg_json == "jsonb" {
-                    return format!("({get})");
-                }
-                // `json` keeps the text as written, and its operators fail the whole statement
-                // on an escape text cannot hold (\u0000, a lone surrogate): such a row has no
-                // topic rather than stopping every claim.
-                format!("(CASE WHEN {column}::text !~ {PG_BAD_ESCAPES} THEN {get} END)")
-            }
-            Dialect::MySql => {
-                let path = self.json_path();
-                format!(
-                    "(CASE WHEN JSON_VALID({column}) THEN CASE WHEN JSON_TYPE(JSON_EXTRACT({column}, {path})) = 'STRING' \
-                     THEN NULLIF(JSON_UNQUOTE(JSON_EXTRACT({column}, {path})), '') END END)"
-                )
-            }
-            Dialect::Sqlite => {
-                let path = self.json_path();
-                format!(
-                    "(CASE WHEN json_valid({column}) THEN CASE WHEN json_type({column}, {path}) = 'text' \
-                     THEN NULLIF(json_extract({column}, {path}), '') END END)"
-                )
-            }
-        }
-    }
-
-    /// `'$."a"."b"'`: quoted keys, so `-` and `@` are plain characters.
-    fn json_path(&self) -> String {
-        let keys: String = self.0.iter().map(|s| format!(".\"{s}\"")).collect();
-        format!("'${keys}'")
+    /// The field names of the path, outermost first.
+    pub fn segments(&self) -> &[String] {
+        &self.0
     }
 }
 

@@ -4,6 +4,7 @@
 //! at a time), and the three dialects differ only in a handful of spellings kept in [`Dialect`].
 
 pub mod queue;
+pub mod routing;
 pub mod settings;
 
 use anyhow::{Context, Result};

@@ -177,7 +177,7 @@ impl<S: Schema> Queue<S> {
             _ => d.as_text(e),
         };
         let expr = |f: &Option<FieldPath>| match f {
-            Some(f) => text(&f.sql(d, &column, &pg_json)),
+            Some(f) => text(&super::routing::field_sql(f, d, &column, &pg_json)),
             None => text("NULL"),
         };
         let (topic, key) = (expr(&r.topic_field), expr(&r.key_field));

@@ -10,12 +10,20 @@
 //!
 //! Messages name the variable or file a bad value came from and never quote a key or token.
 
-use super::settings::Auth;
 use super::signing::{Credentials, PrivateKey};
 use crate::base::env::Env;
 use crate::base::exit::ConfigError;
 use crate::base::secret::Secret;
 use std::path::PathBuf;
+
+/// How requests to the CDP API are authenticated. `Debug` shows neither key nor token.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// Signed requests (`x-altus-auth`) with an API access key.
+    Key(Credentials),
+    /// `Authorization: <token>`.
+    Token(Secret),
+}
 
 type Result<T> = std::result::Result<T, ConfigError>;
 

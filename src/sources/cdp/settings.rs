@@ -4,10 +4,9 @@
 //! before any command talks to CDP.
 
 use super::credentials;
-use super::signing::Credentials;
+pub use super::credentials::Auth;
 use crate::base::env::Env;
 use crate::base::exit::ConfigError;
-use crate::base::secret::Secret;
 use crate::http::retry::Policy;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -19,15 +18,6 @@ pub const DEFAULT_LOOKBACK: chrono::Duration = chrono::Duration::days(7);
 /// How far the default window stays behind now, so that events still being written are left
 /// for the next run's window.
 pub const WINDOW_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
-
-/// How requests to the CDP API are authenticated. `Debug` shows neither key nor token.
-#[derive(Debug, Clone)]
-pub enum Auth {
-    /// Signed requests (`x-altus-auth`) with an API access key.
-    Key(Credentials),
-    /// `Authorization: <token>`.
-    Token(Secret),
-}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
