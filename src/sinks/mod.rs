@@ -6,6 +6,7 @@
 
 pub mod elasticsearch;
 pub mod file;
+pub mod splunk;
 
 use crate::base::env::{one_of, Env};
 use crate::base::exit::ConfigError;
@@ -58,7 +59,7 @@ pub trait Configured: Send + Sync + std::fmt::Debug {
 }
 
 /// The one place where sinks are registered: one line each.
-pub const KINDS: &[Kind] = &[elasticsearch::KIND, file::KIND, file::STDOUT];
+pub const KINDS: &[Kind] = &[elasticsearch::KIND, file::KIND, file::STDOUT, splunk::KIND];
 
 /// The kind of sink `SINK` names, or the one its variable implies.
 pub fn choose(env: &Env) -> std::result::Result<&'static Kind, ConfigError> {
