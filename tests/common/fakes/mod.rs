@@ -2,3 +2,4 @@
 
 pub mod castai;
 pub mod cdp;
+pub mod splunk;

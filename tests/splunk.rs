@@ -1,0 +1,205 @@
+//! The Splunk HEC sink against a strict fake HEC (`common::fakes::splunk`), from a SQLite
+//! table (no service needed): delivery once per row, marking only after the ack, a withheld
+//! ack, a refused event, a busy server, a wrong token.
+
+#[macro_use]
+mod common;
+
+use common::fakes::splunk::{AckRule, FakeSplunk};
+use common::*;
+use std::collections::BTreeSet;
+
+const T: &str = "audit_logs";
+const TOKEN: &str = "0f1e2d3c-hec-token-s3cr3t";
+
+async fn setup(rows: usize) -> TestDb {
+    let db = TestDb::new(Backend::Sqlite).await;
+    db.create_audit_table(T).await;
+    let messages: Vec<_> = (0..rows).map(message).collect();
+    db.insert_messages(T, &messages).await;
+    db
+}
+
+fn env(db: &TestDb, fake: &FakeSplunk) -> Env {
+    Env::new()
+        .set("DATABASE_URL", &db.url)
+        .set("SINK", "splunk")
+        .set("SPLUNK_HEC_URL", &fake.url)
+        .set("SPLUNK_HEC_TOKEN", TOKEN)
+        .set("SPLUNK_RETRY_INITIAL_MS", "50")
+        .set("SPLUNK_ACK_TIMEOUT_SECONDS", "10")
+}
+
+fn distinct(ids: &[String]) -> BTreeSet<String> {
+    ids.iter().cloned().collect()
+}
+
+#[tokio::test]
+async fn every_row_is_indexed_once_and_marked_after_its_ack() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(20).await;
+    let fake = FakeSplunk::start(TOKEN, true);
+    let run = env(&db, &fake)
+        .set("CHUNK_SIZE", "7")
+        .set("SPLUNK_INDEX", "audit")
+        .run(&[]);
+    run.expect(0);
+    assert_eq!(
+        (run.n("selected"), run.n("delivered"), run.n("marked")),
+        (20, 20, 20)
+    );
+    assert_eq!(db.unsent(T).await, 0);
+    let ids = fake.ids();
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    assert_eq!(distinct(&ids).len(), 20);
+    assert!(ids.contains(&"1-1714557600123456".to_string()), "{ids:?}");
+    // The envelope: time from @timestamp in seconds, metadata, the document as the event.
+    let first = fake
+        .indexed()
+        .into_iter()
+        .find(|e| e.envelope["event"]["audit_event"]["actor"] == "user0")
+        .unwrap()
+        .envelope;
+    assert_eq!(first["time"], serde_json::json!(1714557600));
+    assert_eq!(first["sourcetype"], "_json");
+    assert_eq!(first["index"], "audit");
+    assert_eq!(first["event"]["@timestamp"], "2024-05-01T10:00:00.000Z");
+    // One channel for the run, on every event request and ack query.
+    let seen = fake.seen();
+    let channels: BTreeSet<_> = seen.iter().map(|s| s.channel.clone()).collect();
+    assert_eq!(channels.len(), 1, "{seen:?}");
+    assert!(channels.iter().all(Option::is_some));
+    assert!(seen.iter().any(|s| s.path.ends_with("/ack")));
+    assert!(seen.iter().all(|s| s.status == 200), "{seen:?}");
+    // Nothing left to do.
+    let again = env(&db, &fake).run(&[]);
+    again.expect(0);
+    assert_eq!(again.n("selected"), 0);
+    assert_eq!(fake.ids().len(), 20);
+}
+
+#[tokio::test]
+async fn a_late_ack_within_the_timeout_marks_the_rows() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(5).await;
+    let fake = FakeSplunk::start(TOKEN, true);
+    fake.ack_rule(AckRule::AfterQueries(3));
+    let run = env(&db, &fake).run(&[]);
+    run.expect(0);
+    assert_eq!(run.n("marked"), 5);
+    assert_eq!(db.unsent(T).await, 0);
+    assert_eq!(fake.ids().len(), 5);
+    let queries = fake
+        .seen()
+        .iter()
+        .filter(|s| s.path.ends_with("/ack"))
+        .count();
+    assert!(queries >= 4, "{queries} ack queries");
+}
+
+#[tokio::test]
+async fn an_ack_that_never_comes_marks_nothing_and_the_next_run_resends() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(5).await;
+    let fake = FakeSplunk::start(TOKEN, true);
+    fake.ack_rule(AckRule::Never);
+    let run = env(&db, &fake)
+        .set("SPLUNK_ACK_TIMEOUT_SECONDS", "1")
+        .run(&[]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("SPLUNK_ACK_TIMEOUT_SECONDS"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(db.unsent(T).await, 5);
+    // Splunk did get the events; it only never confirmed them.
+    let first_channel = fake.indexed()[0].channel.clone();
+    assert_eq!(fake.ids().len(), 5);
+
+    fake.release_acks();
+    let run = env(&db, &fake).run(&[]);
+    run.expect(0);
+    assert_eq!(run.n("marked"), 5);
+    assert_eq!(db.unsent(T).await, 0);
+    let ids = fake.ids();
+    // At least once: every row present, the resend findable by its id.
+    assert_eq!(distinct(&ids).len(), 5);
+    assert_eq!(ids.len(), 10);
+    assert_ne!(
+        fake.indexed()[5].channel,
+        first_channel,
+        "a channel per run"
+    );
+}
+
+async fn refused_event_mid_batch(ack: bool) {
+    let db = setup(5).await;
+    let fake = FakeSplunk::start(TOKEN, ack);
+    fake.reject_actor("user2");
+    let run = env(&db, &fake)
+        .set("SPLUNK_HEC_ACK", if ack { "true" } else { "false" })
+        .run(&[]);
+    run.expect(3);
+    assert_eq!((run.n("delivered"), run.n("rejected")), (4, 1));
+    assert_eq!(db.unsent(T).await, 1);
+    let ids = fake.ids();
+    let good: BTreeSet<String> = distinct(&ids);
+    assert_eq!(good.len(), 4, "{ids:?}");
+    assert!(!good.iter().any(|id| id.starts_with("3-")), "{ids:?}");
+    if ack {
+        // The two before it were processed but not confirmed: sent again, acked then.
+        assert_eq!(ids.len(), 6, "{ids:?}");
+    } else {
+        assert_eq!(ids.len(), 4, "{ids:?}");
+    }
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("Invalid data format"))
+        .unwrap_or_else(|| panic!("no report:\n{}", run.stderr));
+    assert!(line.contains("code 6"), "{line}");
+}
+
+#[tokio::test]
+async fn an_event_refused_mid_batch_is_parked_and_the_rest_delivered() {
+    skip_unless!(Backend::Sqlite);
+    refused_event_mid_batch(false).await;
+}
+
+#[tokio::test]
+async fn an_event_refused_mid_batch_with_acks_on() {
+    skip_unless!(Backend::Sqlite);
+    refused_event_mid_batch(true).await;
+}
+
+#[tokio::test]
+async fn a_busy_server_is_retried() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(5).await;
+    let fake = FakeSplunk::start(TOKEN, true);
+    fake.busy(2);
+    let run = env(&db, &fake).run(&[]);
+    run.expect(0);
+    assert_eq!(run.n("marked"), 5);
+    assert_eq!(fake.ids().len(), 5);
+    let busy = fake.seen().iter().filter(|s| s.status == 503).count();
+    assert_eq!(busy, 2);
+}
+
+#[tokio::test]
+async fn a_wrong_token_fails_naming_the_variable_without_printing_it() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(3).await;
+    let fake = FakeSplunk::start("the-right-token", true);
+    let run = env(&db, &fake).run(&[]);
+    run.expect(1);
+    assert!(run.stderr.contains("SPLUNK_HEC_TOKEN"), "{}", run.stderr);
+    assert!(run.stderr.contains("Invalid token"), "{}", run.stderr);
+    assert!(!run.stderr.contains("hec-token-s3cr3t"), "{}", run.stderr);
+    assert!(!run.stdout.contains("hec-token-s3cr3t"));
+    assert_eq!(db.unsent(T).await, 3);
+    assert!(fake.ids().is_empty());
+    // Not retried.
+    assert_eq!(fake.seen().len(), 1, "{:?}", fake.seen());
+}
