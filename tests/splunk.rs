@@ -203,3 +203,74 @@ async fn a_wrong_token_fails_naming_the_variable_without_printing_it() {
     // Not retried.
     assert_eq!(fake.seen().len(), 1, "{:?}", fake.seen());
 }
+
+#[tokio::test]
+async fn an_index_the_token_may_not_use_stops_the_run() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(3).await;
+    let fake = FakeSplunk::start(TOKEN, true);
+    let run = env(&db, &fake).set("SPLUNK_INDEX", "secret_stuff").run(&[]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("Incorrect index") && run.stderr.contains("SPLUNK_INDEX"),
+        "{}",
+        run.stderr
+    );
+    // Not parked: the rows wait for a corrected setting.
+    assert_eq!(db.unsent(T).await, 3);
+    assert_eq!(fake.seen().len(), 1, "not retried: {:?}", fake.seen());
+}
+
+#[tokio::test]
+async fn acks_expected_from_a_token_without_them_fail_and_mark_nothing() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(3).await;
+    let fake = FakeSplunk::start(TOKEN, false);
+    let run = env(&db, &fake).run(&[]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("SPLUNK_HEC_ACK=false"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(db.unsent(T).await, 3);
+    // With acks off, HTTP 200 is the acknowledgement.
+    let run = env(&db, &fake).set("SPLUNK_HEC_ACK", "false").run(&[]);
+    run.expect(0);
+    assert_eq!(db.unsent(T).await, 0);
+    assert_eq!(distinct(&fake.ids()).len(), 3);
+}
+
+/// A certificate that does not verify fails at once, naming SPLUNK_CA_CERT; with the CA
+/// there, the run gets past TLS (the front does not pass the token on: HEC asks for it).
+#[tokio::test]
+async fn a_certificate_that_does_not_verify_fails_at_once_naming_the_ca_variable() {
+    skip_unless!(Backend::Sqlite, Need::Python("ssl"));
+    let db = setup(3).await;
+    let fake = FakeSplunk::start(TOKEN, true);
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::tls::private_ca(dir.path());
+    let front = common::tls::tls_front(&cert, &key, &fake.url);
+    let url = format!("https://127.0.0.1:{}", front.port);
+    let run = env(&db, &fake).set("SPLUNK_HEC_URL", &url).run(&[]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("certificate does not verify") && run.stderr.contains("SPLUNK_CA_CERT"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("retries"), "{}", run.stderr);
+    assert!(fake.seen().is_empty());
+
+    let trusted = env(&db, &fake)
+        .set("SPLUNK_HEC_URL", &url)
+        .set("SPLUNK_CA_CERT", &ca)
+        .run(&[]);
+    trusted.expect(1);
+    assert!(
+        trusted.stderr.contains("Token is required") && !trusted.stderr.contains("certificate"),
+        "{}",
+        trusted.stderr
+    );
+    assert_eq!(db.unsent(T).await, 3);
+}
