@@ -274,3 +274,51 @@ async fn a_certificate_that_does_not_verify_fails_at_once_naming_the_ca_variable
     );
     assert_eq!(db.unsent(T).await, 3);
 }
+
+/// Server busy after part of a request: with acks off the processed events are not sent again;
+/// with acks on nothing confirms them, so the whole request goes again.
+async fn busy_midway(ack: bool) {
+    let db = setup(5).await;
+    let fake = FakeSplunk::start(TOKEN, ack);
+    fake.busy_after(2);
+    let run = env(&db, &fake)
+        .set("SPLUNK_HEC_ACK", if ack { "true" } else { "false" })
+        .run(&[]);
+    run.expect(0);
+    assert_eq!(run.n("marked"), 5);
+    let ids = fake.ids();
+    assert_eq!(distinct(&ids).len(), 5, "{ids:?}");
+    assert_eq!(ids.len(), if ack { 7 } else { 5 }, "{ids:?}");
+}
+
+#[tokio::test]
+async fn busy_midway_without_acks_resends_only_the_rest() {
+    skip_unless!(Backend::Sqlite);
+    busy_midway(false).await;
+}
+
+#[tokio::test]
+async fn busy_midway_with_acks_resends_the_request() {
+    skip_unless!(Backend::Sqlite);
+    busy_midway(true).await;
+}
+
+#[tokio::test]
+async fn check_proves_the_token_without_storing_anything() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(1).await;
+    let fake = FakeSplunk::start(TOKEN, true);
+    env(&db, &fake).run(&["check"]).expect(0);
+    let wrong = env(&db, &fake)
+        .set("SPLUNK_HEC_TOKEN", "not-the-token")
+        .run(&["check"]);
+    wrong.expect(1);
+    assert!(
+        wrong.stderr.contains("SPLUNK_HEC_TOKEN"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(!wrong.stderr.contains("not-the-token"), "{}", wrong.stderr);
+    assert!(fake.ids().is_empty());
+    assert_eq!(db.unsent(T).await, 1);
+}

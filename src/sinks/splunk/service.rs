@@ -89,6 +89,11 @@ impl Service {
             .join("services/collector/ack")
             .context("SPLUNK_HEC_URL")?;
         let channel = settings.ack.then(new_channel).transpose()?;
+        if !settings.ack {
+            tracing::warn!(
+                "SPLUNK_HEC_ACK=false: rows are marked when HEC accepts them, not confirmed indexed"
+            );
+        }
         Ok(Service {
             http,
             event_url,

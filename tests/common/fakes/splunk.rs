@@ -56,6 +56,9 @@ struct Inner {
     indexes: Vec<String>,
     rule: AckRule,
     busy: usize,
+    /// With `busy`: how many events of the request are processed before the 503 (which then
+    /// names the next one in `invalid-event-number`).
+    busy_processed: Option<usize>,
     reject_actor: Option<String>,
     indexed: Vec<Indexed>,
     /// Per channel: the next ackId, and the ids not yet reported true (queries still to
@@ -81,6 +84,7 @@ impl FakeSplunk {
             indexes: vec!["main".into(), "audit".into()],
             rule: AckRule::Immediate,
             busy: 0,
+            busy_processed: None,
             reject_actor: None,
             indexed: Vec::new(),
             channels: HashMap::new(),
@@ -129,6 +133,14 @@ impl FakeSplunk {
     /// The next `n` event requests are answered 503 code 9.
     pub fn busy(&self, n: usize) {
         self.lock().busy = n;
+    }
+
+    /// The next event request has its first `processed` events indexed, then is answered
+    /// 503 code 9 with `invalid-event-number` = `processed`.
+    pub fn busy_after(&self, processed: usize) {
+        let mut i = self.lock();
+        i.busy = 1;
+        i.busy_processed = Some(processed);
     }
 
     /// An event whose `audit_event.actor` is `actor` is refused (400 code 6 with its
@@ -292,7 +304,19 @@ async fn event(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
     };
     if i.busy > 0 {
         i.busy -= 1;
-        let mut r = answer(503, "Server is busy", 9);
+        let mut r = match i.busy_processed.take() {
+            Some(n) => {
+                let events = serde_json::Deserializer::from_slice(&body).into_iter::<Value>();
+                for envelope in events.take(n).map_while(Result::ok) {
+                    i.indexed.push(Indexed {
+                        envelope,
+                        channel: channel.clone(),
+                    });
+                }
+                with_event(503, "Server is busy", 9, n)
+            }
+            None => answer(503, "Server is busy", 9),
+        };
         r.headers_mut().insert("retry-after", "1".parse().unwrap());
         return record(&mut i, PATH, &channel, r, 9);
     }
