@@ -257,6 +257,12 @@ async fn secrets_stay_out_of_failing_runs_at_debug_level() {
             .set("CDP_ENDPOINT_URL", "http://127.0.0.1:1")
             .set("CDP_MAX_RETRIES", "0")
             .set("SINK", "stdout"),
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("SINK", "splunk")
+            .set("SPLUNK_HEC_URL", "http://127.0.0.1:1")
+            .set("SPLUNK_HEC_TOKEN", "splunk-token-secret")
+            .set("SPLUNK_MAX_RETRIES", "0"),
     ];
     let secrets = [
         "db-url-secret",
@@ -266,6 +272,7 @@ async fn secrets_stay_out_of_failing_runs_at_debug_level() {
         "castai-key-secret",
         "VHswlNpwJnMpuXhIq7LYDfzs",
         "cdp-token-secret",
+        "splunk-token-secret",
     ];
     for env in cases {
         for format in ["text", "json"] {
@@ -303,7 +310,8 @@ fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
             .set("DATABASE_URL", &sqlite)
             .set("ELASTICSEARCH_MAX_RETRIES", "0")
             .set("CASTAI_MAX_RETRIES", "0")
-            .set("CDP_MAX_RETRIES", "0");
+            .set("CDP_MAX_RETRIES", "0")
+            .set("SPLUNK_MAX_RETRIES", "0");
         match var {
             "ELASTICSEARCH_HOST" => env.set("SINK", "elasticsearch"),
             "CDP_ENDPOINT_URL" => env
@@ -315,6 +323,7 @@ fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
                 .set("S3_CURSOR_FILE", state)
                 .set("AWS_ACCESS_KEY_ID", "id")
                 .set("AWS_SECRET_ACCESS_KEY", "aws-secret"),
+            "SPLUNK_HEC_URL" => env.set("SINK", "splunk").set("SPLUNK_HEC_TOKEN", "tok"),
             "CASTAI_API_URL" => env
                 .set("AUDIT_LOGGER_TYPE", "CASTAI")
                 .set("CASTAI_API_KEY", "key")
@@ -329,6 +338,7 @@ fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
         ("CDP_ENDPOINT_URL", "https"),
         ("S3_ENDPOINT", "http"),
         ("CASTAI_API_URL", "https"),
+        ("SPLUNK_HEC_URL", "https"),
         ("METRICS_PUSHGATEWAY_URL", "http"),
     ];
     for (var, scheme) in vars {

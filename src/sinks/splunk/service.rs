@@ -105,13 +105,17 @@ impl Service {
     }
 
     fn post(&self, url: &url::Url, body: Vec<u8>) -> reqwest::RequestBuilder {
+        // Marked sensitive: kept out of any debug output of the HTTP stack.
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!(
+            "Splunk {}",
+            self.settings.token.expose()
+        ))
+        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Splunk"));
+        auth.set_sensitive(true);
         let mut request = self
             .http
             .post(url.clone())
-            .header(
-                "Authorization",
-                format!("Splunk {}", self.settings.token.expose()),
-            )
+            .header(reqwest::header::AUTHORIZATION, auth)
             .header("Content-Type", "application/json")
             .body(body);
         if let Some(channel) = &self.channel {
