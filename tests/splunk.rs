@@ -71,6 +71,11 @@ async fn every_row_is_indexed_once_and_marked_after_its_ack() {
     assert!(channels.iter().all(Option::is_some));
     assert!(seen.iter().any(|s| s.path.ends_with("/ack")));
     assert!(seen.iter().all(|s| s.status == 200), "{seen:?}");
+    // Event bodies gzip-compressed by default (the fake gunzips them).
+    assert!(seen
+        .iter()
+        .filter(|s| s.path.ends_with("/event"))
+        .all(|s| s.gzip));
     // Nothing left to do.
     let again = env(&db, &fake).run(&[]);
     again.expect(0);
@@ -234,9 +239,13 @@ async fn acks_expected_from_a_token_without_them_fail_and_mark_nothing() {
         run.stderr
     );
     assert_eq!(db.unsent(T).await, 3);
-    // With acks off, HTTP 200 is the acknowledgement.
-    let run = env(&db, &fake).set("SPLUNK_HEC_ACK", "false").run(&[]);
+    // With acks off, HTTP 200 is the acknowledgement. Plain JSON when asked.
+    let run = env(&db, &fake)
+        .set("SPLUNK_HEC_ACK", "false")
+        .set("SPLUNK_COMPRESSION", "none")
+        .run(&[]);
     run.expect(0);
+    assert!(!fake.seen().last().unwrap().gzip);
     assert_eq!(db.unsent(T).await, 0);
     assert_eq!(distinct(&fake.ids()).len(), 3);
 }

@@ -126,7 +126,9 @@ impl Service {
 
     /// One event request.
     pub async fn send(&self, body: Vec<u8>) -> Result<Answer, Failure> {
-        let (status, reply, retry_after) = self.exchange(&self.event_url, body).await?;
+        let (status, reply, retry_after) = self
+            .exchange(&self.event_url, body, self.settings.gzip)
+            .await?;
         let code = reply.code.unwrap_or(-1);
         if status == 200 && code == 0 {
             if self.settings.ack && reply.ack_id.is_none() {
@@ -209,7 +211,7 @@ impl Service {
     /// Which of `ids` Splunk now confirms (each is reported `true` once only).
     pub async fn acked(&self, ids: &[u64]) -> Result<Vec<u64>, Failure> {
         let body = serde_json::to_vec(&serde_json::json!({ "acks": ids })).expect("JSON");
-        let (status, retry_after, raw) = self.exchange_raw(&self.ack_url, body).await?;
+        let (status, retry_after, raw) = self.exchange_raw(&self.ack_url, body, false).await?;
         let reply: Reply = serde_json::from_slice(&raw).unwrap_or_default();
         if status != 200 {
             let code = reply.code.unwrap_or(-1);
@@ -254,8 +256,9 @@ impl Service {
         &self,
         url: &url::Url,
         body: Vec<u8>,
+        gzip: bool,
     ) -> Result<(u16, Reply, Option<std::time::Duration>), Failure> {
-        let (status, retry_after, raw) = self.exchange_raw(url, body).await?;
+        let (status, retry_after, raw) = self.exchange_raw(url, body, gzip).await?;
         let reply = serde_json::from_slice(&raw).unwrap_or_else(|_| Reply {
             text: String::from_utf8_lossy(&raw).into_owned(),
             ..Reply::default()
@@ -267,8 +270,16 @@ impl Service {
         &self,
         url: &url::Url,
         body: Vec<u8>,
+        gzip: bool,
     ) -> Result<(u16, Option<std::time::Duration>, Vec<u8>), Failure> {
-        let response = match self.post(url, body).send().await {
+        let mut request = if gzip && !body.is_empty() {
+            self.post(url, gzipped(&body))
+                .header(reqwest::header::CONTENT_ENCODING, "gzip")
+        } else {
+            self.post(url, body)
+        };
+        request = request.header(reqwest::header::ACCEPT, "application/json");
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) => return Err(self.transport_failure(&e)),
         };
@@ -313,6 +324,14 @@ impl Service {
     pub fn error(&self, f: Failure) -> anyhow::Error {
         f.into_error(&format!("Splunk HEC at {}", self.url))
     }
+}
+
+/// `body` gzip-compressed; JSON envelopes shrink several times.
+fn gzipped(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(body).expect("writing to memory");
+    gz.finish().expect("writing to memory")
 }
 
 /// A random (version 4) UUID from the operating system's random source.

@@ -35,6 +35,8 @@ pub struct Settings {
     pub ack: bool,
     pub ack_timeout: Duration,
     pub retry: Policy,
+    /// SPLUNK_COMPRESSION=gzip (the default): event bodies are sent gzip-compressed.
+    pub gzip: bool,
 }
 
 impl Settings {
@@ -79,6 +81,9 @@ impl Settings {
             ack: env.boolean("SPLUNK_HEC_ACK")?.unwrap_or(true),
             ack_timeout,
             retry: Policy::from_env(env, "SPLUNK", RETRY)?,
+            gzip: env
+                .choice("SPLUNK_COMPRESSION", &[("gzip", true), ("none", false)])?
+                .unwrap_or(true),
         })
     }
 }
@@ -115,7 +120,7 @@ mod tests {
         assert_eq!(s.token.expose(), "11111111-hec-token-secret");
         assert_eq!(s.sourcetype, "_json");
         assert_eq!((s.index, s.source, s.host), (None, None, None));
-        assert!(s.ack && !s.insecure);
+        assert!(s.ack && !s.insecure && s.gzip);
         assert_eq!(s.ack_timeout, Duration::from_secs(300));
         assert_eq!(s.retry, RETRY);
     }
@@ -135,8 +140,10 @@ mod tests {
             ("SPLUNK_MAX_RETRIES", "2"),
             ("SPLUNK_RETRY_INITIAL_MS", "50"),
             ("SPLUNK_TIMEOUT_SECONDS", "5"),
+            ("SPLUNK_COMPRESSION", "none"),
         ])
         .unwrap();
+        assert!(!s.gzip);
         assert_eq!(s.index.as_deref(), Some("audit"));
         assert_eq!(s.sourcetype, "audit:json");
         assert_eq!(s.source.as_deref(), Some("audit-transfer"));
@@ -168,6 +175,7 @@ mod tests {
             ("SPLUNK_CA_CERT", "/nonexistent/ca.pem"),
             ("SPLUNK_INDEX", "a\nb"),
             ("SPLUNK_HOST", "a\tb"),
+            ("SPLUNK_COMPRESSION", "br"),
         ] {
             let mut pairs = vec![URL, TOKEN];
             pairs.retain(|(k, _)| *k != var);

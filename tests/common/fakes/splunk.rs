@@ -48,6 +48,8 @@ pub struct Seen {
     pub channel: Option<String>,
     pub status: u16,
     pub code: i64,
+    /// The body came with `Content-Encoding: gzip`.
+    pub gzip: bool,
 }
 
 struct Inner {
@@ -230,8 +232,29 @@ fn record(
         channel: channel.clone(),
         status: r.status().as_u16(),
         code,
+        gzip: false,
     });
     r
+}
+
+/// The body as sent, gunzipped when its `Content-Encoding` says gzip; None: not valid gzip, or
+/// an encoding the fake does not know.
+fn decoded(headers: &HeaderMap, body: &[u8]) -> Option<(Vec<u8>, bool)> {
+    match headers
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap_or("?"))
+    {
+        None => Some((body.to_vec(), false)),
+        Some("gzip") => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut out)
+                .ok()?;
+            Some((out, true))
+        }
+        Some(_) => None,
+    }
 }
 
 /// Why envelope `v` is refused: (HTTP status, text, code).
@@ -302,11 +325,23 @@ async fn event(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
             return record(&mut i, PATH, &None, answer(status, text, code), code)
         }
     };
+    let Some((body, gzip)) = decoded(&headers, &body) else {
+        let r = answer(400, "Invalid data format", 6);
+        return record(&mut i, PATH, &channel, r, 6);
+    };
+    let (r, code) = event_answer(&mut i, &channel, &body);
+    let r = record(&mut i, PATH, &channel, r, code);
+    i.seen.last_mut().unwrap().gzip = gzip;
+    r
+}
+
+/// An admitted event request, its body decoded: the answer and its code.
+fn event_answer(i: &mut Inner, channel: &Option<String>, body: &[u8]) -> (Response, i64) {
     if i.busy > 0 {
         i.busy -= 1;
         let mut r = match i.busy_processed.take() {
             Some(n) => {
-                let events = serde_json::Deserializer::from_slice(&body).into_iter::<Value>();
+                let events = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
                 for envelope in events.take(n).map_while(Result::ok) {
                     i.indexed.push(Indexed {
                         envelope,
@@ -318,21 +353,21 @@ async fn event(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
             None => answer(503, "Server is busy", 9),
         };
         r.headers_mut().insert("retry-after", "1".parse().unwrap());
-        return record(&mut i, PATH, &channel, r, 9);
+        return (r, 9);
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         let r = answer(400, "No data", 5);
-        return record(&mut i, PATH, &channel, r, 5);
+        return (r, 5);
     }
     let mut accepted = Vec::new();
     let mut refusal = None;
-    for (n, item) in serde_json::Deserializer::from_slice(&body)
+    for (n, item) in serde_json::Deserializer::from_slice(body)
         .into_iter::<Value>()
         .enumerate()
     {
         let why = match &item {
             Err(_) => Some((400, "Invalid data format", 6)),
-            Ok(v) => check(&i, v),
+            Ok(v) => check(i, v),
         };
         match (why, item) {
             (None, Ok(v)) => accepted.push(v),
@@ -352,7 +387,7 @@ async fn event(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
     }
     if let Some(((status, text, code), n)) = refusal {
         let r = with_event(status, text, code, n);
-        return record(&mut i, PATH, &channel, r, code);
+        return (r, code);
     }
     let r = if i.ack {
         let rule = i.rule;
@@ -374,7 +409,7 @@ async fn event(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Resp
     } else {
         Json(json!({"text": "Success", "code": 0})).into_response()
     };
-    record(&mut i, PATH, &channel, r, 0)
+    (r, 0)
 }
 
 async fn ack_query(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
