@@ -184,8 +184,11 @@ async fn a_busy_server_is_retried() {
     let db = setup(5).await;
     let fake = FakeSplunk::start(TOKEN, true);
     fake.busy(2);
+    let start = std::time::Instant::now();
     let run = env(&db, &fake).run(&[]);
     run.expect(0);
+    // Each 503 said Retry-After: 1; the backoff alone (from 50 ms) would be far shorter.
+    assert!(start.elapsed() >= std::time::Duration::from_secs(2));
     assert_eq!(run.n("marked"), 5);
     assert_eq!(fake.ids().len(), 5);
     let busy = fake.seen().iter().filter(|s| s.status == 503).count();
@@ -330,4 +333,43 @@ async fn check_proves_the_token_without_storing_anything() {
     assert!(!wrong.stderr.contains("not-the-token"), "{}", wrong.stderr);
     assert!(fake.ids().is_empty());
     assert_eq!(db.unsent(T).await, 1);
+}
+
+/// Spec: a crash between the ack reading true and the mark causes a resend, never a loss.
+#[tokio::test]
+async fn killed_after_the_ack_before_the_mark_resends_that_page() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(6).await;
+    let fake = FakeSplunk::start(TOKEN, true);
+    let points = tempfile::tempdir().unwrap();
+    let mut child = env(&db, &fake)
+        .set("CHUNK_SIZE", "3")
+        .set("SINK_CONCURRENCY", "1")
+        .set("AUDIT_TRANSFER_FAILPOINT", "after_ship:1")
+        .set(
+            "AUDIT_TRANSFER_FAILPOINT_DIR",
+            points.path().to_str().unwrap(),
+        )
+        .spawn(&[]);
+    let reached = points.path().join("after_ship.reached");
+    let start = std::time::Instant::now();
+    while !reached.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "failpoint not reached"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = fake.ids();
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert_eq!(db.unsent(T).await, 6);
+
+    let run = env(&db, &fake).run(&[]);
+    run.expect(0);
+    assert_eq!(db.unsent(T).await, 0);
+    let ids = fake.ids();
+    assert_eq!(distinct(&ids).len(), 6, "{ids:?}");
+    assert_eq!(ids.len(), 9, "the killed page again: {ids:?}");
 }
