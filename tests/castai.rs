@@ -375,74 +375,12 @@ fn rate_limited_then_success() {
     assert_eq!(without_runs(c.state()), without_runs(before));
 }
 
-/// An HTTPS front (localtest/tls_proxy.py) with a self-signed certificate for 127.0.0.1,
-/// made with the openssl CLI; it forwards to `upstream`. Killed on drop.
-struct SelfSignedFront {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl SelfSignedFront {
-    fn start(dir: &std::path::Path, upstream: &str) -> SelfSignedFront {
-        use std::io::BufRead;
-        use std::process::{Command, Stdio};
-        let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
-        let status = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args([
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            // An end-entity certificate nobody issued: rustls says UnknownIssuer.
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl");
-        assert!(status.success(), "openssl req");
-        let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string()
-        });
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/localtest/tls_proxy.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg(&cert)
-            .arg(&key)
-            .arg(upstream)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the TLS front");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        SelfSignedFront {
-            port: line.trim().parse().expect("port"),
-            child,
-        }
-    }
-}
-
-impl Drop for SelfSignedFront {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn untrusted_certificate_fails_at_once() {
     let c = Case::new();
     c.v1_events("t", 3, c.start + chrono::Duration::minutes(1), 1);
-    let front = SelfSignedFront::start(c.dir.path(), &c.fake.url);
+    let (cert, key) = common::tls::self_signed(c.dir.path());
+    let front = common::tls::tls_front(&cert, &key, &c.fake.url);
     let env = c
         .env()
         .set(

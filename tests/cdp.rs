@@ -586,65 +586,6 @@ fn routed_layout_by_event_source_and_name_and_no_accept_lists() {
     assert!(fake.outstanding().is_empty());
 }
 
-/// A self-signed certificate for 127.0.0.1 (trusted by nobody), made with the openssl CLI:
-/// (certificate, key).
-fn untrusted_certificate(dir: &std::path::Path) -> (String, String) {
-    let cert = dir.join("cert.pem").to_string_lossy().into_owned();
-    let key = dir.join("key.pem").to_string_lossy().into_owned();
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-keyout", &key, "-out", &cert])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(status.success());
-    (cert, key)
-}
-
-/// An HTTPS front (localtest/tls_proxy.py) for `upstream`; killed when dropped.
-struct TlsFront {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tls_front(cert: &str, key: &str, upstream: &str) -> TlsFront {
-    let python = std::env::var("TEST_PYTHON")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/localtest/tls_proxy.py");
-    let mut child = std::process::Command::new(python)
-        .args([script, cert, key, upstream])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the TLS front");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    TlsFront {
-        port: line.trim().parse().expect("port"),
-        child,
-    }
-}
-
 /// A certificate that does not verify is not a passing fault: the run fails at once (exit 1),
 /// without retries, saying so; nothing reaches CDP.
 #[test]
@@ -652,8 +593,8 @@ fn an_untrusted_certificate_fails_at_once() {
     let (fake, key) = fake();
     fake.add_batch(T0, fake.events(1, T0));
     let dir = tempfile::tempdir().unwrap();
-    let (cert, cert_key) = untrusted_certificate(dir.path());
-    let front = tls_front(&cert, &cert_key, &fake.url);
+    let (cert, cert_key) = common::tls::self_signed(dir.path());
+    let front = common::tls::tls_front(&cert, &cert_key, &fake.url);
     let env = cdp_env(&fake, &key)
         .set(
             "CDP_ENDPOINT_URL",

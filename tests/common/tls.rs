@@ -78,7 +78,29 @@ pub struct TlsFront {
 impl Drop for TlsFront {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+/// A self-signed certificate for 127.0.0.1 that nobody trusts (an end-entity certificate
+/// nobody issued: rustls says UnknownIssuer), made with the openssl CLI: (certificate, key).
+pub fn self_signed(dir: &Path) -> (String, String) {
+    let cert = dir.join("self-signed.pem").to_string_lossy().into_owned();
+    let key = dir.join("self-signed.key").to_string_lossy().into_owned();
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-keyout", &key, "-out", &cert])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success(), "openssl req");
+    (cert, key)
 }
 
 /// An HTTPS front (localtest/tls_proxy.py) with `cert` and `key` that forwards to `upstream`.
