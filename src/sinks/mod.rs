@@ -80,10 +80,10 @@ pub fn choose(env: &Env) -> std::result::Result<&'static Kind, ConfigError> {
             .iter()
             .find(|k| k.implied_by.is_some_and(|v| env.get(v).is_some()))
             .ok_or_else(|| {
-                ConfigError(
-                    "no sink configured: set ELASTICSEARCH_HOST, or SINK=file (with OUTPUT_PATH) or SINK=stdout"
-                        .into(),
-                )
+                ConfigError(format!(
+                    "no sink configured: set ELASTICSEARCH_HOST, or SINK to {}",
+                    one_of(KINDS.iter().map(|k| k.name))
+                ))
             })?,
     })
 }
