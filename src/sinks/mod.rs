@@ -6,6 +6,7 @@
 
 pub mod elasticsearch;
 pub mod file;
+pub mod otlp;
 pub mod splunk;
 
 use crate::base::env::{one_of, Env};
@@ -59,7 +60,13 @@ pub trait Configured: Send + Sync + std::fmt::Debug {
 }
 
 /// The one place where sinks are registered: one line each.
-pub const KINDS: &[Kind] = &[elasticsearch::KIND, file::KIND, file::STDOUT, splunk::KIND];
+pub const KINDS: &[Kind] = &[
+    elasticsearch::KIND,
+    file::KIND,
+    file::STDOUT,
+    otlp::KIND,
+    splunk::KIND,
+];
 
 /// The kind of sink `SINK` names, or the one its variable implies.
 pub fn choose(env: &Env) -> std::result::Result<&'static Kind, ConfigError> {
