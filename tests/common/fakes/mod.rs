@@ -2,4 +2,5 @@
 
 pub mod castai;
 pub mod cdp;
+pub mod otlp;
 pub mod splunk;
