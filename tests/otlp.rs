@@ -181,3 +181,63 @@ async fn a_500_stops_the_run_unretried_and_marks_nothing() {
     assert_eq!(db.unsent(T).await, 3);
     assert_eq!(fake.seen().len(), 1, "not retried: {:?}", fake.seen());
 }
+
+#[tokio::test]
+async fn a_413_splits_the_page_into_smaller_requests() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(10).await;
+    let fake = FakeOtlp::start();
+    fake.max_records(3);
+    let run = env(&db, &fake).run(&[]);
+    run.expect(0);
+    assert_eq!(run.n("marked"), 10);
+    let uids = fake.uids();
+    assert_eq!((uids.len(), distinct(&uids).len()), (10, 10));
+    let seen = fake.seen();
+    assert!(seen.iter().any(|s| s.status == 413), "{seen:?}");
+    assert!(seen
+        .iter()
+        .filter(|s| s.status == 200)
+        .all(|s| s.records <= 3));
+}
+
+#[tokio::test]
+async fn refused_credentials_stop_the_run_naming_the_variable_without_printing_it() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(3).await;
+    let fake = FakeOtlp::start();
+    fake.require_header("api-key", "the-right-key");
+    let run = env(&db, &fake)
+        .set("OTEL_EXPORTER_OTLP_HEADERS", "api-key=wr0ng-otlp-key")
+        .run(&[]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("OTEL_EXPORTER_OTLP_HEADERS"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("wr0ng-otlp-key"), "{}", run.stderr);
+    assert_eq!(db.unsent(T).await, 3);
+    assert_eq!(fake.seen().len(), 1, "not retried: {:?}", fake.seen());
+}
+
+#[tokio::test]
+async fn check_sends_one_empty_request_and_grpc_is_refused() {
+    skip_unless!(Backend::Sqlite);
+    let db = setup(2).await;
+    let fake = FakeOtlp::start();
+    env(&db, &fake).run(&["check"]).expect(0);
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].records, seen[0].status), (0, 200));
+    assert_eq!(db.unsent(T).await, 2);
+    let run = env(&db, &fake)
+        .set("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .run(&[]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"),
+        "{}",
+        run.stderr
+    );
+}

@@ -5,7 +5,7 @@
 //!
 //! Strict where the spec is: any other content type is 415, a body that does not decode is 400
 //! with a `google.rpc.Status`-shaped message, the answer uses the request's content type. Tests
-//! can require a header, refuse the records of some actors (a partial success that does not
+//! can require a header, cap the records per request (413), refuse the records of some actors (a partial success that does not
 //! say which, as real receivers answer), and script failure statuses with `Retry-After`.
 
 use axum::body::Bytes;
@@ -48,6 +48,8 @@ pub struct Seen {
 struct Inner {
     header: Option<(String, String)>,
     refuse_actors: Vec<String>,
+    /// Requests with more records than this get 413.
+    max_records: Option<usize>,
     /// Statuses to answer next (status, Retry-After seconds), before looking at the body.
     script: VecDeque<(u16, Option<u64>)>,
     stored: Vec<Stored>,
@@ -96,6 +98,11 @@ impl FakeOtlp {
     /// Records whose body has `audit_event.actor` = `actor` are refused.
     pub fn refuse_actor(&self, actor: &str) {
         self.lock().refuse_actors.push(actor.into());
+    }
+
+    /// Requests carrying more than `n` records are answered 413.
+    pub fn max_records(&self, n: usize) {
+        self.lock().max_records = Some(n);
     }
 
     /// The next request is answered `status` (with `Retry-After` seconds when given).
@@ -222,6 +229,16 @@ async fn logs(State(inner): State<Shared>, headers: HeaderMap, body: Bytes) -> R
             )
         }
     };
+    let count: usize = request
+        .resource_logs
+        .iter()
+        .flat_map(|rl| &rl.scope_logs)
+        .map(|sl| sl.log_records.len())
+        .sum();
+    if g.max_records.is_some_and(|max| count > max) {
+        seen.records = count;
+        return answer(&mut g, seen, 413, failure(413, "request too large"));
+    }
     let mut rejected = 0i64;
     for rl in &request.resource_logs {
         let resource = rl
