@@ -189,6 +189,13 @@ fn garbage_in_every_numeric_variable() {
                 .set("CDP_ACCESS_TOKEN", "t");
         } else if var.starts_with("OUTPUT_") {
             env = env.set("SINK", "file");
+        } else if var.starts_with("SPLUNK_") {
+            env = env
+                .set("SINK", "splunk")
+                .set("SPLUNK_HEC_URL", "http://127.0.0.1:1")
+                .set("SPLUNK_HEC_TOKEN", "t");
+        } else if var.starts_with("OTEL_") {
+            env = env.set("SINK", "otlp");
         } else if var.starts_with("S3_") {
             env = env
                 .set("AUDIT_LOGGER_TYPE", "S3_CURSOR")
