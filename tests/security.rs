@@ -328,7 +328,6 @@ fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
                 .set("AUDIT_LOGGER_TYPE", "CASTAI")
                 .set("CASTAI_API_KEY", "key")
                 .set("CASTAI_STATE_FILE", state),
-            "SPLUNK_HEC_URL" => env.set("SINK", "splunk").set("SPLUNK_HEC_TOKEN", "tok"),
             "OTEL_EXPORTER_OTLP_ENDPOINT" | "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT" => {
                 env.set("SINK", "otlp")
             }
@@ -344,7 +343,6 @@ fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
         ("CASTAI_API_URL", "https"),
         ("SPLUNK_HEC_URL", "https"),
         ("METRICS_PUSHGATEWAY_URL", "http"),
-        ("SPLUNK_HEC_URL", "https"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http"),
         ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http"),
     ];
