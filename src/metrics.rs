@@ -81,7 +81,7 @@ impl MetricsConfig {
 /// Everything reported about one run.
 #[derive(Debug, Clone)]
 pub struct RunMetrics {
-    /// Value of the `source` label (see `Config::source_label`).
+    /// Value of the `source` label (the configured source's `label`).
     pub source: String,
     pub summary: Summary,
     pub exit_code: u8,

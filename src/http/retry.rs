@@ -235,6 +235,14 @@ pub fn is_certificate_error(error_text: &str) -> bool {
     .any(|needle| t.contains(needle))
 }
 
+/// The `Retry-After` header of an answer, if it has a readable one.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
 /// A `Retry-After` header: delay-seconds or an HTTP date.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();

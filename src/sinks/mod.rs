@@ -59,6 +59,27 @@ pub trait Configured: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A client built on first use and shared by every worker of the run: one connection pool, one
+/// TLS setup, warnings logged once.
+#[derive(Debug)]
+pub struct Shared<T>(std::sync::OnceLock<std::sync::Arc<T>>);
+
+impl<T> Default for Shared<T> {
+    fn default() -> Self {
+        Shared(std::sync::OnceLock::new())
+    }
+}
+
+impl<T> Shared<T> {
+    pub fn get_or_build(&self, build: impl FnOnce() -> Result<T>) -> Result<std::sync::Arc<T>> {
+        if let Some(t) = self.0.get() {
+            return Ok(t.clone());
+        }
+        let built = std::sync::Arc::new(build()?);
+        Ok(self.0.get_or_init(|| built).clone())
+    }
+}
+
 /// The one place where sinks are registered: one line each.
 pub const KINDS: &[Kind] = &[
     elasticsearch::KIND,

@@ -180,11 +180,7 @@ async fn failure(
 ) -> Failure {
     match retry::classify_status(status) {
         Class::Transient => Failure::transient(format!("HTTP {status}")).with_retry_after(
-            response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(retry::parse_retry_after),
+            retry::retry_after(response.headers()),
         ),
         Class::Auth => Failure::new(
             Class::Auth,

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use elasticsearch::BulkParts;
 use service::{Answer, ItemAnswer, Service};
 use settings::Settings;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// `SINK=elasticsearch` (or `opensearch`), implied by `ELASTICSEARCH_HOST`.
 pub const KIND: super::Kind = super::Kind {
@@ -33,7 +33,7 @@ pub const KIND: super::Kind = super::Kind {
     configure: |env, _| {
         Ok(Box::new(Configured {
             settings: Settings::from_env(env)?,
-            service: OnceLock::new(),
+            service: super::Shared::default(),
         }))
     },
 };
@@ -42,16 +42,12 @@ pub const KIND: super::Kind = super::Kind {
 #[derive(Debug)]
 struct Configured {
     settings: Settings,
-    service: OnceLock<Arc<Service>>,
+    service: super::Shared<Service>,
 }
 
 impl Configured {
     fn service(&self) -> Result<Arc<Service>> {
-        if let Some(s) = self.service.get() {
-            return Ok(s.clone());
-        }
-        let built = Arc::new(Service::new(&self.settings)?);
-        Ok(self.service.get_or_init(|| built).clone())
+        self.service.get_or_build(|| Service::new(&self.settings))
     }
 }
 

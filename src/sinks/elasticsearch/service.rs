@@ -232,11 +232,7 @@ impl Service {
         let status = response.status_code().as_u16();
         match retry::classify_status(status) {
             Class::Transient => {
-                let after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(retry::parse_retry_after);
+                let after = retry::retry_after(response.headers());
                 Failure::transient(format!("HTTP {status}")).with_retry_after(after)
             }
             Class::Auth => Failure::new(

@@ -67,7 +67,7 @@ impl Service {
         request = if self.settings.gzip {
             request
                 .header(reqwest::header::CONTENT_ENCODING, "gzip")
-                .body(gzipped(body))
+                .body(crate::http::gzipped(body))
         } else {
             request.body(body.to_vec())
         };
@@ -76,11 +76,7 @@ impl Service {
             Err(e) => return Err(self.transport_failure(&e)),
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(retry::parse_retry_after);
+        let retry_after = retry::retry_after(response.headers());
         let json_reply = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -206,13 +202,6 @@ fn status_text(raw: &[u8]) -> String {
         Ok(s) if !s.message.is_empty() => excerpt(&s.message),
         _ => excerpt(&String::from_utf8_lossy(raw)),
     }
-}
-
-fn gzipped(body: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(body).expect("writing to memory");
-    gz.finish().expect("writing to memory")
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use anyhow::{anyhow, Result};
 use async_trait::async_trait;
 use service::{Answer, Service};
 use settings::Settings;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `SINK=splunk`.
@@ -33,7 +33,7 @@ pub const KIND: super::Kind = super::Kind {
     configure: |env, _| {
         Ok(Box::new(Configured {
             settings: Settings::from_env(env)?,
-            service: OnceLock::new(),
+            service: super::Shared::default(),
         }))
     },
 };
@@ -46,16 +46,12 @@ const MAX_ACK_POLL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 struct Configured {
     settings: Settings,
-    service: OnceLock<Arc<Service>>,
+    service: super::Shared<Service>,
 }
 
 impl Configured {
     fn service(&self) -> Result<Arc<Service>> {
-        if let Some(s) = self.service.get() {
-            return Ok(s.clone());
-        }
-        let built = Arc::new(Service::new(&self.settings)?);
-        Ok(self.service.get_or_init(|| built).clone())
+        self.service.get_or_build(|| Service::new(&self.settings))
     }
 }
 

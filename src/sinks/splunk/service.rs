@@ -273,7 +273,7 @@ impl Service {
         gzip: bool,
     ) -> Result<(u16, Option<std::time::Duration>, Vec<u8>), Failure> {
         let mut request = if gzip && !body.is_empty() {
-            self.post(url, gzipped(&body))
+            self.post(url, crate::http::gzipped(&body))
                 .header(reqwest::header::CONTENT_ENCODING, "gzip")
         } else {
             self.post(url, body)
@@ -284,11 +284,7 @@ impl Service {
             Err(e) => return Err(self.transport_failure(&e)),
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(retry::parse_retry_after);
+        let retry_after = retry::retry_after(response.headers());
         match response.bytes().await {
             Ok(raw) => Ok((status, retry_after, raw.to_vec())),
             Err(e) => Err(Failure::transient(format!(
@@ -324,14 +320,6 @@ impl Service {
     pub fn error(&self, f: Failure) -> anyhow::Error {
         f.into_error(&format!("Splunk HEC at {}", self.url))
     }
-}
-
-/// `body` gzip-compressed; JSON envelopes shrink several times.
-fn gzipped(body: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(body).expect("writing to memory");
-    gz.finish().expect("writing to memory")
 }
 
 /// A random (version 4) UUID from the operating system's random source.

@@ -4,7 +4,7 @@
 use super::settings::{ApiVersion, Settings};
 use crate::base::exit::{chain_text, config_error, excerpt};
 use crate::http::retry::{
-    classify_status, classify_transport, is_certificate_error, parse_retry_after, Class, Failure,
+    classify_status, classify_transport, is_certificate_error, retry_after, Class, Failure,
 };
 use anyhow::{anyhow, Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -191,11 +191,7 @@ impl Client {
                 )),
             )),
             Class::Transient => {
-                let after = r
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after);
+                let after = retry_after(r.headers());
                 Err(Failure::transient(format!("HTTP {status}")).with_retry_after(after))
             }
             Class::Permanent => {

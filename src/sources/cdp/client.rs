@@ -251,7 +251,7 @@ impl Client {
                 .map(str::to_string)
         };
         let request_id = header("x-altus-request-id").or_else(|| header("x-cdp-request-id"));
-        let retry_after = header("retry-after").and_then(|v| retry::parse_retry_after(&v));
+        let retry_after = retry::retry_after(resp.headers());
         let bytes = resp
             .bytes()
             .await

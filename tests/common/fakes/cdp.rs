@@ -164,26 +164,11 @@ impl FakeCdp {
             seen: Vec::new(),
             next_id: 0,
         }));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let shared = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = Router::new()
-                    .route("/api/v1/audit/{operation}", any(handle))
-                    .fallback(|| async {
-                        error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such path")
-                    })
-                    .with_state(shared);
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
+        let app = Router::new()
+            .route("/api/v1/audit/{operation}", any(handle))
+            .fallback(|| async { error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such path") })
+            .with_state(state.clone());
+        let url = super::serve(app);
         FakeCdp { url, state }
     }
 

@@ -96,19 +96,7 @@ impl FakeSplunk {
             .route("/services/collector/event", post(event))
             .route("/services/collector/ack", post(ack_query))
             .with_state(inner.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
+        let url = super::serve(app);
         FakeSplunk { url, inner }
     }
 
