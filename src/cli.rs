@@ -16,7 +16,8 @@ Exit codes:
   0  everything selected was delivered and marked, nothing to do, or sending disabled
   1  the run failed: source or sink unreachable after retries, authentication refused
   2  configuration or usage error (the message names the variable)
-  3  partial: the run finished, but some records were rejected or are parked as failed
+  3  partial: the run finished, but some records were rejected or are parked as failed,
+     or files are missing from an S3 sequence
 
 Configuration is read from environment variables; .env.example lists every one.";
 

@@ -203,3 +203,33 @@ fn rust_log_sets_the_level() {
     bad.expect(2);
     assert!(bad.stderr.contains("invalid RUST_LOG"), "{}", bad.stderr);
 }
+
+/// RUST_LOG lowers the level too: our debug lines appear with it and not without it.
+#[tokio::test]
+async fn rust_log_debug_shows_our_debug_lines() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    db.create_audit_table("audit_logs").await;
+    db.insert_messages("audit_logs", &[message(1)]).await;
+    let out = tempfile::tempdir().unwrap();
+    let env = Env::new()
+        .set("LOG_FORMAT", "text")
+        .set("DATABASE_URL", &db.url)
+        .set("SINK", "file")
+        .set("OUTPUT_PATH", out.path().to_str().unwrap());
+    let plain = env.run(&["run"]);
+    assert!(
+        !plain.expect(0).stderr.contains("page shipped"),
+        "{}",
+        plain.stderr
+    );
+    db.exec("UPDATE audit_logs SET is_sent = false").await;
+    let debug = env
+        .clone()
+        .set("RUST_LOG", "audit_transfer=debug")
+        .run(&["run"]);
+    assert!(
+        debug.expect(0).stderr.contains("page shipped"),
+        "{}",
+        debug.stderr
+    );
+}

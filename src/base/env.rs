@@ -7,7 +7,7 @@
 //! `docs/environment.md`, so the reference cannot drift from the code.
 
 use crate::base::exit::ConfigError;
-use crate::base::secret::{redact_url, Secret, MASK};
+use crate::base::secret::{blank_user_info, Secret};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -147,7 +147,7 @@ pub fn http_url(var: &str, value: &str, expected: &str) -> Result<url::Url> {
                 && u.password().is_none()
         })
         .ok_or_else(|| {
-            let shown = without_user_info(value);
+            let shown = blank_user_info(value);
             let why = if shown != value {
                 " (credentials do not belong in the URL: use the variables for them)"
             } else {
@@ -155,26 +155,6 @@ pub fn http_url(var: &str, value: &str, expected: &str) -> Result<url::Url> {
             };
             ConfigError(format!("invalid {var} {shown:?}: expected {expected}{why}"))
         })
-}
-
-/// `value` as an error may quote it: all before the last `@` of its authority blanked, user
-/// name too. `redact_url` keeps the user and cannot blank a scheme-less `key:secret@host` (it
-/// reads `key` as the scheme); here the value was meant to be http(s), so whatever stands before
-/// the `@` is taken for credentials.
-fn without_user_info(value: &str) -> String {
-    let end = value.find(['?', '#']).unwrap_or(value.len());
-    let Some(at) = value[..end].rfind('@') else {
-        return redact_url(value);
-    };
-    let lower = value.to_ascii_lowercase();
-    let start = match value.find("//") {
-        Some(i) if i < at => i + 2,
-        _ => ["http:", "https:"]
-            .iter()
-            .find(|s| lower.starts_with(*s))
-            .map_or(0, |s| s.len()),
-    };
-    format!("{}{MASK}{}", &value[..start], redact_url(&value[at..]))
 }
 
 /// `90d`, `12h`, `5m`, `30s`, or a bare number of seconds.

@@ -123,6 +123,26 @@ pub fn redact_url(value: &str) -> String {
     format!("{scheme}:{redacted}{}", redact_query(query))
 }
 
+/// A value meant to be an http(s) URL without credentials, as an error may quote it: all before
+/// the last `@` of its authority blanked, user name too (a token is often given as the user).
+/// Unlike [`redact_url`], it takes a scheme-less `key:secret@host` for credentials, not for a
+/// scheme.
+pub fn blank_user_info(value: &str) -> String {
+    let end = value.find(['?', '#']).unwrap_or(value.len());
+    let Some(at) = value[..end].rfind('@') else {
+        return redact_url(value);
+    };
+    let lower = value.to_ascii_lowercase();
+    let start = match value.find("//") {
+        Some(i) if i < at => i + 2,
+        _ => ["http:", "https:"]
+            .iter()
+            .find(|s| lower.starts_with(*s))
+            .map_or(0, |s| s.len()),
+    };
+    format!("{}{MASK}{}", &value[..start], redact_url(&value[at..]))
+}
+
 /// Query parameter names whose values are credentials.
 const SECRET_PARAMS: &[&str] = &[
     "password",

@@ -137,16 +137,8 @@ fn url(env: &Env) -> Result<url::Url> {
                 && (has_scheme || !host.contains('/'))
         })
         .ok_or_else(|| {
-            // Quoted as given, its password blanked: `user:pw@host` without a scheme too.
-            let shown = if has_scheme {
-                redact_url(host)
-            } else {
-                let prefix = format!("{scheme}://");
-                redact_url(&base)
-                    .strip_prefix(&prefix)
-                    .map(String::from)
-                    .unwrap_or_default()
-            };
+            // Quoted as given, its password blanked (`user:pw@host` without a scheme too).
+            let shown = redact_url(host);
             ConfigError(format!(
                 "invalid ELASTICSEARCH_HOST {shown:?}: expected host, host:port or scheme://host:port (credentials go in ELASTICSEARCH_USERNAME/PASSWORD or ELASTICSEARCH_API_KEY)"
             ))
