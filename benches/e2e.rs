@@ -8,10 +8,15 @@
 //!   plain POST of the same NDJSON bodies to the same endpoint;
 //! - peak RSS at N/10 and N (memory must not grow with the batch);
 //! - MariaDB on the same data (generated the same way), and the cost of document sizes 200 B,
-//!   2 KB and 20 KB.
+//!   2 KB and 20 KB;
+//! - (d) the Splunk HEC sink (indexer acknowledgement on) and (e) the OTLP/HTTP sink, each into
+//!   a receiver that parses every event and answers at once (`support/sink_endpoints.rs`).
 //!
 //! Needs PostgreSQL and MariaDB as in the tests, the release binary (`make bench` builds it), GNU
 //! time for peak RSS, and OSMEM_SERVER_BIN for (b).
+
+#[path = "support/sink_endpoints.rs"]
+mod sink_endpoints;
 
 use axum::body::Bytes;
 use axum::routing::{get, post};
@@ -464,6 +469,27 @@ fn main() {
     ]);
     measure("(c) audit-transfer -> file sink, gzip", n, &url, file_env);
     let _ = std::fs::remove_dir_all(&out);
+
+    // The other HTTP sinks into receivers that parse every event and answer at once.
+    let receivers = format!("http://127.0.0.1:{}", sink_endpoints::start(&rt));
+    let mut hec = base(&url);
+    hec.extend([
+        ("SINK", "splunk".to_string()),
+        ("SPLUNK_HEC_URL", receivers.clone()),
+        ("SPLUNK_HEC_TOKEN", "bench-token".into()),
+    ]);
+    let (splunk, _) = measure("(d) audit-transfer -> Splunk HEC, acks on", n, &url, hec);
+    println!(
+        "    ratio Splunk HEC / bench endpoint: {:.2}",
+        splunk / ours
+    );
+    let mut otlp = base(&url);
+    otlp.extend([
+        ("SINK", "otlp".to_string()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receivers),
+    ]);
+    let (otel, _) = measure("(e) audit-transfer -> OTLP/HTTP, protobuf", n, &url, otlp);
+    println!("    ratio OTLP / bench endpoint: {:.2}", otel / ours);
 
     // Memory with the batch: N/10 and N rows, same page size.
     let small = rt.block_on(pg_table(&mut admin, "at_bench_small", n / 10, 600));

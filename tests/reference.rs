@@ -70,6 +70,18 @@ fn code_vars() -> BTreeSet<String> {
                 }
             }
         }
+        // The OTLP sink's per-signal variables: both names are literals of one call.
+        for (i, _) in text.match_indices("logs_or_general(") {
+            let args = text[i..].split(')').next().unwrap_or("");
+            for name in args
+                .split('"')
+                .skip(1)
+                .step_by(2)
+                .filter(|n| is_var_name(n))
+            {
+                vars.insert(name.to_string());
+            }
+        }
         // The retry policy's three settings per prefix.
         for (i, _) in text.match_indices("Policy::from_env(") {
             let args = &text[i..];

@@ -2,6 +2,7 @@
 //! folder) builds its requests and classifies its answers; this module decides about retries.
 
 pub mod retry;
+pub mod tls;
 
 /// `body` gzip-compressed at the fastest level: audit JSON shrinks several times even so, and
 /// the CPU goes to the next page instead.

@@ -38,15 +38,41 @@ pub fn record(doc: &Document, observed_ns: u64) -> Result<LogRecord, String> {
     if let Some(key) = &route.key {
         attributes.push(text("routing_key", key));
     }
+    let (severity_number, severity_text) = severity(&body);
     Ok(LogRecord {
         time_unix_nano: time,
         observed_time_unix_nano: observed_ns,
-        severity_number: SeverityNumber::Info as i32,
-        severity_text: "INFO".into(),
+        severity_number: severity_number as i32,
+        severity_text,
         body: Some(any(body)),
         attributes,
         ..LogRecord::default()
     })
+}
+
+/// The document's own severity when it states one in a top-level `severity`, `level` or
+/// `log.level` text (the words OpenTelemetry's severity levels and syslog use), kept as the
+/// severity text; INFO otherwise. A word we do not know keeps its text and counts as INFO.
+fn severity(body: &Value) -> (SeverityNumber, String) {
+    let stated = ["severity", "level", "log.level"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_str))
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let Some(text) = stated else {
+        return (SeverityNumber::Info, "INFO".into());
+    };
+    let number = match text.to_ascii_lowercase().as_str() {
+        "trace" => SeverityNumber::Trace,
+        "debug" => SeverityNumber::Debug,
+        "info" | "informational" | "notice" => SeverityNumber::Info,
+        "warn" | "warning" => SeverityNumber::Warn,
+        "error" | "err" => SeverityNumber::Error,
+        "critical" | "crit" | "alert" => SeverityNumber::Error4,
+        "fatal" | "emergency" | "emerg" => SeverityNumber::Fatal,
+        _ => SeverityNumber::Info,
+    };
+    (number, text.to_string())
 }
 
 /// A JSON value as an AnyValue: objects as kvlists, arrays as arrays, integers that fit i64 as
@@ -251,6 +277,32 @@ mod tests {
         let bare = Document::new("1-3".into(), br#"{"a":1}"#.to_vec());
         assert_eq!(record(&bare, 0).unwrap().time_unix_nano, 0);
         assert!(record(&Document::new("x".into(), b"nope".to_vec()), 0).is_err());
+    }
+
+    #[test]
+    fn a_severity_the_document_states_is_kept() {
+        let sev = |v: serde_json::Value| {
+            let (n, t) = severity(&v);
+            (n as i32, t)
+        };
+        assert_eq!(sev(serde_json::json!({})), (9, "INFO".into()));
+        assert_eq!(
+            sev(serde_json::json!({"level": "warning"})),
+            (13, "warning".into())
+        );
+        assert_eq!(
+            sev(serde_json::json!({"severity": "ERROR"})),
+            (17, "ERROR".into())
+        );
+        assert_eq!(
+            sev(serde_json::json!({"log.level": "critical"})),
+            (20, "critical".into())
+        );
+        assert_eq!(
+            sev(serde_json::json!({"severity": "High"})),
+            (9, "High".into())
+        );
+        assert_eq!(sev(serde_json::json!({"severity": 3})), (9, "INFO".into()));
     }
 
     #[test]

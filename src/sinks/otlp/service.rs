@@ -2,7 +2,7 @@
 //! only 429, 502, 503 and 504 (and no answer at all) are worth another attempt.
 
 use super::settings::{Protocol, Settings};
-use crate::base::exit::{chain_text, config_error, excerpt};
+use crate::base::exit::{chain_text, excerpt};
 use crate::http::retry::{self, Class, Failure};
 use anyhow::{anyhow, Context, Result};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
@@ -34,19 +34,24 @@ impl Service {
         let mut headers = reqwest::header::HeaderMap::new();
         for (name, value) in &settings.headers {
             let mut v = reqwest::header::HeaderValue::from_str(value.expose())
-                .context("OTEL_EXPORTER_OTLP_HEADERS")?;
+                .context(settings.headers_var)?;
             // Kept out of any debug output of the HTTP stack.
             v.set_sensitive(true);
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .context("OTEL_EXPORTER_OTLP_HEADERS")?;
+                .context(settings.headers_var)?;
             headers.insert(name, v);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(settings.retry.timeout)
             .user_agent(concat!("audit-transfer/", env!("CARGO_PKG_VERSION")))
-            .default_headers(headers)
-            .build()
-            .context("cannot set up the OTLP client")?;
+            .default_headers(headers);
+        if let Some((path, var)) = &settings.certificate {
+            builder = crate::http::tls::trust(builder, path, var)?;
+        }
+        if let Some(((cert, cert_var), (key, key_var))) = &settings.client {
+            builder = crate::http::tls::identity(builder, (cert, cert_var), (key, key_var))?;
+        }
+        let http = builder.build().context("cannot set up the OTLP client")?;
         Ok(Service {
             http,
             settings: settings.clone(),
@@ -142,16 +147,22 @@ impl Service {
                 Class::Auth,
                 said.clone(),
                 anyhow!(
-                    "OTLP receiver at {} refused the credentials ({said}): check OTEL_EXPORTER_OTLP_HEADERS",
-                    self.settings.url
+                    "OTLP receiver at {} refused the credentials ({said}): check {}",
+                    self.settings.url,
+                    self.settings.headers_var
                 ),
             )),
             404 | 405 => Err(self.stop(
                 Class::Permanent,
-                format!("{said}: no OTLP logs endpoint there; check {}", self.settings.url_var),
+                format!(
+                    "{said}: no OTLP logs endpoint there; check {}",
+                    self.settings.url_var
+                ),
             )),
             413 => Ok(Answer::TooLarge(said)),
-            400..=499 => Ok(Answer::Refused(format!("rejected by the OTLP receiver: {said}"))),
+            400..=499 => Ok(Answer::Refused(format!(
+                "rejected by the OTLP receiver: {said}"
+            ))),
             _ => Err(self.stop(Class::Permanent, said)),
         }
     }
@@ -170,10 +181,11 @@ impl Service {
             class => Failure::new(
                 class,
                 text.clone(),
-                config_error(format!(
-                    "OTLP receiver at {}: the server's certificate does not verify ({text})",
-                    self.settings.url
-                )),
+                anyhow!(
+                    "OTLP receiver at {}: the server's certificate does not verify ({}): set OTEL_EXPORTER_OTLP_CERTIFICATE to the PEM file of the CA that signed it",
+                    self.settings.url,
+                    crate::http::tls::why_untrusted(&text)
+                ),
             ),
         }
     }

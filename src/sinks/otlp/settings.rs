@@ -5,6 +5,7 @@ use crate::base::env::Env;
 use crate::base::exit::ConfigError;
 use crate::base::secret::Secret;
 use crate::http::retry::Policy;
+use std::path::PathBuf;
 use std::time::Duration;
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -34,6 +35,9 @@ impl Protocol {
     }
 }
 
+/// A file and the variable that named it, for messages.
+pub type NamedFile = (PathBuf, &'static str);
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Where requests go: the logs endpoint itself (`.../v1/logs`).
@@ -43,10 +47,16 @@ pub struct Settings {
     pub protocol: Protocol,
     /// Each value may be a credential (an API key): all kept secret.
     pub headers: Vec<(String, Secret)>,
+    /// Which variable gave `headers`, for messages.
+    pub headers_var: &'static str,
     pub gzip: bool,
     pub retry: Policy,
     /// Resource attributes, `service.name` first.
     pub resource: Vec<(String, String)>,
+    /// CA file to trust for the receiver's certificate.
+    pub certificate: Option<NamedFile>,
+    /// Client certificate chain and private key for mutual TLS.
+    pub client: Option<(NamedFile, NamedFile)>,
 }
 
 impl Settings {
@@ -63,27 +73,37 @@ impl Settings {
                 .unwrap_or_else(|| url::Url::parse(DEFAULT_ENDPOINT).expect("valid"));
             (logs_url(base), "OTEL_EXPORTER_OTLP_ENDPOINT")
         };
-        let protocol = match env.get("OTEL_EXPORTER_OTLP_PROTOCOL") {
+        let protocol_var = logs_or_general(
+            env,
+            "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        );
+        let protocol = match env.get(protocol_var) {
             Some(p) if p.eq_ignore_ascii_case("grpc") => {
-                return Err(ConfigError(
-                    "invalid OTEL_EXPORTER_OTLP_PROTOCOL \"grpc\": this sink speaks OTLP/HTTP only; expected http/protobuf or http/json (and the receiver's HTTP port, 4318 by default)".into(),
-                ))
+                return Err(ConfigError(format!(
+                    "invalid {protocol_var} \"grpc\": this sink speaks OTLP/HTTP only; expected http/protobuf or http/json (and the receiver's HTTP port, 4318 by default)"
+                )))
             }
             _ => env
                 .choice(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    protocol_var,
                     &[("http/protobuf", Protocol::Protobuf), ("http/json", Protocol::Json)],
                 )?
                 .unwrap_or(Protocol::Protobuf),
         };
-        let headers = pairs("OTEL_EXPORTER_OTLP_HEADERS", env.get("OTEL_EXPORTER_OTLP_HEADERS"))?
+        let headers_var = logs_or_general(
+            env,
+            "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        );
+        let headers = pairs(headers_var, env.get(headers_var))?
             .into_iter()
             .map(|(k, v)| {
                 if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
                     || reqwest::header::HeaderValue::from_str(&v).is_err()
                 {
                     return Err(ConfigError(format!(
-                        "invalid OTEL_EXPORTER_OTLP_HEADERS: {k:?} is not a valid HTTP header name, or its value is not a valid header value"
+                        "invalid {headers_var}: {k:?} is not a valid HTTP header name, or its value is not a valid header value"
                     )));
                 }
                 Ok((k, Secret::new(v)))
@@ -91,17 +111,58 @@ impl Settings {
             .collect::<Result<Vec<_>>>()?;
         let gzip = env
             .choice(
-                "OTEL_EXPORTER_OTLP_COMPRESSION",
+                logs_or_general(
+                    env,
+                    "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
+                    "OTEL_EXPORTER_OTLP_COMPRESSION",
+                ),
                 &[("gzip", true), ("none", false)],
             )?
             .unwrap_or(false);
         let timeout_ms = env
             .number(
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
+                logs_or_general(
+                    env,
+                    "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+                    "OTEL_EXPORTER_OTLP_TIMEOUT",
+                ),
                 1..=3_600_000u64,
                 "a timeout in milliseconds, 1 to 3600000",
             )?
             .unwrap_or(DEFAULT_TIMEOUT_MS);
+        let file = |var: &'static str| -> Result<Option<NamedFile>> {
+            match env.get(var) {
+                None => Ok(None),
+                Some(p) if std::path::Path::new(p).is_file() => Ok(Some((PathBuf::from(p), var))),
+                Some(p) => Err(ConfigError(format!(
+                    "invalid {var} {p:?}: expected the path of a readable PEM file"
+                ))),
+            }
+        };
+        let certificate = file(logs_or_general(
+            env,
+            "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ))?;
+        let client_certificate = file(logs_or_general(
+            env,
+            "OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ))?;
+        let client_key = file(logs_or_general(
+            env,
+            "OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        ))?;
+        let client = match (client_certificate, client_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some((_, var)), None) | (None, Some((_, var))) => {
+                return Err(ConfigError(format!(
+                    "{var} is set without its pair: a client certificate needs both OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY (or both LOGS_ forms)"
+                )))
+            }
+        };
         let mut resource = pairs(
             "OTEL_RESOURCE_ATTRIBUTES",
             env.get("OTEL_RESOURCE_ATTRIBUTES"),
@@ -122,6 +183,7 @@ impl Settings {
             url_var,
             protocol,
             headers,
+            headers_var,
             gzip,
             retry: Policy {
                 timeout: Duration::from_millis(timeout_ms),
@@ -129,7 +191,19 @@ impl Settings {
                 initial: RETRY_INITIAL,
             },
             resource,
+            certificate,
+            client,
         })
+    }
+}
+
+/// The logs-specific variable when it is set, else the general one: the per-signal form
+/// wins, as in every SDK.
+fn logs_or_general(env: &Env, logs: &'static str, general: &'static str) -> &'static str {
+    if env.get(logs).is_some() {
+        logs
+    } else {
+        general
     }
 }
 
@@ -300,6 +374,57 @@ mod tests {
             e.contains("OTEL_EXPORTER_OTLP_TIMEOUT") && e.contains("milliseconds"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_logs_signal_forms_win_whole() {
+        let s = read(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1,b=2"),
+            ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "c=3"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+            ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "gzip"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "2000"),
+        ])
+        .unwrap();
+        assert_eq!(s.protocol, Protocol::Protobuf);
+        let names: Vec<_> = s.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            (names, s.headers_var),
+            (vec!["c"], "OTEL_EXPORTER_OTLP_LOGS_HEADERS")
+        );
+        assert!(s.gzip);
+        assert_eq!(s.retry.timeout, Duration::from_millis(2000));
+        let e = err(&[("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc")]);
+        assert!(e.contains("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"), "{e}");
+        let e = err(&[("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "soon")]);
+        assert!(e.contains("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn certificate_files_must_exist_and_come_in_pairs() {
+        let e = err(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")]);
+        assert!(
+            e.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && e.contains("PEM file"),
+            "{e}"
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap();
+        let s = read(&[("OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE", path)]).unwrap();
+        assert_eq!(
+            s.certificate.unwrap().1,
+            "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE"
+        );
+        let e = err(&[("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", path)]);
+        assert!(e.contains("without its pair"), "{e}");
+        let s = read(&[
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", path),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", path),
+        ])
+        .unwrap();
+        assert!(s.client.is_some());
     }
 
     #[test]

@@ -59,20 +59,7 @@ impl Service {
             tracing::warn!("SPLUNK_INSECURE=true: the server's certificate is not verified");
             builder = builder.danger_accept_invalid_certs(true);
         } else if let Some(path) = &settings.ca_cert {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read SPLUNK_CA_CERT {}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| {
-                    config_error(format!(
-                        "invalid SPLUNK_CA_CERT {}: expected PEM certificates",
-                        path.display()
-                    ))
-                })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            builder = crate::http::tls::trust(builder, path, "SPLUNK_CA_CERT")?;
         }
         let http = builder
             .build()
@@ -301,9 +288,7 @@ impl Service {
         match retry::classify_transport(&text) {
             Class::Transient => Failure::transient(format!("request failed: {text}")),
             class => {
-                let why = text
-                    .find("invalid peer certificate")
-                    .map_or(text.as_str(), |i| &text[i..]);
+                let why = crate::http::tls::why_untrusted(&text);
                 Failure::new(
                     class,
                     text.clone(),

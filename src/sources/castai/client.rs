@@ -149,9 +149,7 @@ impl Client {
                     // Will not verify on the next attempt either, and there is no CA setting
                     // to point at: the roots are the system's. The request URL in front of
                     // the reason adds nothing.
-                    let reason = text
-                        .find("invalid peer certificate")
-                        .map_or(text.as_str(), |i| &text[i..]);
+                    let reason = crate::http::tls::why_untrusted(&text);
                     return Err(Failure::new(
                         Class::Permanent,
                         format!("certificate not trusted: {reason}"),

@@ -54,6 +54,8 @@ struct Inner {
     script: VecDeque<(u16, Option<u64>)>,
     stored: Vec<Stored>,
     seen: Vec<Seen>,
+    /// The protobuf bodies answered 200, uncompressed, for decoders other than ours.
+    bodies: Vec<Vec<u8>>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -108,6 +110,11 @@ impl FakeOtlp {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.lock().seen.clone()
+    }
+
+    /// The protobuf request bodies it accepted, uncompressed, as they came.
+    pub fn protobuf_bodies(&self) -> Vec<Vec<u8>> {
+        self.lock().bodies.clone()
     }
 }
 
@@ -260,6 +267,9 @@ async fn logs(State(inner): State<Shared>, headers: HeaderMap, body: Bytes) -> R
             error_message: format!("{rejected} records refused by policy"),
         }),
     };
+    if !json {
+        g.bodies.push(raw.clone());
+    }
     let (ct, bytes) = if json {
         ("application/json", serde_json::to_vec(&reply).unwrap())
     } else {
