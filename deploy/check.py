@@ -61,6 +61,46 @@ CASES = [
         },
     ),
     (
+        "sql-splunk-acks",
+        {
+            "sink": {"type": "splunk", "splunk": {"url": "https://splunk.example:8088", "index": "audit"}},
+            "secret": {"data": {"SPLUNK_HEC_TOKEN": "placeholder"}},
+        },
+        {
+            "pvc": False,
+            "monthly": True,
+            "config": {
+                "SINK": "splunk",
+                "SPLUNK_HEC_URL": "https://splunk.example:8088",
+                "SPLUNK_INDEX": "audit",
+                "SPLUNK_SOURCETYPE": "_json",
+                "SPLUNK_HEC_ACK": "true",
+            },
+            "absent": ["ELASTICSEARCH_HOST", "OTEL_EXPORTER_OTLP_ENDPOINT"],
+        },
+    ),
+    (
+        "castai-otlp",
+        {
+            "source": {"type": "CASTAI"},
+            "sink": {"type": "otlp", "otlp": {"endpoint": "http://otel-collector.observability:4318"}},
+            "secret": {"data": {"CASTAI_API_KEY": "placeholder"}},
+        },
+        {
+            "pvc": True,
+            "monthly": False,
+            "state_var": "CASTAI_STATE_FILE",
+            "config": {
+                "SINK": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+                "OTEL_SERVICE_NAME": "audit-transfer",
+            },
+            "absent": ["ELASTICSEARCH_HOST", "SPLUNK_HEC_URL"],
+        },
+    ),
+    (
         "cdp-existing-secret",
         {**ES, "source": {"type": "CDP_ARCHIVE"}, "secret": {"existingSecret": "cdp"}},
         {"pvc": False, "monthly": False, "secret": False},
@@ -73,6 +113,9 @@ REFUSED = [
     ({**ES, "source": {"type": "KAFKA"}}, "source.type"),
     ({**ES, "source": {"type": "CASTAI"}, "send": {"parallelism": 2}}, "send.parallelism"),
     ({"sink": {"type": "file"}}, "sink.file.existingClaim"),
+    ({"sink": {"type": "splunk"}}, "sink.splunk.url"),
+    ({"sink": {"type": "otlp"}}, "sink.otlp.endpoint"),
+    ({"sink": {"type": "kinesis"}}, "sink.type"),
     ({**ES, "routing": {"acceptTopics": "a"}, "env": {"ACCEPT_TOPICS": "b"}}, "env.ACCEPT_TOPICS"),
 ]
 

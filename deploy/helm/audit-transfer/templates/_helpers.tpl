@@ -33,8 +33,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not (has .Values.source.type (list "SINGLE_COLUMN_JSON" "DJANGO_AUDITLOG" "CASTAI" "CDP_ARCHIVE" "S3_CURSOR")) -}}
 {{- fail (printf "source.type %q: expected SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI, CDP_ARCHIVE or S3_CURSOR" .Values.source.type) -}}
 {{- end -}}
-{{- if not (has .Values.sink.type (list "elasticsearch" "file" "stdout")) -}}
-{{- fail (printf "sink.type %q: expected elasticsearch, file or stdout" .Values.sink.type) -}}
+{{- if not (has .Values.sink.type (list "elasticsearch" "splunk" "otlp" "file" "stdout")) -}}
+{{- fail (printf "sink.type %q: expected elasticsearch, splunk, otlp, file or stdout" .Values.sink.type) -}}
+{{- end -}}
+{{- if and (eq .Values.sink.type "splunk") (not .Values.sink.splunk.url) -}}
+{{- fail "sink.splunk.url is required with sink.type=splunk (and SPLUNK_HEC_TOKEN in the Secret)" -}}
+{{- end -}}
+{{- if and (eq .Values.sink.type "otlp") (not .Values.sink.otlp.endpoint) -}}
+{{- fail "sink.otlp.endpoint is required with sink.type=otlp" -}}
 {{- end -}}
 {{- if and (eq .Values.sink.type "elasticsearch") (not .Values.sink.elasticsearch.host) -}}
 {{- fail "sink.elasticsearch.host is required with sink.type=elasticsearch" -}}
