@@ -83,9 +83,9 @@ const DEFAULT_RETRY: Policy = Policy {
     initial: Duration::from_secs(1),
 };
 
-/// A comma list of non-empty names.
-fn list(env: &Env, var: &str, expected: &str) -> Result<Vec<String>> {
-    let Some(value) = env.get(var) else {
+/// The value of `var`, a comma list of non-empty names.
+fn list(var: &str, value: Option<&str>, expected: &str) -> Result<Vec<String>> {
+    let Some(value) = value else {
         return Ok(Vec::new());
     };
     let items: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
@@ -110,7 +110,11 @@ impl Settings {
                 "CATO_API_KEY is not set: expected a Cato API key (a View key is enough)".into(),
             )
         })?;
-        let account_ids = list(env, "CATO_ACCOUNT_ID", "Cato account ids")?;
+        let account_ids = list(
+            "CATO_ACCOUNT_ID",
+            env.get("CATO_ACCOUNT_ID"),
+            "Cato account ids",
+        )?;
         if account_ids.is_empty() {
             return Err(ConfigError(
                 "CATO_ACCOUNT_ID is not set: expected the Cato account id, or several separated \
@@ -138,15 +142,22 @@ impl Settings {
                         .into(),
                 )
             })?;
-        let event_types = list(env, "CATO_EVENT_TYPES", "event types such as Security")?;
+        let event_types = list(
+            "CATO_EVENT_TYPES",
+            env.get("CATO_EVENT_TYPES"),
+            "event types such as Security",
+        )?;
         let event_sub_types = list(
-            env,
             "CATO_EVENT_SUB_TYPES",
+            env.get("CATO_EVENT_SUB_TYPES"),
             "event sub-types such as Internet Firewall",
         )?;
         if feed == Feed::Audit {
-            for var in ["CATO_EVENT_TYPES", "CATO_EVENT_SUB_TYPES"] {
-                if env.get(var).is_some() {
+            for (var, values) in [
+                ("CATO_EVENT_TYPES", &event_types),
+                ("CATO_EVENT_SUB_TYPES", &event_sub_types),
+            ] {
+                if !values.is_empty() {
                     return Err(ConfigError(format!(
                         "{var} filters eventsFeed: it cannot be used with CATO_FEED=audit"
                     )));
