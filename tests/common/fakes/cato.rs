@@ -426,7 +426,8 @@ struct Call {
 struct Sel(Vec<(String, Sel)>);
 
 /// The schema's object types this fake serves: (type, field, type of the field if an object).
-const TYPES: &[(&str, &[(&str, Option<&str>)])] = &[
+type Fields = &'static [(&'static str, Option<&'static str>)];
+const TYPES: &[(&str, Fields)] = &[
     (
         "EventsFeedData",
         &[
@@ -632,8 +633,10 @@ fn validate(doc: &gq::Document<'_, String>, vars: &Value) -> Result<Call, (u16, 
                 .iter()
                 .find(|(n, _)| n == v)
                 .map(|(_, t)| t.as_str());
-            if name == "timeFrame" && ty.is_some() && ty != Some("TimeFrame!") {
-                return Err(invalid(format!("Variable \"${v}\" of type \"{}\" used in position expecting type \"TimeFrame!\".", ty.unwrap())));
+            if let Some(t) = ty.filter(|t| name == "timeFrame" && *t != "TimeFrame!") {
+                return Err(invalid(format!(
+                    "Variable \"${v}\" of type \"{t}\" used in position expecting type \"TimeFrame!\"."
+                )));
             }
         }
         args.insert(name.clone(), to_json(value, vars, &names).map_err(invalid)?);
