@@ -676,3 +676,46 @@ fn audit_marker_unchanged_mid_window_stops_and_resumes() {
     assert_eq!(c.count(), 12);
     assert_eq!(run.n("delivered"), 2);
 }
+
+/// A record that cannot be delivered does not hold the marker: it is kept in the state file as
+/// Cato returned it, retried, and parked after MAX_ATTEMPTS (exit 3 throughout).
+#[test]
+fn undeliverable_record_is_kept_retried_and_parked() {
+    skip_unless!(Need::Osmem);
+    let c = Case::new();
+    let mut bad = c.events(0, 1).remove(0);
+    bad.fields.insert("time".into(), json!("soon"));
+    c.fake.add_events([bad]);
+    c.events(1, 4);
+    let env = c.env("events").set("MAX_ATTEMPTS", "2");
+    let run = env.run(&["run"]);
+    run.expect(3);
+    assert_eq!(
+        run.n("delivered"),
+        5,
+        "the good copy of ev00000 and four more"
+    );
+    let state = c.state();
+    let failed = state["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{state}");
+    assert_eq!(failed[0]["item"]["fieldsMap"]["time"], "soon");
+    assert!(failed[0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("fieldsMap.time"));
+    let marker = state["marker"].clone();
+    assert_ne!(marker, "", "the marker moved past it");
+
+    let run = env.run(&["run"]);
+    run.expect(3);
+    assert_eq!(c.state()["failed"][0]["attempts"], 2);
+    let run = env.run(&["run"]);
+    run.expect(3);
+    assert!(run.stderr.contains("parked"), "{}", run.stderr);
+    assert_eq!(
+        c.state()["failed"][0]["attempts"],
+        2,
+        "parked: not tried again"
+    );
+    assert_eq!(c.count(), 5);
+}
