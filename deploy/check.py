@@ -39,6 +39,16 @@ CASES = [
         {"pvc": True, "monthly": False, "state_var": "CASTAI_STATE_FILE"},
     ),
     (
+        "cato-events",
+        {
+            **ES,
+            "source": {"type": "CATO"},
+            "env": {"CATO_FEED": "events", "CATO_ACCOUNT_ID": "4242"},
+            "secret": {"data": {"CATO_API_KEY": "placeholder"}},
+        },
+        {"pvc": True, "monthly": False, "state_var": "CATO_STATE_FILE"},
+    ),
+    (
         "s3-cursor-stdout",
         {"source": {"type": "S3_CURSOR"}, "sink": {"type": "stdout"}},
         {"pvc": True, "monthly": False, "state_var": "S3_CURSOR_FILE"},

@@ -183,6 +183,13 @@ fn garbage_in_every_numeric_variable() {
                 .set("AUDIT_LOGGER_TYPE", "CASTAI")
                 .set("CASTAI_API_KEY", "k")
                 .set("CASTAI_STATE_FILE", state.to_str().unwrap());
+        } else if var.starts_with("CATO_") {
+            env = env
+                .set("AUDIT_LOGGER_TYPE", "CATO")
+                .set("CATO_API_KEY", "k")
+                .set("CATO_ACCOUNT_ID", "4242")
+                .set("CATO_FEED", "events")
+                .set("CATO_STATE_FILE", state.to_str().unwrap());
         } else if var.starts_with("CDP_") {
             env = env
                 .set("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE")

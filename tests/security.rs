@@ -242,6 +242,15 @@ async fn secrets_stay_out_of_failing_runs_at_debug_level() {
             .set("CASTAI_STATE_FILE", "/nonexistent-dir/state.json")
             .set("SINK", "stdout"),
         Env::new()
+            .set("AUDIT_LOGGER_TYPE", "CATO")
+            .set("CATO_API_KEY", "cato-key-secret")
+            .set("CATO_ACCOUNT_ID", "4242")
+            .set("CATO_FEED", "events")
+            .set("CATO_API_URL", "http://127.0.0.1:1/api/v1/graphql2")
+            .set("CATO_MAX_RETRIES", "0")
+            .set("CATO_STATE_FILE", "/nonexistent-dir/state.json")
+            .set("SINK", "stdout"),
+        Env::new()
             .set("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE")
             .set("CDP_ACCESS_KEY_ID", "key-id")
             .set(
@@ -270,6 +279,7 @@ async fn secrets_stay_out_of_failing_runs_at_debug_level() {
         "es-pw-secret",
         "es-apikey-secret",
         "castai-key-secret",
+        "cato-key-secret",
         "VHswlNpwJnMpuXhIq7LYDfzs",
         "cdp-token-secret",
         "splunk-token-secret",
@@ -310,6 +320,7 @@ fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
             .set("DATABASE_URL", &sqlite)
             .set("ELASTICSEARCH_MAX_RETRIES", "0")
             .set("CASTAI_MAX_RETRIES", "0")
+            .set("CATO_MAX_RETRIES", "0")
             .set("CDP_MAX_RETRIES", "0")
             .set("SPLUNK_MAX_RETRIES", "0");
         match var {
@@ -328,6 +339,12 @@ fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
                 .set("AUDIT_LOGGER_TYPE", "CASTAI")
                 .set("CASTAI_API_KEY", "key")
                 .set("CASTAI_STATE_FILE", state),
+            "CATO_API_URL" => env
+                .set("AUDIT_LOGGER_TYPE", "CATO")
+                .set("CATO_API_KEY", "key")
+                .set("CATO_ACCOUNT_ID", "4242")
+                .set("CATO_FEED", "audit")
+                .set("CATO_STATE_FILE", state),
             "OTEL_EXPORTER_OTLP_ENDPOINT" | "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT" => {
                 env.set("SINK", "otlp")
             }
@@ -341,6 +358,7 @@ fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
         ("CDP_ENDPOINT_URL", "https"),
         ("S3_ENDPOINT", "http"),
         ("CASTAI_API_URL", "https"),
+        ("CATO_API_URL", "https"),
         ("SPLUNK_HEC_URL", "https"),
         ("METRICS_PUSHGATEWAY_URL", "http"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http"),

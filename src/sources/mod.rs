@@ -5,6 +5,7 @@
 //! [`Kind`] that reads its settings, plus one line in [`KINDS`].
 
 pub mod castai;
+pub mod cato;
 pub mod cdp;
 pub mod django_auditlog;
 pub mod s3;
@@ -49,6 +50,7 @@ pub const KINDS: &[Kind] = &[
     single_column::KIND,
     django_auditlog::KIND,
     castai::KIND,
+    cato::KIND,
     cdp::KIND,
     s3::KIND,
 ];

@@ -1,6 +1,7 @@
 //! Fake third-party APIs, one file each, following their specs in `../shared/specs`.
 
 pub mod castai;
+pub mod cato;
 pub mod cdp;
 pub mod otlp;
 pub mod splunk;

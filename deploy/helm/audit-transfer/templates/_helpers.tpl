@@ -21,6 +21,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* The variable that names the state/cursor file of sources that keep one, else "". */}}
 {{- define "audit-transfer.stateVar" -}}
 {{- if eq .Values.source.type "CASTAI" -}}CASTAI_STATE_FILE
+{{- else if eq .Values.source.type "CATO" -}}CATO_STATE_FILE
 {{- else if eq .Values.source.type "S3_CURSOR" -}}S3_CURSOR_FILE
 {{- end -}}
 {{- end -}}
@@ -30,8 +31,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "audit-transfer.validate" -}}
-{{- if not (has .Values.source.type (list "SINGLE_COLUMN_JSON" "DJANGO_AUDITLOG" "CASTAI" "CDP_ARCHIVE" "S3_CURSOR")) -}}
-{{- fail (printf "source.type %q: expected SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI, CDP_ARCHIVE or S3_CURSOR" .Values.source.type) -}}
+{{- if not (has .Values.source.type (list "SINGLE_COLUMN_JSON" "DJANGO_AUDITLOG" "CASTAI" "CATO" "CDP_ARCHIVE" "S3_CURSOR")) -}}
+{{- fail (printf "source.type %q: expected SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI, CATO, CDP_ARCHIVE or S3_CURSOR" .Values.source.type) -}}
 {{- end -}}
 {{- if not (has .Values.sink.type (list "elasticsearch" "splunk" "otlp" "file" "stdout")) -}}
 {{- fail (printf "sink.type %q: expected elasticsearch, splunk, otlp, file or stdout" .Values.sink.type) -}}
@@ -49,10 +50,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- fail "sink.file.existingClaim is required with sink.type=file (the root filesystem is read-only)" -}}
 {{- end -}}
 {{- if and (gt (int .Values.send.parallelism) 1) (not (include "audit-transfer.isSql" .)) -}}
-{{- fail "send.parallelism > 1 needs a SQL source (pages claimed with SKIP LOCKED); CASTAI, S3_CURSOR and CDP_ARCHIVE runs must not overlap" -}}
+{{- fail "send.parallelism > 1 needs a SQL source (pages claimed with SKIP LOCKED); CASTAI, CATO, S3_CURSOR and CDP_ARCHIVE runs must not overlap" -}}
 {{- end -}}
 {{- if and (ne .Values.send.concurrencyPolicy "Forbid") (not (include "audit-transfer.isSql" .)) -}}
-{{- fail "send.concurrencyPolicy must be Forbid for CASTAI, S3_CURSOR and CDP_ARCHIVE: their runs must not overlap" -}}
+{{- fail "send.concurrencyPolicy must be Forbid for CASTAI, CATO, S3_CURSOR and CDP_ARCHIVE: their runs must not overlap" -}}
 {{- end -}}
 {{- /* A variable the chart sets from its own values must not come twice through env. */ -}}
 {{- $own := dict "ROUTING_TOPIC_FIELD" .Values.routing.topicField "ROUTING_KEY_FIELD" .Values.routing.keyField "ACCEPT_TOPICS" .Values.routing.acceptTopics "ACCEPT_ROUTING_KEYS" .Values.routing.acceptRoutingKeys -}}
