@@ -1,15 +1,22 @@
-//! JSON-lines files (optionally gzip) and stdout.
+//! JSON-lines files (optionally gzip) in a directory or a bucket, and stdout.
 //!
-//! Each page becomes one file, written under a temporary name, fsynced and renamed, so a
-//! reader never sees half a file and the source is marked only once the file is durable.
-//! The name is derived from the page's document ids: a page re-shipped after a crash
-//! replaces its own file instead of adding a second copy.
+//! Each page becomes one file (per folder of the layout), named after the page's document ids,
+//! so a page re-shipped after a crash lands on its own file instead of adding a second copy; the
+//! source is marked only once every file of the page is durable. `OUTPUT_PATH` is a directory
+//! (or `file:///abs/path`), written by [`local`] (atomic rename), or `s3://`, `gs://`, `az://`,
+//! written by [`object`] (create-only objects). [`layout`] places the documents, the same for
+//! both:
 //!
-//! With `OUTPUT_LAYOUT=routed` a page is split by route, one file per directory
-//! `topic/routing-key/YYYY/mm/dd/HH/` (the DSS Event Server layout; see `crate::routing`).
-//!
-//! With `OUTPUT_LAYOUT=cdp-archive` a page the source names (one CDP archive batch) is written
-//! under that name, `<accountId>_<YYYYMMDDTHHMM>Z_<archiveId>.json.gz`, as CDP's own archives.
+//! - `OUTPUT_LAYOUT=pages`: one file per page.
+//! - `routed`: one file per page and directory `topic/routing-key/YYYY/mm/dd/HH/` (the DSS Event
+//!   Server layout; see `crate::routing`).
+//! - `dated`: one file per page and day, `dt=YYYY-MM-DD/`, by the record's date (UTC).
+//! - `cdp-archive`: a page the source names (one CDP archive batch) is written under that name,
+//!   `<accountId>_<YYYYMMDDTHHMM>Z_<archiveId>.json.gz`, as CDP's own archives.
+
+mod layout;
+mod local;
+mod object;
 
 use super::{Outcome, Sink};
 use crate::base::document::Document;
@@ -18,10 +25,10 @@ use crate::base::exit::ConfigError;
 use crate::base::source::SourceTraits;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use flate2::write::GzEncoder;
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+pub use layout::FileLayout;
+use layout::Naming;
+use std::io::Write;
+use std::path::PathBuf;
 
 /// `SINK=file`: JSON-lines files under OUTPUT_PATH.
 pub const KIND: super::Kind = super::Kind {
@@ -47,22 +54,17 @@ pub const STDOUT: super::Kind = super::Kind {
     configure: |_, _| Ok(Box::new(Stdout)),
 };
 
-/// How the file sink names and groups its files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileLayout {
-    /// One file per page, named after the page's document ids.
-    Pages,
-    /// One gzipped JSON-lines file per CDP archive batch, named as CDP's own archives:
-    /// `<accountId>_<YYYYMMDDTHHMM>Z_<archiveId>.json.gz`.
-    CdpArchive,
-    /// `topic/routing-key/YYYY/mm/dd/HH/` under OUTPUT_PATH, one file per page and directory.
-    Routed,
+/// Where the files go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Local(PathBuf),
+    Bucket(object::Bucket),
 }
 
 /// The file sink's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub dir: PathBuf,
+    pub target: Target,
     pub gzip: bool,
     /// OUTPUT_GZIP_LEVEL, 0..=9.
     pub gzip_level: u32,
@@ -79,6 +81,7 @@ impl Settings {
         {
             None | Some("pages") => FileLayout::Pages,
             Some("routed") => FileLayout::Routed,
+            Some("dated") => FileLayout::Dated,
             Some("cdp-archive") if source.named_units => {
                 // CDP's archives are gzip by definition.
                 if gzip == Some(false) {
@@ -96,12 +99,23 @@ impl Settings {
             }
             Some(other) => {
                 return Err(ConfigError(format!(
-                    "invalid OUTPUT_LAYOUT {other:?}: expected pages, routed or cdp-archive"
+                    "invalid OUTPUT_LAYOUT {other:?}: expected pages, routed, dated or cdp-archive"
                 )))
             }
         };
+        // Refused rather than ignored: an operator relying on it would believe objects locked.
+        for (var, value) in [
+            ("OUTPUT_RETENTION_DAYS", env.get("OUTPUT_RETENTION_DAYS")),
+            ("OUTPUT_RETENTION_MODE", env.get("OUTPUT_RETENTION_MODE")),
+        ] {
+            if value.is_some() {
+                return Err(ConfigError(format!(
+                    "{var} is not supported: per-object retention (S3 Object Lock) cannot be set through the object_store crate; set a default retention on the bucket instead (docs/sinks.md, file sink)"
+                )));
+            }
+        }
         Ok(Settings {
-            dir: PathBuf::from(env.get("OUTPUT_PATH").unwrap_or("output")),
+            target: target(env.get("OUTPUT_PATH").unwrap_or("output"))?,
             gzip: gzip.unwrap_or(false) || layout == FileLayout::CdpArchive,
             gzip_level: env
                 .number("OUTPUT_GZIP_LEVEL", 0..=9, "0 (store) to 9 (smallest)")?
@@ -111,17 +125,53 @@ impl Settings {
     }
 }
 
+/// OUTPUT_PATH: a bucket URL, `file:///abs/path`, or a directory.
+fn target(value: &str) -> Result<Target, ConfigError> {
+    let shown = crate::base::secret::blank_user_info(value);
+    if shown != value {
+        return Err(ConfigError(format!(
+            "invalid OUTPUT_PATH {shown:?}: credentials do not belong in it: use the variables for them"
+        )));
+    }
+    if let Some(location) = object::Location::parse(value) {
+        let location = location?;
+        let store = location.store()?;
+        return Ok(Target::Bucket(object::Bucket::new(location, store)));
+    }
+    if let Some(rest) = value.strip_prefix("file://") {
+        return if rest.starts_with('/') {
+            Ok(Target::Local(PathBuf::from(rest)))
+        } else {
+            Err(ConfigError(format!(
+                "invalid OUTPUT_PATH {value:?}: expected file:///absolute/path (no host)"
+            )))
+        };
+    }
+    // Something URL-like that is not one of ours (`s3:/x`, `https://...`) is a mistake, not a
+    // directory name.
+    if let Some((scheme, _)) = value.split_once(':') {
+        let ours = ["s3", "gs", "az", "file"].contains(&scheme.to_ascii_lowercase().as_str());
+        if ours || (value.contains("://") && scheme.chars().all(|c| c.is_ascii_alphanumeric())) {
+            return Err(ConfigError(format!(
+                "invalid OUTPUT_PATH {value:?}: expected a directory, file:///abs/path, s3://bucket/prefix/, gs://bucket/prefix/ or az://container/prefix/"
+            )));
+        }
+    }
+    Ok(Target::Local(PathBuf::from(value)))
+}
+
 #[async_trait]
 impl super::Configured for Settings {
     fn build(&self) -> Result<Box<dyn Sink>> {
-        Ok(Box::new(
-            FileSink::new(self.dir.clone(), self.gzip)
-                .with_level(self.gzip_level)
-                .with_layout(self.layout),
-        ))
+        Ok(Box::new(FileSink {
+            target: self.target.clone(),
+            gzip: self.gzip,
+            level: self.gzip_level,
+            layout: self.layout,
+        }))
     }
     fn needs_route(&self) -> bool {
-        self.layout == FileLayout::Routed
+        matches!(self.layout, FileLayout::Routed | FileLayout::Dated)
     }
     fn stores_units(&self) -> bool {
         self.layout == FileLayout::CdpArchive
@@ -139,7 +189,7 @@ impl super::Configured for Stdout {
 }
 
 pub struct FileSink {
-    dir: PathBuf,
+    target: Target,
     gzip: bool,
     /// OUTPUT_GZIP_LEVEL.
     level: u32,
@@ -147,71 +197,24 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn new(dir: PathBuf, gzip: bool) -> Self {
+    #[cfg(test)]
+    fn new(dir: PathBuf, gzip: bool) -> Self {
         FileSink {
-            dir,
+            target: Target::Local(dir),
             gzip,
             level: DEFAULT_GZIP_LEVEL,
             layout: FileLayout::Pages,
         }
     }
 
-    pub fn with_level(mut self, level: u32) -> Self {
-        self.level = level;
+    #[cfg(test)]
+    fn with_layout(mut self, layout: FileLayout) -> Self {
+        self.layout = layout;
         self
     }
 
     fn compression(&self) -> Option<flate2::Compression> {
         self.gzip.then(|| flate2::Compression::new(self.level))
-    }
-
-    pub fn with_layout(mut self, layout: FileLayout) -> Self {
-        self.layout = layout;
-        self
-    }
-
-    fn file_name(&self, docs: &[&Document]) -> String {
-        let first: String = docs[0]
-            .id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(48)
-            .collect();
-        let ext = if self.gzip { "jsonl.gz" } else { "jsonl" };
-        format!(
-            "audit_{first}_{:016x}.{ext}",
-            crate::base::hash::fnv1a(docs.iter().map(|d| d.id.as_bytes()))
-        )
-    }
-}
-
-impl FileSink {
-    fn ship_routed(&self, docs: &[&Document]) -> Result<Vec<Outcome>> {
-        let mut outcomes = vec![Outcome::Delivered; docs.len()];
-        let mut groups: std::collections::BTreeMap<PathBuf, Vec<&Document>> = Default::default();
-        for (i, d) in docs.iter().enumerate() {
-            match crate::routing::routed_dir(d.route()) {
-                Ok(dir) => groups.entry(dir).or_default().push(d),
-                Err(why) => outcomes[i] = Outcome::Rejected(why.to_string()),
-            }
-        }
-        // Every file is durable before the page is marked, as with one file per page.
-        for (dir, group) in groups {
-            let path = write_atomically(
-                &self.dir.join(dir),
-                &self.file_name(&group),
-                self.compression(),
-                &group,
-            )?;
-            tracing::debug!(file = %path.display(), documents = group.len(), "wrote file");
-        }
-        Ok(outcomes)
     }
 }
 
@@ -223,50 +226,24 @@ pub fn write_lines(out: &mut impl Write, docs: &[&Document]) -> std::io::Result<
     Ok(())
 }
 
-/// Writes `docs` to `dir/name` atomically (see [`crate::base::atomic::replace`]).
 /// Default OUTPUT_GZIP_LEVEL: the fastest level. JSON lines compress well at any level, and
 /// higher ones cost several times the CPU (level 6 halved the file sink's rate in `make bench`).
 pub const DEFAULT_GZIP_LEVEL: u32 = 1;
 
-pub fn write_atomically(
-    dir: &Path,
-    name: &str,
-    gzip: Option<flate2::Compression>,
-    docs: &[&Document],
-) -> Result<PathBuf> {
-    fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create OUTPUT_PATH {}", dir.display()))?;
-    let final_path = dir.join(name);
-    crate::base::atomic::replace(&final_path, |file| {
-        if let Some(level) = gzip {
-            let mut gz = GzEncoder::new(BufWriter::new(file), level);
-            write_lines(&mut gz, docs)?;
-            gz.finish()?.into_inner().map_err(|e| e.into_error())
-        } else {
-            let mut w = BufWriter::new(file);
-            write_lines(&mut w, docs)?;
-            w.into_inner().map_err(|e| e.into_error())
-        }
-    })
-    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", final_path.display()))?;
-    Ok(final_path)
-}
-
 #[async_trait]
 impl Sink for FileSink {
     fn name(&self) -> String {
-        format!("file:{}", self.dir.display())
+        match &self.target {
+            Target::Local(dir) => format!("file:{}", dir.display()),
+            Target::Bucket(b) => format!("file:{}", b.location),
+        }
     }
 
     async fn check(&mut self) -> Result<()> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create OUTPUT_PATH {}", self.dir.display()))?;
-        let probe = self
-            .dir
-            .join(format!(".audit-transfer-check-{}", std::process::id()));
-        File::create(&probe)
-            .and_then(|_| fs::remove_file(&probe))
-            .with_context(|| format!("OUTPUT_PATH {} is not writable", self.dir.display()))
+        match &self.target {
+            Target::Local(dir) => local::check(dir),
+            Target::Bucket(b) => b.check().await,
+        }
     }
 
     async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>> {
@@ -277,31 +254,38 @@ impl Sink for FileSink {
         if docs.is_empty() {
             return Ok(Vec::new());
         }
-        let file_name = match (self.layout, name) {
-            (FileLayout::CdpArchive, Some(name)) => safe_name(name)?,
-            (FileLayout::CdpArchive, None) => anyhow::bail!(
-                "OUTPUT_LAYOUT=cdp-archive: the source did not name this page's archive file"
-            ),
-            (FileLayout::Pages, _) => self.file_name(docs),
-            (FileLayout::Routed, _) => return self.ship_routed(docs),
+        let naming = match self.target {
+            Target::Local(_) => Naming::Local,
+            Target::Bucket(_) => Naming::Object,
         };
-        let path = write_atomically(&self.dir, &file_name, self.compression(), docs)?;
-        tracing::debug!(file = %path.display(), documents = docs.len(), "wrote file");
-        Ok(vec![Outcome::Delivered; docs.len()])
-    }
-}
-
-/// A source-given name is used only if it is a plain file name: the parts come from the API.
-fn safe_name(name: &str) -> Result<String> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-    if ok {
-        Ok(name.to_string())
-    } else {
-        anyhow::bail!("refusing to write a file named {name:?}: not a plain file name")
+        let (files, mut outcomes) = layout::place(self.layout, naming, self.gzip, name, docs)?;
+        // Every file is durable before the page is marked.
+        for file in files {
+            match &self.target {
+                Target::Local(dir) => {
+                    let dir = file.folders.iter().fold(dir.clone(), |d, f| d.join(f));
+                    let path =
+                        local::write_atomically(&dir, &file.name, self.compression(), &file.docs)?;
+                    tracing::debug!(file = %path.display(), documents = file.docs.len(), "wrote file");
+                }
+                Target::Bucket(b) => {
+                    let path = b.path(&file.folders, &file.name);
+                    let written = b.write(&path, self.compression(), &file.docs).await?;
+                    tracing::debug!(object = %path, documents = file.docs.len(), ?written, "wrote object");
+                    if written == object::Written::AlreadyThere {
+                        // Each document of that file: stored by an earlier run.
+                        let mut i = 0;
+                        for d in &file.docs {
+                            while !std::ptr::eq(docs[i], *d) {
+                                i += 1;
+                            }
+                            outcomes[i] = Outcome::AlreadyPresent;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
     }
 }
 
@@ -332,6 +316,7 @@ impl Sink for StdoutSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, File};
 
     fn docs(ids: &[&str]) -> Vec<&'static Document> {
         ids.iter()
