@@ -203,3 +203,19 @@ fn retention_variables_are_refused_not_ignored() {
         );
     }
 }
+
+/// Azure without an account: a configuration error naming the variables, before anything runs.
+#[test]
+fn azure_without_an_account_names_the_variables() {
+    let run = Env::new()
+        .set("DATABASE_URL", "sqlite:///nowhere.db")
+        .set("SINK", "file")
+        .set("OUTPUT_PATH", "az://container/archive/")
+        .run(&["run"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("OUTPUT_PATH") && run.stderr.contains("AZURE_STORAGE_ACCOUNT_NAME"),
+        "{}",
+        run.stderr
+    );
+}

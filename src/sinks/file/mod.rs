@@ -329,6 +329,52 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn output_path_forms() {
+        let local = |v: &str| match target(v) {
+            Ok(Target::Local(p)) => p,
+            other => panic!("{v}: {other:?}"),
+        };
+        assert_eq!(local("out/audit"), PathBuf::from("out/audit"));
+        assert_eq!(local("file:///var/audit"), PathBuf::from("/var/audit"));
+        for bad in [
+            "file://host/x",
+            "file:x",
+            "s3:/bucket/x",
+            "https://host/x",
+            "ftp://h/x",
+        ] {
+            let e = target(bad).unwrap_err().0;
+            assert!(e.starts_with("invalid OUTPUT_PATH"), "{bad}: {e}");
+        }
+        let e = target("s3://id:SECRET@bucket/x").unwrap_err().0;
+        assert!(!e.contains("SECRET"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn dated_layout_in_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink =
+            FileSink::new(dir.path().to_path_buf(), false).with_layout(FileLayout::Dated);
+        let page = docs(&["1", "2"]);
+        page[0]
+            .route
+            .set(crate::base::document::Route {
+                time: Some("2026-11-30T10:00:00Z".parse().unwrap()),
+                ..Default::default()
+            })
+            .unwrap();
+        let outcomes = sink.ship(&page).await.unwrap();
+        assert_eq!(outcomes[0], Outcome::Delivered);
+        assert!(matches!(outcomes[1], Outcome::Rejected(_)));
+        let files: Vec<_> = fs::read_dir(dir.path().join("dt=2026-11-30"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].ends_with(".jsonl"));
+    }
+
     #[tokio::test]
     async fn same_page_same_file_and_gzip_round_trips() {
         let dir = tempfile::tempdir().unwrap();
