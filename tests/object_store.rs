@@ -77,6 +77,8 @@ async fn postgres_rows_into_s3_in_every_layout_exactly_once() {
     skip_unless!(Need::Postgres, Need::Python("moto"));
     let rows = 12;
     let db = table(rows).await;
+    // `check` lists the prefix: bucket and credentials are fine.
+    s3_env(&db, "archive").run(&["check"]).expect(0);
     // Rows are one second apart from 2024-05-01T10:00:00Z.
     for (layout, gzip, folder) in [
         ("pages", "true", ""),

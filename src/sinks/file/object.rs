@@ -520,4 +520,114 @@ mod tests {
         );
         assert!(b.write(&path, gz, &docs(&["10"])).await.is_err());
     }
+
+    /// InMemory whose multipart uploads fail at completion; counts the aborts.
+    #[derive(Debug)]
+    struct FailingCompletion {
+        inner: InMemory,
+        aborted: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl std::fmt::Display for FailingCompletion {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("FailingCompletion")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for FailingCompletion {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            Ok(Box::new(FailingUpload {
+                inner: self.inner.put_multipart_opts(location, opts).await?,
+                aborted: self.aborted.clone(),
+            }))
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        async fn delete(&self, location: &Path) -> object_store::Result<()> {
+            self.inner.delete(location).await
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    #[derive(Debug)]
+    struct FailingUpload {
+        inner: Box<dyn object_store::MultipartUpload>,
+        aborted: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::MultipartUpload for FailingUpload {
+        fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+            self.inner.put_part(data)
+        }
+        async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
+            Err(object_store::Error::Generic {
+                store: "test",
+                source: "connection reset".into(),
+            })
+        }
+        async fn abort(&mut self) -> object_store::Result<()> {
+            self.aborted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.abort().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_multipart_upload_is_aborted_and_leaves_no_object() {
+        let aborted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let store = FailingCompletion {
+            inner: InMemory::new(),
+            aborted: aborted.clone(),
+        };
+        let mut b = Bucket::new(bucket().location, Arc::new(store));
+        b.multipart_from = 10;
+        let path = b.path(&[], "big.jsonl");
+        let err = b
+            .write(&path, None, &docs(&["1", "2", "3"]))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("connection reset"), "{err}");
+        assert_eq!(aborted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(matches!(
+            b.store.head(&path).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+    }
 }
