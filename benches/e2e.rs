@@ -10,7 +10,8 @@
 //! - MariaDB on the same data (generated the same way), and the cost of document sizes 200 B,
 //!   2 KB and 20 KB;
 //! - (d) the Splunk HEC sink (indexer acknowledgement on) and (e) the OTLP/HTTP sink, each into
-//!   a receiver that parses every event and answers at once (`support/sink_endpoints.rs`).
+//!   a receiver that parses every event and answers at once (`support/sink_endpoints.rs`);
+//! - (f) the gzip file sink into S3 (moto's server, `tests/common/moto_s3.py`).
 //!
 //! Needs PostgreSQL and MariaDB as in the tests, the release binary (`make bench` builds it), GNU
 //! time for peak RSS, and OSMEM_SERVER_BIN for (b).
@@ -491,6 +492,34 @@ fn main() {
     let (otel, _) = measure("(e) audit-transfer -> OTLP/HTTP, protobuf", n, &url, otlp);
     println!("    ratio OTLP / bench endpoint: {:.2}", otel / ours);
 
+    // (f) the gzip file sink into S3: moto's server (in memory, Python), one create-only object per page.
+    // Each repetition writes under a prefix of its own: objects are never replaced.
+    if let Some(moto) = start_moto() {
+        let mut secs = Vec::new();
+        for i in 0..reps {
+            rt.block_on(reset(&url));
+            let mut e = base(&url);
+            e.extend([
+                ("SINK", "file".to_string()),
+                ("OUTPUT_PATH", format!("s3://{}/bench{i}/", moto.bucket)),
+                ("OUTPUT_GZIP", "true".into()),
+                ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+                ("AWS_ALLOW_HTTP", "true".into()),
+                ("AWS_ACCESS_KEY_ID", moto.key_id.clone()),
+                ("AWS_SECRET_ACCESS_KEY", moto.secret.clone()),
+            ]);
+            secs.push(run_job(&e.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>()).secs);
+        }
+        line(
+            "(f) audit-transfer -> S3 (moto), gzip",
+            n,
+            median(secs),
+            None,
+        );
+    } else {
+        println!("(f) S3: skipped, no moto in the venv (make .venv/.installed)");
+    }
+
     // Memory with the batch: N/10 and N rows, same page size.
     let small = rt.block_on(pg_table(&mut admin, "at_bench_small", n / 10, 600));
     let (_, rss_small) = measure(
@@ -560,6 +589,48 @@ fn main() {
             .ok();
     }
     let _ = Duration::from_secs(0);
+}
+
+/// moto's S3 server as the tests start it (tests/common/moto_s3.py), credentials enforced.
+struct Moto {
+    endpoint: String,
+    key_id: String,
+    secret: String,
+    bucket: String,
+    _child: std::process::Child,
+}
+
+fn start_moto() -> Option<Moto> {
+    let python = env_or(
+        "TEST_PYTHON",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python"),
+    );
+    let mut child = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/common/moto_s3.py"
+        ))
+        .arg("bench")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take()?),
+        &mut line,
+    )
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    let s = |k: &str| v[k].as_str().map(String::from);
+    Some(Moto {
+        endpoint: s("endpoint")?,
+        key_id: s("key_id")?,
+        secret: s("secret")?,
+        bucket: s("bucket")?,
+        _child: child,
+    })
 }
 
 fn tempfile_dir() -> String {

@@ -306,6 +306,59 @@ fn cdp_archive_layout_writes_one_gzip_file_per_batch_named_as_cdp() {
     assert!(fake.outstanding().is_empty());
 }
 
+/// The same into a bucket: the objects carry CDP's own archive names.
+#[test]
+fn cdp_archive_layout_into_s3_gives_cdps_archive_names() {
+    skip_unless!(Need::Python("moto"));
+    let m = common::s3::moto();
+    let (fake, key) = fake();
+    let account = fake.state().account_id.clone();
+    let first = fake.events(5, T0);
+    let b1 = fake.add_batch(T0 + 125_000, first.clone());
+    let second = fake.events(3, T0 + HOUR);
+    let b2 = fake.add_batch(T0 + HOUR, second.clone());
+    let prefix = format!("cdp/{}", unique("archive"));
+    let env = cdp_env(&fake, &key)
+        .set("SINK", "file")
+        .set("OUTPUT_LAYOUT", "cdp-archive")
+        .set("OUTPUT_PATH", &format!("s3://{}/{prefix}", m.bucket))
+        .set("AWS_ENDPOINT_URL", &m.endpoint)
+        .set("AWS_ALLOW_HTTP", "true")
+        .set("AWS_ACCESS_KEY_ID", &m.key_id)
+        .set("AWS_SECRET_ACCESS_KEY", &m.secret)
+        .set("CHUNK_SIZE", "2")
+        .set("CDP_BATCH_EVENTS", "false");
+    let run = env.run(&["run"]);
+    run.expect(0);
+    assert_eq!((run.n("pages"), run.n("marked")), (2, 8));
+    let expected = vec![
+        format!("{prefix}/{account}_20240501T1002Z_{b1}.json.gz"),
+        format!("{prefix}/{account}_20240501T1100Z_{b2}.json.gz"),
+    ];
+    assert_eq!(m.list(&prefix), expected);
+    for (key, events) in expected.iter().zip([&first, &second]) {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&m.get(key)[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        let got: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let want: Vec<String> = events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, want, "{key}");
+    }
+    assert!(fake.outstanding().is_empty());
+}
+
 #[test]
 fn dry_run_lists_batches_and_changes_nothing() {
     let (fake, key) = fake();

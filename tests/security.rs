@@ -348,6 +348,7 @@ fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
             "OTEL_EXPORTER_OTLP_ENDPOINT" | "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT" => {
                 env.set("SINK", "otlp")
             }
+            "OUTPUT_PATH" => env.set("SINK", "file"),
             _ => env,
         }
     };
@@ -363,6 +364,7 @@ fn passwords_in_urls_are_never_printed_even_when_the_url_is_malformed() {
         ("METRICS_PUSHGATEWAY_URL", "http"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http"),
         ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http"),
+        ("OUTPUT_PATH", "s3"),
     ];
     for (var, scheme) in vars {
         let forms = [

@@ -63,12 +63,23 @@ impl Moto {
             .unwrap()
     }
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    /// On a thread of its own: callers may be inside a test's runtime.
+    fn block_on<F>(f: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(f)
+            })
+            .join()
             .unwrap()
-            .block_on(f)
+        })
     }
 
     pub fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
@@ -76,6 +87,30 @@ impl Moto {
         let payload = PutPayload::from(body.into());
         Self::block_on(async { store.put(&Path::from(key), payload).await })
             .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+
+    /// The keys under `prefix`, sorted.
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        let store = self.store();
+        let prefix = Path::from(prefix);
+        let mut keys: Vec<String> = Self::block_on(async {
+            store
+                .list(Some(&prefix))
+                .map_ok(|m| m.location.to_string())
+                .try_collect()
+                .await
+        })
+        .unwrap_or_else(|e| panic!("list {prefix}: {e}"));
+        keys.sort();
+        keys
+    }
+
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        let store = self.store();
+        Self::block_on(async { store.get(&Path::from(key)).await?.bytes().await })
+            .unwrap_or_else(|e| panic!("get {key}: {e}"))
+            .to_vec()
     }
 
     pub fn delete(&self, key: &str) {
