@@ -111,6 +111,19 @@ CASES = [
         },
     ),
     (
+        "sql-archive-s3",
+        {
+            "sink": {"type": "file", "file": {"path": "s3://audit-archive/prod/", "gzip": True, "layout": "dated"}},
+            "secret": {"existingSecret": "archive-writer"},
+        },
+        {
+            "pvc": False,
+            "monthly": True,
+            "secret": False,
+            "config": {"SINK": "file", "OUTPUT_PATH": "s3://audit-archive/prod/", "OUTPUT_LAYOUT": "dated"},
+        },
+    ),
+    (
         "cdp-existing-secret",
         {**ES, "source": {"type": "CDP_ARCHIVE"}, "secret": {"existingSecret": "cdp"}},
         {"pvc": False, "monthly": False, "secret": False},

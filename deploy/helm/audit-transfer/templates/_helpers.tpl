@@ -46,8 +46,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if and (eq .Values.sink.type "elasticsearch") (not .Values.sink.elasticsearch.host) -}}
 {{- fail "sink.elasticsearch.host is required with sink.type=elasticsearch" -}}
 {{- end -}}
-{{- if and (eq .Values.sink.type "file") (not .Values.sink.file.existingClaim) -}}
-{{- fail "sink.file.existingClaim is required with sink.type=file (the root filesystem is read-only)" -}}
+{{- if and (eq .Values.sink.type "file") (not (contains "://" .Values.sink.file.path)) (not .Values.sink.file.existingClaim) -}}
+{{- fail "sink.file.existingClaim is required with sink.type=file and a local sink.file.path (the root filesystem is read-only); a bucket path (s3://, gs://, az://) needs none" -}}
 {{- end -}}
 {{- if and (gt (int .Values.send.parallelism) 1) (not (include "audit-transfer.isSql" .)) -}}
 {{- fail "send.parallelism > 1 needs a SQL source (pages claimed with SKIP LOCKED); CASTAI, CATO, S3_CURSOR and CDP_ARCHIVE runs must not overlap" -}}
@@ -112,7 +112,7 @@ spec:
         - name: state
           mountPath: /state
         {{- end }}
-        {{- if eq $v.sink.type "file" }}
+        {{- if and (eq $v.sink.type "file") (not (contains "://" $v.sink.file.path)) }}
         - name: output
           mountPath: {{ $v.sink.file.path }}
         {{- end }}
@@ -125,7 +125,7 @@ spec:
       persistentVolumeClaim:
         claimName: {{ default (printf "%s-state" (include "audit-transfer.fullname" $root)) $v.persistence.existingClaim }}
     {{- end }}
-    {{- if eq $v.sink.type "file" }}
+    {{- if and (eq $v.sink.type "file") (not (contains "://" $v.sink.file.path)) }}
     - name: output
       persistentVolumeClaim:
         claimName: {{ $v.sink.file.existingClaim }}
