@@ -1,6 +1,7 @@
 //! What every HTTP client shares: the retry policy, and gzip for request bodies. Each client (in its source's or sink's own
 //! folder) builds its requests and classifies its answers; this module decides about retries.
 
+pub mod object_store;
 pub mod retry;
 pub mod tls;
 

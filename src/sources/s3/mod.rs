@@ -34,7 +34,6 @@
 //! says how many, takes the files that are there, and exits 3 unless `S3_ACCEPT_GAPS=true`.
 
 mod cef;
-mod connector;
 mod cursor;
 mod document;
 mod listing;
@@ -462,7 +461,7 @@ fn store(cfg: &Settings, credentials: &S3Credentials) -> Result<object_store::aw
         }
         S3Credentials::Chain => chain_builder(),
     }
-    .with_http_connector(connector::CertificateFailsAtOnce)
+    .with_http_connector(crate::http::object_store::CertificateFailsAtOnce)
     .with_bucket_name(&cfg.bucket)
     .with_region(&cfg.region)
     .with_virtual_hosted_style_request(!cfg.path_style);

@@ -1,6 +1,7 @@
-//! object_store's own HTTP client and retries, except for a certificate that does not verify:
-//! object_store counts that as a connection error and tries ten more times, where no retry
-//! can change the answer. Here it fails at once, and `store_error` says what to fix.
+//! object_store's own HTTP client and retries (for the S3 source and the bucket sink), except for
+//! a certificate that does not verify: object_store counts that as a connection error and tries
+//! ten more times, where no retry can change the answer. Here it fails at once, and the caller's
+//! message says what to fix.
 
 use crate::base::exit::chain_text;
 use crate::http::retry::is_certificate_error;
