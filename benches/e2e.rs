@@ -494,6 +494,10 @@ fn main() {
         cpu_model()
     );
     println!("CHUNK_SIZE={CHUNK}, repetitions={reps}: median [min..max]\n");
+    if std::env::var("BENCH_SHAPES_ONLY").is_ok_and(|v| v == "1") {
+        shapes(&rt, &mut admin, port, n, full, reps);
+        return;
+    }
     let url = rt.block_on(pg_table(&mut admin, "at_bench", n, 600));
     let (copy, update, post, bytes) = rt.block_on(floor(&url, &endpoint, reps));
     println!(
@@ -617,74 +621,7 @@ fn main() {
         println!("(b) osmem-server: skipped, OSMEM_SERVER_BIN not set (make bench sets it)");
     }
 
-    // The drop-in shapes: how a run scales with the backlog on the table a switching user has.
-    // PostgreSQL at N and 10 N; MariaDB and SQLite at N (MariaDB without a key: its cost grows
-    // with the square of the backlog, so at N/20 and N/10).
-    let (small_n, large_n) = if full { (n / 10, n) } else { (n, n * 10) };
-    println!("\ntable shapes (the original's tables):");
-    for shape in Shape::ALL {
-        let mut rates = Vec::new();
-        for rows in [small_n, large_n] {
-            let u = rt.block_on(pg_shaped(&mut admin, "at_bench_shape", rows, 600, shape));
-            let r = if rows > small_n { 1 } else { reps };
-            let label = format!("PostgreSQL, {}", shape.label());
-            let mut secs = Vec::new();
-            let mut rss = 0;
-            for _ in 0..r {
-                rt.block_on(reset(&u));
-                let envs = es(&u, port);
-                let m = run_job(
-                    &envs
-                        .iter()
-                        .map(|(k, v)| (*k, v.clone()))
-                        .collect::<Vec<_>>(),
-                );
-                secs.push(m.secs);
-                rss = rss.max(m.rss_kb);
-            }
-            let s = median(secs);
-            line(&label, rows, s, Some(rss));
-            rates.push(rows as f64 / s.0);
-        }
-        println!(
-            "    rate at {large_n} / rate at {small_n}: {:.2}",
-            rates[1] / rates[0]
-        );
-    }
-    rt.block_on(admin.execute("DROP DATABASE IF EXISTS at_bench_shape WITH (FORCE)"))
-        .ok();
-    for shape in Shape::ALL {
-        let sizes = if shape == Shape::NoKey {
-            vec![small_n / 20, small_n / 10]
-        } else {
-            vec![small_n]
-        };
-        for rows in sizes {
-            match rt.block_on(mysql_shaped(rows, 600, shape)) {
-                Some(my) => {
-                    measure(
-                        &format!("MariaDB, {}", shape.label()),
-                        rows,
-                        &my,
-                        es(&my, port),
-                    );
-                }
-                None => println!("MariaDB: skipped, no server at BENCH_MYSQL_URL"),
-            }
-        }
-    }
-    let dir = tempfile_dir();
-    for shape in Shape::ALL {
-        let path = std::path::Path::new(&dir).join("shape.sqlite3");
-        let u = rt.block_on(sqlite_shaped(&path, small_n, shape));
-        measure(
-            &format!("SQLite, {}", shape.label()),
-            small_n,
-            &u,
-            es(&u, port),
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    shapes(&rt, &mut admin, port, n, full, reps);
 
     // Document size: cost per row for 200 B, 2 KB and 20 KB messages.
     for size in [200, 2_000, 20_000] {
@@ -712,6 +649,86 @@ fn main() {
             .ok();
     }
     let _ = Duration::from_secs(0);
+}
+
+/// The drop-in shapes: how a run scales with the backlog on the table a switching user has.
+/// PostgreSQL at N and 10 N; MariaDB and SQLite at N (MariaDB without a key: its cost grows with
+/// the square of the backlog, so at N/20 and N/10).
+fn shapes(
+    rt: &tokio::runtime::Runtime,
+    admin: &mut PgConnection,
+    port: u16,
+    n: usize,
+    full: bool,
+    reps: usize,
+) {
+    let es = |url: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", url.to_string()),
+            ("BATCH_SIZE", "100000000".into()),
+            ("CHUNK_SIZE", CHUNK.to_string()),
+            ("LOG_FORMAT", "json".into()),
+            ("ELASTICSEARCH_HOST", format!("127.0.0.1:{port}")),
+            ("ELASTICSEARCH_SCHEME", "http".into()),
+        ]
+    };
+    let measure = |label: &str, rows: usize, url: &str, reps: usize| -> f64 {
+        let mut secs = Vec::new();
+        let mut rss = 0;
+        for _ in 0..reps {
+            rt.block_on(reset(url));
+            let envs = es(url);
+            let m = run_job(&envs.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>());
+            secs.push(m.secs);
+            rss = rss.max(m.rss_kb);
+        }
+        let s = median(secs);
+        line(label, rows, s, Some(rss));
+        rows as f64 / s.0
+    };
+    let (small_n, large_n) = if full { (n / 10, n) } else { (n, n * 10) };
+    println!("\ntable shapes (the original's tables), SINK_CONCURRENCY=2:");
+    for shape in Shape::ALL {
+        let mut rates = Vec::new();
+        for rows in [small_n, large_n] {
+            let u = rt.block_on(pg_shaped(admin, "at_bench_shape", rows, 600, shape));
+            let r = if rows > small_n { 1 } else { reps };
+            rates.push(measure(
+                &format!("PostgreSQL, {}", shape.label()),
+                rows,
+                &u,
+                r,
+            ));
+        }
+        println!(
+            "    rate at {large_n} / rate at {small_n}: {:.2}",
+            rates[1] / rates[0]
+        );
+    }
+    rt.block_on(admin.execute("DROP DATABASE IF EXISTS at_bench_shape WITH (FORCE)"))
+        .ok();
+    for shape in Shape::ALL {
+        let sizes = if shape == Shape::NoKey {
+            vec![small_n / 20, small_n / 10]
+        } else {
+            vec![small_n]
+        };
+        for rows in sizes {
+            match rt.block_on(mysql_shaped(rows, 600, shape)) {
+                Some(my) => {
+                    measure(&format!("MariaDB, {}", shape.label()), rows, &my, reps);
+                }
+                None => println!("MariaDB: skipped, no server at BENCH_MYSQL_URL"),
+            }
+        }
+    }
+    let dir = tempfile_dir();
+    for shape in Shape::ALL {
+        let path = std::path::Path::new(&dir).join("shape.sqlite3");
+        let u = rt.block_on(sqlite_shaped(&path, small_n, shape));
+        measure(&format!("SQLite, {}", shape.label()), small_n, &u, reps);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn tempfile_dir() -> String {

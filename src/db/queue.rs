@@ -1534,6 +1534,52 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_follows_the_indexes_the_table_has() {
+        let idx = |lists: &[&[&str]]| -> Vec<Vec<String>> {
+            lists
+                .iter()
+                .map(|l| l.iter().map(|c| c.to_string()).collect())
+                .collect()
+        };
+        let plan =
+            |d, lists: &[&[&str]]| choose_plan(d, &idx(lists), "created_at", Some("is_sent"));
+        for d in DIALECTS {
+            assert_eq!(plan(d, &[&["id"], &["created_at", "id"]]), Plan::Indexed);
+            assert_eq!(plan(d, &[&["is_sent", "created_at", "id"]]), Plan::Indexed);
+            assert_eq!(plan(d, &[&["created_at"]]), Plan::Indexed);
+            // An index that merely contains the timestamp does not order the queue.
+            assert_ne!(plan(d, &[&["is_sent", "id", "created_at"]]), Plan::Indexed);
+        }
+        assert_eq!(plan(Dialect::Postgres, &[&["id"]]), Plan::Keys(Addr::Id));
+        assert_eq!(plan(Dialect::Postgres, &[]), Plan::Keys(Addr::Ctid));
+        assert_eq!(
+            plan(Dialect::Postgres, &[&["message", "id"]]),
+            Plan::Keys(Addr::Ctid)
+        );
+        assert_eq!(plan(Dialect::MySql, &[&["id"]]), Plan::Keys(Addr::Id));
+        assert_eq!(plan(Dialect::MySql, &[]), Plan::Keys(Addr::Unindexed));
+        assert_eq!(plan(Dialect::Sqlite, &[]), Plan::Keys(Addr::Rowid));
+        assert_eq!(plan(Dialect::Sqlite, &[&["id"]]), Plan::Keys(Addr::Rowid));
+    }
+
+    #[test]
+    fn ctids_round_trip_through_the_packed_form() {
+        let a = parse_ctid("(4294967295,65535)").unwrap();
+        let b = parse_ctid(" (26923,2) ").unwrap();
+        let set = Addr::Ctid.set(Dialect::Postgres, "t.", 3, &[a, b]);
+        assert_eq!(set.sql, "t.ctid = ANY(CAST($3 AS tid[]))");
+        assert_eq!(
+            set.param.as_deref(),
+            Some(r#"{"(4294967295,65535)","(26923,2)"}"#)
+        );
+        for bad in ["", "(1)", "(1,2", "(-1,2)", "(1,70000)", "(a,b)"] {
+            assert_eq!(parse_ctid(bad), None, "{bad}");
+        }
+        let rowid = Addr::Rowid.set(Dialect::Sqlite, "", 1, &[7, 9]);
+        assert_eq!((rowid.sql.as_str(), rowid.param), ("rowid IN (7,9)", None));
+    }
+
+    #[test]
     fn long_reasons_are_cut_on_a_character_boundary() {
         assert_eq!(truncate("short", 10), "short");
         // "é" is two bytes: a cut at 3 would split the second one.
