@@ -678,7 +678,12 @@ fn shapes(
         for _ in 0..reps {
             rt.block_on(reset(url));
             let envs = es(url);
-            let m = run_job(&envs.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>());
+            let m = run_job(
+                &envs
+                    .iter()
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect::<Vec<_>>(),
+            );
             secs.push(m.secs);
             rss = rss.max(m.rss_kb);
         }
