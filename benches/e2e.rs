@@ -127,7 +127,37 @@ fn message_sql(size: usize) -> String {
     )
 }
 
+/// The table shapes a switching user brings: ours with the recommended queue index, the
+/// original's Django migration (primary key `id` only), and its README's (no key at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Indexed,
+    PrimaryKey,
+    NoKey,
+}
+
+impl Shape {
+    const ALL: [Shape; 3] = [Shape::Indexed, Shape::PrimaryKey, Shape::NoKey];
+    fn label(self) -> &'static str {
+        match self {
+            Shape::Indexed => "queue index",
+            Shape::PrimaryKey => "primary key only",
+            Shape::NoKey => "no key",
+        }
+    }
+}
+
 async fn pg_table(admin: &mut PgConnection, db: &str, rows: usize, size: usize) -> String {
+    pg_shaped(admin, db, rows, size, Shape::Indexed).await
+}
+
+async fn pg_shaped(
+    admin: &mut PgConnection,
+    db: &str,
+    rows: usize,
+    size: usize,
+    shape: Shape,
+) -> String {
     admin
         .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
         .await
@@ -147,9 +177,17 @@ async fn pg_table(admin: &mut PgConnection, db: &str, rows: usize, size: usize) 
         .0
     );
     let mut c = PgConnection::connect(&url).await.unwrap();
+    let key = if shape == Shape::NoKey {
+        ""
+    } else {
+        " PRIMARY KEY"
+    };
     c.execute(
-        "CREATE TABLE audit_logs (id BIGSERIAL PRIMARY KEY, is_sent BOOLEAN NOT NULL DEFAULT false, \
-         message JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        format!(
+            "CREATE TABLE audit_logs (id BIGSERIAL{key}, is_sent BOOLEAN NOT NULL DEFAULT false, \
+             message JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        .as_str(),
     )
     .await
     .unwrap();
@@ -165,9 +203,13 @@ async fn pg_table(admin: &mut PgConnection, db: &str, rows: usize, size: usize) 
     .unwrap();
     // The queue index README recommends: each page's claim reads from the cursor on, instead of
     // sorting the whole unsent backlog again.
-    c.execute("CREATE INDEX audit_logs_unsent ON audit_logs (created_at, id) WHERE NOT is_sent")
+    if shape == Shape::Indexed {
+        c.execute(
+            "CREATE INDEX audit_logs_unsent ON audit_logs (created_at, id) WHERE NOT is_sent",
+        )
         .await
         .unwrap();
+    }
     c.execute("VACUUM ANALYZE audit_logs").await.unwrap();
     url
 }
@@ -175,6 +217,10 @@ async fn pg_table(admin: &mut PgConnection, db: &str, rows: usize, size: usize) 
 /// The same table in MariaDB (MySQL flavour of the queue: two-step claim by primary key), with
 /// the index README recommends there (MariaDB has no partial indexes).
 async fn mysql_table(rows: usize, size: usize) -> Option<String> {
+    mysql_shaped(rows, size, Shape::Indexed).await
+}
+
+async fn mysql_shaped(rows: usize, size: usize, shape: Shape) -> Option<String> {
     let admin = env_or("BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306/mysql");
     let mut c = sqlx::MySqlConnection::connect(&admin).await.ok()?;
     c.execute("DROP DATABASE IF EXISTS at_bench_my")
@@ -182,16 +228,25 @@ async fn mysql_table(rows: usize, size: usize) -> Option<String> {
         .unwrap();
     c.execute("CREATE DATABASE at_bench_my").await.unwrap();
     c.execute("USE at_bench_my").await.unwrap();
+    // MariaDB's AUTO_INCREMENT needs a key: the table without one gets its ids from the insert.
+    let id = if shape == Shape::NoKey {
+        "id BIGINT NOT NULL"
+    } else {
+        "id BIGINT AUTO_INCREMENT PRIMARY KEY"
+    };
     c.execute(
-        "CREATE TABLE audit_logs (id BIGINT AUTO_INCREMENT PRIMARY KEY, is_sent TINYINT(1) NOT NULL DEFAULT 0, \
-         message JSON NOT NULL, created_at DATETIME(6) NOT NULL)",
+        format!(
+            "CREATE TABLE audit_logs ({id}, is_sent TINYINT(1) NOT NULL DEFAULT 0, \
+             message JSON NOT NULL, created_at DATETIME(6) NOT NULL)"
+        )
+        .as_str(),
     )
     .await
     .unwrap();
     let pad = size.saturating_sub(560);
     c.execute(
         format!(
-            "INSERT INTO audit_logs (message, created_at) SELECT JSON_OBJECT('audit_event', JSON_OBJECT(\
+            "INSERT INTO audit_logs (id, message, created_at) SELECT seq, JSON_OBJECT('audit_event', JSON_OBJECT(\
                'origin', 'profile-backend', 'status', 'SUCCESS', 'date_time_epoch', 1714557600000 + seq,\
                'date_time', DATE_FORMAT(TIMESTAMP '2024-05-01 10:00:00' + INTERVAL seq * 1000 MICROSECOND, '%Y-%m-%dT%H:%i:%s.%fZ'),\
                'actor', JSON_OBJECT('role', 'USER', 'user_id', MD5(seq), 'provider', 'tunnistamo', 'ip_address', CONCAT('192.0.2.', seq % 250)),\
@@ -203,14 +258,68 @@ async fn mysql_table(rows: usize, size: usize) -> Option<String> {
     )
     .await
     .unwrap();
-    c.execute("CREATE INDEX audit_logs_queue ON audit_logs (is_sent, created_at, id)")
-        .await
-        .unwrap();
+    if shape == Shape::Indexed {
+        c.execute("CREATE INDEX audit_logs_queue ON audit_logs (is_sent, created_at, id)")
+            .await
+            .unwrap();
+    }
     c.execute("ANALYZE TABLE audit_logs").await.unwrap();
     Some(format!("{}/at_bench_my", admin.rsplit_once('/').unwrap().0))
 }
 
+/// The same table in SQLite, in a file.
+async fn sqlite_shaped(path: &std::path::Path, rows: usize, shape: Shape) -> String {
+    let _ = std::fs::remove_file(path);
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let id = if shape == Shape::NoKey {
+        "id INTEGER NOT NULL"
+    } else {
+        "id INTEGER PRIMARY KEY AUTOINCREMENT"
+    };
+    c.execute(
+        format!(
+            "CREATE TABLE audit_logs ({id}, is_sent BOOL NOT NULL DEFAULT 0, message TEXT NOT NULL, \
+             created_at TEXT NOT NULL)"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    c.execute(
+        format!(
+            "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {rows}) \
+             INSERT INTO audit_logs (id, message, created_at) SELECT n, json_object('audit_event', json_object(\
+               'origin', 'profile-backend', 'status', 'SUCCESS', 'date_time_epoch', 1714557600000 + n,\
+               'date_time', strftime('%Y-%m-%dT%H:%M:%fZ', '2024-05-01 10:00:00', '+' || (n / 1000.0) || ' seconds'),\
+               'actor', json_object('role', 'USER', 'user_id', lower(hex(randomblob(16))), 'provider', 'tunnistamo', 'ip_address', '192.0.2.' || (n % 250)),\
+               'operation', 'READ', 'additional_information', printf('%.*c', 40, 'x'),\
+               'target', json_object('path', '/v1/profiles/' || lower(hex(randomblob(16))) || '/', 'object_ids', json_array(lower(hex(randomblob(16)))), 'type', 'Profile'))),\
+             strftime('%Y-%m-%d %H:%M:%f', '2024-05-01 10:00:00', '+' || (n / 1000.0) || ' seconds') FROM s"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    if shape == Shape::Indexed {
+        c.execute("CREATE INDEX audit_logs_queue ON audit_logs (created_at, id)")
+            .await
+            .unwrap();
+    }
+    format!("sqlite://{}", path.display())
+}
+
 async fn reset(url: &str) {
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        c.execute("UPDATE audit_logs SET is_sent = 0")
+            .await
+            .unwrap();
+        c.execute("DELETE FROM audit_transfer_failed_rows")
+            .await
+            .ok();
+        return;
+    }
     if url.starts_with("mysql:") {
         let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
         c.execute("UPDATE audit_logs SET is_sent = 0")
@@ -391,6 +500,10 @@ fn main() {
         cpu_model()
     );
     println!("CHUNK_SIZE={CHUNK}, repetitions={reps}: median [min..max]\n");
+    if std::env::var("BENCH_SHAPES_ONLY").is_ok_and(|v| v == "1") {
+        shapes(&rt, &mut admin, port, n, full, reps);
+        return;
+    }
     let url = rt.block_on(pg_table(&mut admin, "at_bench", n, 600));
     let (copy, update, post, bytes) = rt.block_on(floor(&url, &endpoint, reps));
     println!(
@@ -563,6 +676,8 @@ fn main() {
         println!("(b) osmem-server: skipped, OSMEM_SERVER_BIN not set (make bench sets it)");
     }
 
+    shapes(&rt, &mut admin, port, n, full, reps);
+
     // Document size: cost per row for 200 B, 2 KB and 20 KB messages.
     for size in [200, 2_000, 20_000] {
         let rows = if size >= 20_000 { n / 10 } else { n / 2 };
@@ -631,6 +746,91 @@ fn start_moto() -> Option<Moto> {
         bucket: s("bucket")?,
         _child: child,
     })
+}
+
+/// The drop-in shapes: how a run scales with the backlog on the table a switching user has.
+/// PostgreSQL at N and 10 N; MariaDB and SQLite at N (MariaDB without a key: its cost grows with
+/// the square of the backlog, so at N/20 and N/10).
+fn shapes(
+    rt: &tokio::runtime::Runtime,
+    admin: &mut PgConnection,
+    port: u16,
+    n: usize,
+    full: bool,
+    reps: usize,
+) {
+    let es = |url: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", url.to_string()),
+            ("BATCH_SIZE", "100000000".into()),
+            ("CHUNK_SIZE", CHUNK.to_string()),
+            ("LOG_FORMAT", "json".into()),
+            ("ELASTICSEARCH_HOST", format!("127.0.0.1:{port}")),
+            ("ELASTICSEARCH_SCHEME", "http".into()),
+        ]
+    };
+    let measure = |label: &str, rows: usize, url: &str, reps: usize| -> f64 {
+        let mut secs = Vec::new();
+        let mut rss = 0;
+        for _ in 0..reps {
+            rt.block_on(reset(url));
+            let envs = es(url);
+            let m = run_job(
+                &envs
+                    .iter()
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect::<Vec<_>>(),
+            );
+            secs.push(m.secs);
+            rss = rss.max(m.rss_kb);
+        }
+        let s = median(secs);
+        line(label, rows, s, Some(rss));
+        rows as f64 / s.0
+    };
+    let (small_n, large_n) = if full { (n / 10, n) } else { (n, n * 10) };
+    println!("\ntable shapes (the original's tables), SINK_CONCURRENCY=2:");
+    for shape in Shape::ALL {
+        let mut rates = Vec::new();
+        for rows in [small_n, large_n] {
+            let u = rt.block_on(pg_shaped(admin, "at_bench_shape", rows, 600, shape));
+            let r = if rows > small_n { 1 } else { reps };
+            rates.push(measure(
+                &format!("PostgreSQL, {}", shape.label()),
+                rows,
+                &u,
+                r,
+            ));
+        }
+        println!(
+            "    rate at {large_n} / rate at {small_n}: {:.2}",
+            rates[1] / rates[0]
+        );
+    }
+    rt.block_on(admin.execute("DROP DATABASE IF EXISTS at_bench_shape WITH (FORCE)"))
+        .ok();
+    for shape in Shape::ALL {
+        let sizes = if shape == Shape::NoKey {
+            vec![small_n / 20, small_n / 10]
+        } else {
+            vec![small_n]
+        };
+        for rows in sizes {
+            match rt.block_on(mysql_shaped(rows, 600, shape)) {
+                Some(my) => {
+                    measure(&format!("MariaDB, {}", shape.label()), rows, &my, reps);
+                }
+                None => println!("MariaDB: skipped, no server at BENCH_MYSQL_URL"),
+            }
+        }
+    }
+    let dir = tempfile_dir();
+    for shape in Shape::ALL {
+        let path = std::path::Path::new(&dir).join("shape.sqlite3");
+        let u = rt.block_on(sqlite_shaped(&path, small_n, shape));
+        measure(&format!("SQLite, {}", shape.label()), small_n, &u, reps);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn tempfile_dir() -> String {

@@ -35,10 +35,12 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
             ..Needs::BOTH
         },
         Command::Check => Needs::BOTH,
-        Command::Monthly | Command::RetryFailed | Command::Status { .. } => Needs {
-            sink: false,
-            ..Needs::BOTH
-        },
+        Command::Monthly | Command::RetryFailed | Command::InitQueue | Command::Status { .. } => {
+            Needs {
+                sink: false,
+                ..Needs::BOTH
+            }
+        }
         Command::InitIndex => Needs {
             source: false,
             ..Needs::BOTH
@@ -82,6 +84,7 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
                 max_since_success,
             } => status(&setup, json, max_age, max_since_success).await,
             Command::InitIndex => init_index(&setup).await,
+            Command::InitQueue => init_queue(&setup).await,
             // Handled in main before any configuration is read.
             Command::Completions { .. } | Command::Man => Ok(Exit::Ok),
         }
@@ -328,6 +331,13 @@ async fn status(
     } else {
         Exit::Failed
     })
+}
+
+/// `init-queue`: creates the SQL source's queue index unless the table has one.
+async fn init_queue(setup: &Setup) -> Result<Exit> {
+    let mut source = setup.source()?.connect(&setup.run).await?;
+    source.init_queue().await?;
+    Ok(Exit::Ok)
 }
 
 /// `init-index`: creates the index with the audit mapping unless it exists.

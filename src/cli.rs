@@ -70,6 +70,10 @@ pub enum Command {
     /// (an index template instead when the index name has placeholders, e.g. {topic}).
     #[command(name = "init-index", after_help = EXIT_CODES)]
     InitIndex,
+    /// Create the index the SQL sources read their queue by, if the table lacks it (PostgreSQL:
+    /// CREATE INDEX CONCURRENTLY). `check` and every run name the statement when it is missing.
+    #[command(name = "init-queue", after_help = EXIT_CODES)]
+    InitQueue,
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
     Completions {
         #[arg(value_enum)]

@@ -491,6 +491,8 @@ async fn gzip_request_bodies_with_item_retries() {
     assert_eq!(run.n("delivered"), 1200, "{}", run.stderr);
     assert!(proxy.bulk_requests() >= 4, "3 pages and a retry");
     assert_eq!(proxy.gzip_requests(), proxy.bulk_requests());
+    // Bulk bodies are labelled NDJSON, and osmem-server (behind the proxy) accepts them.
+    assert_eq!(proxy.ndjson_requests(), proxy.bulk_requests());
     assert_eq!(proxy.forwarded().len(), 1200);
     assert!(proxy.forwarded().values().all(|&n| n == 1));
     assert_eq!(osmem().count(&index), 1200);
@@ -513,4 +515,5 @@ async fn gzip_request_bodies_with_item_retries() {
         .expect(0);
     assert!(plain.bulk_requests() > 0);
     assert_eq!(plain.gzip_requests(), 0);
+    assert_eq!(plain.ndjson_requests(), plain.bulk_requests());
 }

@@ -375,6 +375,139 @@ async fn config_and_connection_errors(b: Backend) {
     assert_eq!(db.unsent(T).await, 1);
 }
 
+/// The original's tables as a switching user has them: its Django migration's (primary key `id`
+/// only) and its README's (no key at all), without our queue index. Rows come out oldest first
+/// (created_at runs against id here), each once; the run names the index and `init-queue`
+/// creates it, after which nobody warns.
+async fn drop_in_tables_without_the_queue_index(b: Backend) {
+    skip_unless!(b);
+    for keyed in [true, false] {
+        let db = TestDb::new(b).await;
+        let id = match (b, keyed) {
+            (Backend::Postgres, true) => "id BIGINT PRIMARY KEY",
+            (Backend::MySql, true) => "id BIGINT PRIMARY KEY",
+            (Backend::Sqlite, true) => "id INTEGER PRIMARY KEY",
+            (_, false) => "id BIGINT NOT NULL",
+        };
+        let (json, ts) = match b {
+            Backend::Postgres => ("JSONB", "TIMESTAMPTZ"),
+            Backend::MySql => ("JSON", "DATETIME(6)"),
+            Backend::Sqlite => ("TEXT", "TEXT"),
+        };
+        db.exec(&format!(
+            "CREATE TABLE {T} ({id}, is_sent BOOLEAN NOT NULL DEFAULT false, message {json} NOT NULL, \
+             created_at {ts} NOT NULL)"
+        ))
+        .await;
+        let insert = |from: usize, to: usize| {
+            let values: Vec<String> = (from..to)
+                .map(|n| {
+                    // Newest first by id: ids run against time.
+                    let secs = 10_000 - n;
+                    format!(
+                        "({}, '{}', '2024-05-01 {:02}:{:02}:{:02}.000000')",
+                        n + 1,
+                        message(n),
+                        secs / 3600,
+                        (secs / 60) % 60,
+                        secs % 60
+                    )
+                })
+                .collect();
+            format!(
+                "INSERT INTO {T} (id, message, created_at) VALUES {}",
+                values.join(", ")
+            )
+        };
+        db.exec(&insert(0, 23)).await;
+        let env = Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("SINK", "stdout")
+            .set("CHUNK_SIZE", "4")
+            .set("SINK_CONCURRENCY", "1");
+        let run = env.run(&["run"]);
+        run.expect(0);
+        assert_eq!(run.n("marked"), 23, "{}", run.stderr);
+        assert_eq!(db.unsent(T).await, 0);
+        let actors: Vec<String> = run
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["audit_event"]["actor"].to_string())
+            .collect();
+        let oldest_first: Vec<String> = (0..23).rev().map(|n| format!("\"user{n}\"")).collect();
+        assert_eq!(actors, oldest_first, "{b:?} keyed={keyed}");
+        assert!(
+            run.stderr.contains("audit-transfer init-queue") && run.stderr.contains("CREATE INDEX"),
+            "{b:?} keyed={keyed}: {}",
+            run.stderr
+        );
+        let check = env.run(&["check"]);
+        check.expect(0);
+        assert!(check.stderr.contains("CREATE INDEX"), "{}", check.stderr);
+
+        let init = env.run(&["init-queue"]);
+        init.expect(0);
+        assert!(
+            init.stderr.contains("queue index created"),
+            "{}",
+            init.stderr
+        );
+        db.exec(&insert(23, 30)).await;
+        let after = env.run(&["run"]);
+        after.expect(0);
+        assert_eq!(after.n("marked"), 7);
+        assert!(!after.stderr.contains("init-queue"), "{}", after.stderr);
+        let again = env.run(&["init-queue"]);
+        again.expect(0);
+        assert!(
+            again.stderr.contains("already has an index"),
+            "{}",
+            again.stderr
+        );
+    }
+}
+
+/// Overlapping runs of two workers each on a table without any key: every row once.
+async fn overlapping_runs_on_a_table_without_a_key(b: Backend) {
+    skip_unless!(b, Need::Osmem);
+    let db = TestDb::new(b).await;
+    db.create_audit_table("keyed").await;
+    db.insert_messages("keyed", &(0..600).map(message).collect::<Vec<_>>())
+        .await;
+    // The same rows in a table without a key (ids from the keyed one).
+    let json = match b {
+        Backend::Postgres => "JSONB",
+        _ => "JSON",
+    };
+    db.exec(&format!(
+        "CREATE TABLE {T} (id BIGINT NOT NULL, is_sent BOOLEAN NOT NULL DEFAULT false, message {json} NOT NULL, \
+         created_at {} NOT NULL)",
+        if b == Backend::Postgres { "TIMESTAMPTZ" } else { "DATETIME(6)" }
+    ))
+    .await;
+    db.exec(&format!(
+        "INSERT INTO {T} (id, is_sent, message, created_at) SELECT id, is_sent, message, created_at FROM keyed"
+    ))
+    .await;
+    let index = unique("idx");
+    let env = Env::es(&db, &index)
+        .set("CHUNK_SIZE", "7")
+        .set("SINK_CONCURRENCY", "2");
+    let children: Vec<_> = (0..3).map(|_| env.spawn(&["run"])).collect();
+    let runs: Vec<Run> = children
+        .into_iter()
+        .map(|c| Run::from(c.wait_with_output().unwrap()))
+        .collect();
+    for r in &runs {
+        r.expect(0);
+    }
+    assert_eq!(runs.iter().map(|r| r.n("delivered")).sum::<u64>(), 600);
+    assert_eq!(runs.iter().map(|r| r.n("already_present")).sum::<u64>(), 0);
+    assert_eq!(runs.iter().map(|r| r.n("marked")).sum::<u64>(), 600);
+    assert_eq!(osmem().count(&index), 600);
+    assert_eq!(db.unsent(T).await, 0);
+}
+
 backend_tests!(
     postgres,
     Backend::Postgres,
@@ -392,6 +525,8 @@ backend_tests!(
         sink_rejections_are_recorded_not_marked,
         both_host_port_forms_work,
         config_and_connection_errors,
+        drop_in_tables_without_the_queue_index,
+        overlapping_runs_on_a_table_without_a_key,
     ]
 );
 
@@ -412,6 +547,8 @@ backend_tests!(
         sink_rejections_are_recorded_not_marked,
         both_host_port_forms_work,
         config_and_connection_errors,
+        drop_in_tables_without_the_queue_index,
+        overlapping_runs_on_a_table_without_a_key,
     ]
 );
 
@@ -428,5 +565,6 @@ backend_tests!(
         killed_run_is_completed_by_the_next,
         poison_rows_do_not_stall_the_queue,
         config_and_connection_errors,
+        drop_in_tables_without_the_queue_index,
     ]
 );

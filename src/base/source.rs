@@ -169,6 +169,13 @@ pub trait Source: Send {
     fn incomplete(&self) -> Vec<String> {
         Vec::new()
     }
+    /// `init-queue`: creates the index the SQL sources' claims read in order, if missing.
+    async fn init_queue(&mut self) -> Result<()> {
+        Err(crate::base::exit::config_error(format!(
+            "init-queue applies to the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG), not to {}",
+            self.name()
+        )))
+    }
     /// `run --dry-run`: reports what a run would take, moving and marking nothing.
     async fn dry_run(&mut self) -> Result<()> {
         Err(crate::base::exit::config_error(format!(

@@ -54,6 +54,23 @@ pub trait Schema: Send + Sync {
     fn describe(&self) -> String;
     /// The JSON column that ROUTING_TOPIC_FIELD and ROUTING_KEY_FIELD are paths into.
     fn route_column(&self) -> &'static str;
+    /// The column that flags a row sent, when there is one: a queue index may lead with it.
+    fn flag_column(&self) -> Option<&'static str> {
+        None
+    }
+    /// The index that lets each page's claim start at the cursor (`init-queue` creates it).
+    fn queue_index(&self, d: Dialect) -> String {
+        let name = d.quote(&format!("{}_queue", self.table().name));
+        let ts = d.quote(self.ts_column());
+        let concurrently = match d {
+            Dialect::Postgres => " CONCURRENTLY",
+            _ => "",
+        };
+        format!(
+            "CREATE INDEX{concurrently} {name} ON {} ({ts}, id)",
+            d.table(self.table())
+        )
+    }
     /// Another query that must run (a `1 = 0` probe of a joined table) and its error text.
     fn extra_probe(&self, _d: Dialect) -> Option<(String, String)> {
         None
@@ -71,13 +88,123 @@ pub struct Queue<S: Schema> {
     db: Db,
     schema: S,
     max_attempts: u32,
-    /// Where each lane's previous page ended: (timestamp text, id).
+    /// Where each lane's previous page (or ordered read) ended: (timestamp text, id).
     cursors: [Option<(String, i64)>; 2],
+    /// How pages find their rows on this table; found on first use.
+    plan: Option<Plan>,
+    /// [`Plan::Keys`]: each lane's row addresses still to claim, in order.
+    keys: [std::collections::VecDeque<i64>; 2],
     routing: Routing,
     /// Built on first use (it needs the column's type), by every connection of a run.
     route_sql: Option<RouteSql>,
     /// `prepare` ran: our tables exist, so the run can be recorded.
     prepared: bool,
+}
+
+/// Row addresses read per ordered read of the backlog ([`Plan::Keys`]): 8 bytes each, so at
+/// most 4 MB per connection; a larger backlog costs one more scan per window.
+const KEY_WINDOW: usize = 500_000;
+
+/// How a page's rows are found. Chosen from the table's indexes, never by creating one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// An index leads with the timestamp (after the sent flag): each page's claim reads from
+    /// the cursor on in the index.
+    Indexed,
+    /// No such index: one ordered read of the backlog's keys (per [`KEY_WINDOW`] rows) instead of
+    /// one sort per page; pages are claimed by these addresses, which must be cheap to look up.
+    Keys(Addr),
+}
+
+/// How [`Plan::Keys`] addresses a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Addr {
+    /// An index leads with `id` (the primary key of the Django migration's table).
+    Id,
+    /// PostgreSQL without a key on `id`: the tuple's physical address. It moves when the row
+    /// is updated; a claim by a stale address finds another row or none, and every claim
+    /// re-checks "unsent, not failed, accepted" under the row lock, so it is only ever a miss
+    /// (picked up by the next ordered read or the next run), never a wrong row shipped.
+    Ctid,
+    /// SQLite: the rowid, which every ordinary table has.
+    Rowid,
+    /// MySQL/MariaDB without a key on `id`: claims and marks by id scan the table (the one
+    /// shape whose cost still grows with the square of the backlog; `check` warns).
+    Unindexed,
+}
+
+impl Addr {
+    /// The address read by the ordered read, as text (ctid) or integer.
+    fn select(self, d: Dialect) -> String {
+        match self {
+            Addr::Ctid => "(t.ctid)::text".into(),
+            Addr::Rowid => "CAST(t.rowid AS INTEGER)".into(),
+            Addr::Id | Addr::Unindexed => d.as_bigint("t.id"),
+        }
+    }
+
+    /// The address [`Addr::select`] read, at column `i`.
+    fn read(self, r: &AnyRow, i: usize) -> Result<i64> {
+        match self {
+            Addr::Ctid => {
+                let text: String = r.try_get(i)?;
+                parse_ctid(&text).with_context(|| format!("unexpected ctid {text:?}"))
+            }
+            _ => Ok(r.try_get::<i64, _>(i)?),
+        }
+    }
+
+    /// `column IN (addresses)` for rows of `table` aliased `alias` ("" for none).
+    fn set(self, d: Dialect, alias: &str, n: usize, addrs: &[i64]) -> IdSet {
+        match self {
+            Addr::Ctid => IdSet {
+                sql: format!("{alias}ctid = ANY(CAST({} AS tid[]))", d.ph(n)),
+                param: Some(format!(
+                    "{{{}}}",
+                    addrs
+                        .iter()
+                        .map(|&a| format!("\"({},{})\"", a >> 16, a & 0xffff))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )),
+            },
+            Addr::Rowid => IdSet {
+                sql: format!("{alias}rowid IN ({})", id_list(addrs.iter().copied())),
+                param: None,
+            },
+            Addr::Id | Addr::Unindexed => IdSet::new(d, &format!("{alias}id"), n, addrs),
+        }
+    }
+}
+
+/// A ctid as PostgreSQL prints it, `(block,offset)`, packed into one integer.
+fn parse_ctid(text: &str) -> Option<i64> {
+    let (block, offset) = text
+        .trim()
+        .strip_prefix('(')?
+        .strip_suffix(')')?
+        .split_once(',')?;
+    let (block, offset): (u32, u16) = (block.parse().ok()?, offset.parse().ok()?);
+    Some((i64::from(block) << 16) | i64::from(offset))
+}
+
+/// Chooses the plan from the indexes' column lists (lower case, in index order).
+fn choose_plan(d: Dialect, indexes: &[Vec<String>], ts: &str, flag: Option<&str>) -> Plan {
+    let leads = |cols: &[String], name: &str| cols.first().is_some_and(|c| c == name);
+    let queue = indexes.iter().any(|cols| {
+        leads(cols, ts)
+            || (flag.is_some_and(|f| leads(cols, f)) && cols.get(1).is_some_and(|c| c == ts))
+    });
+    if queue {
+        return Plan::Indexed;
+    }
+    let id = indexes.iter().any(|cols| leads(cols, "id"));
+    Plan::Keys(match (d, id) {
+        (Dialect::Sqlite, _) => Addr::Rowid,
+        (_, true) => Addr::Id,
+        (Dialect::Postgres, false) => Addr::Ctid,
+        (Dialect::MySql, false) => Addr::Unindexed,
+    })
 }
 
 /// Routing done in SQL: rows a run does not accept are never claimed (so never locked or
@@ -125,6 +252,8 @@ impl<S: Schema> Queue<S> {
             schema,
             max_attempts,
             cursors: [None, None],
+            plan: None,
+            keys: Default::default(),
             routing: routing.clone(),
             route_sql: None,
             prepared: false,
@@ -204,6 +333,109 @@ impl<S: Schema> Queue<S> {
         &self.schema
     }
 
+    /// The table's indexes as lists of column names, from the catalog.
+    async fn indexes(&mut self) -> Result<Vec<Vec<String>>> {
+        let d = self.db.dialect;
+        let t = self.schema.table();
+        let q = match d {
+            Dialect::Postgres => sqlx::query(
+                "SELECT i.indexrelid::bigint, COALESCE(a.attname::text, '') FROM pg_index i \
+                 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) \
+                 LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = CAST($1 AS regclass) AND i.indisvalid ORDER BY 1, k.n",
+            )
+            .bind(d.table(t)),
+            Dialect::MySql => sqlx::query(
+                "SELECT CAST(index_name AS CHAR), CAST(COALESCE(column_name, '') AS CHAR) \
+                 FROM information_schema.statistics WHERE table_schema = COALESCE(?, DATABASE()) \
+                 AND table_name = ? ORDER BY index_name, seq_in_index",
+            )
+            .bind(t.schema.clone())
+            .bind(t.name.clone()),
+            Dialect::Sqlite => sqlx::query(
+                "SELECT il.name, COALESCE(ii.name, '') FROM pragma_index_list(?) il, \
+                 pragma_index_info(il.name) ii ORDER BY il.name, ii.seqno",
+            )
+            .bind(t.name.clone()),
+        };
+        let rows = q
+            .fetch_all(&mut self.db.conn)
+            .await
+            .context("reading the indexes of the audit table")?;
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for r in rows {
+            let index = match d {
+                Dialect::Postgres => r.try_get::<i64, _>(0)?.to_string(),
+                _ => r.try_get::<String, _>(0)?,
+            };
+            let column = r.try_get::<String, _>(1)?.to_lowercase();
+            match out.last_mut() {
+                Some((name, cols)) if *name == index => cols.push(column),
+                _ => out.push((index, vec![column])),
+            }
+        }
+        Ok(out.into_iter().map(|(_, cols)| cols).collect())
+    }
+
+    async fn plan(&mut self) -> Result<Plan> {
+        if let Some(p) = self.plan {
+            return Ok(p);
+        }
+        let indexes = self.indexes().await?;
+        let p = choose_plan(
+            self.db.dialect,
+            &indexes,
+            self.schema.ts_column(),
+            self.schema.flag_column(),
+        );
+        tracing::debug!(plan = ?p, "claim plan");
+        self.plan = Some(p);
+        Ok(p)
+    }
+
+    /// What to tell the operator when the table lacks the queue index; `None` when it has one.
+    async fn index_advice(&mut self) -> Result<Option<String>> {
+        let d = self.db.dialect;
+        let cost = match self.plan().await? {
+            Plan::Indexed => return Ok(None),
+            Plan::Keys(Addr::Unindexed) => {
+                "neither a key on id nor an index on the order: every page's claim and mark scan \
+                 the whole table, so a run's cost grows with the square of the backlog"
+            }
+            Plan::Keys(_) => {
+                "no index on the order: each run reads the order of the whole backlog once \
+                 (one scan per 500,000 rows) instead of from an index"
+            }
+        };
+        Ok(Some(format!(
+            "{} ({}) has {cost}; `audit-transfer init-queue` creates the index, or run: {};",
+            self.schema.table().display(),
+            self.schema.ts_column(),
+            self.schema.queue_index(d)
+        )))
+    }
+
+    /// `init-queue`: creates the queue index unless the table has one.
+    pub async fn init_queue(&mut self) -> Result<()> {
+        self.check().await?;
+        if self.index_advice().await?.is_none() {
+            tracing::info!(
+                table = %self.schema.table().display(),
+                "the table already has an index on the order; nothing to do"
+            );
+            return Ok(());
+        }
+        let sql = self.schema.queue_index(self.db.dialect);
+        tracing::info!(%sql, "creating the queue index");
+        sqlx::query(&sql)
+            .execute(&mut self.db.conn)
+            .await
+            .with_context(|| format!("{sql} failed"))?;
+        self.plan = None;
+        tracing::info!(table = %self.schema.table().display(), "queue index created");
+        Ok(())
+    }
+
     /// Probes the table and columns; a missing one is a configuration error.
     pub async fn check(&mut self) -> Result<()> {
         let d = self.db.dialect;
@@ -231,6 +463,9 @@ impl<S: Schema> Queue<S> {
                 self.schema.table().display()
             );
             self.db.probe(sql, what).await?;
+        }
+        if let Some(advice) = self.index_advice().await? {
+            tracing::warn!("{advice}");
         }
         Ok(())
     }
@@ -270,12 +505,14 @@ impl<S: Schema> Queue<S> {
 
     pub async fn claim(&mut self, lane: Lane, limit: usize) -> Result<Option<Box<dyn Page + '_>>> {
         self.routes().await?;
+        let plan = self.plan().await?;
         let d = self.db.dialect;
         let select_list = self.select_list(d);
         let Queue {
             db,
             schema,
             cursors,
+            keys,
             max_attempts,
             route_sql,
             ..
@@ -286,6 +523,7 @@ impl<S: Schema> Queue<S> {
         let ts = format!("t.{}", d.quote(schema.ts_column()));
         let key = schema.source_key();
         let max = *max_attempts;
+        let keys = &mut keys[lane as usize];
 
         let mut tx = db
             .conn
@@ -293,11 +531,16 @@ impl<S: Schema> Queue<S> {
             .await
             .context("starting a page transaction")?;
         let mut rows = Vec::new();
+        let addr = match plan {
+            Plan::Keys(a) => a,
+            Plan::Indexed => Addr::Id,
+        };
+        let by_address = matches!(addr, Addr::Ctid | Addr::Rowid);
         let exhausted;
         loop {
             let cursor = cursors[lane as usize].clone();
-            let filter = filters(schema, d, lane, cursor.is_some(), route_sql);
-            if d != Dialect::MySql {
+            if plan == Plan::Indexed && d != Dialect::MySql {
+                let filter = filters(schema, d, lane, cursor.is_some(), route_sql);
                 let sql = format!(
                     "SELECT {select_list} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {limit}{}",
                     d.claim_lock()
@@ -313,45 +556,94 @@ impl<S: Schema> Queue<S> {
                 exhausted = rows.len() < limit;
                 break;
             }
-            // MySQL/MariaDB lock every row a locking read sorts, so without an index on the order
-            // the first run would lock the whole backlog and the others would find nothing. So:
-            // find the next candidates without locks, then lock those by primary key, skipping
-            // the ones another run holds; the cursor moves past all candidates either way. Repeat
-            // until the page is full or the queue is exhausted, so a short page still means "no
-            // more", as it does on the other databases.
+            // Otherwise in two steps: find the next candidates without locks, then lock those by
+            // their address, skipping the ones another run holds; the cursor moves past all
+            // candidates either way. Repeat until the page is full or the queue is exhausted, so
+            // a short page still means "no more", as with the one-statement claim.
             let want = limit - rows.len();
-            let sql = format!(
-                "SELECT {}, {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {want}",
-                d.as_bigint("t.id"),
-                d.as_text(&ts)
-            );
-            let candidates = bind_claim(&sql, key.clone(), lane, max, &cursor, route_sql)
-                .fetch_all(&mut *tx)
-                .await
-                .context("reading a page of audit rows")?;
-            let Some(last) = candidates.last() else {
+            let (candidates, last_batch) = if plan == Plan::Indexed {
+                // MySQL/MariaDB lock every row a locking read sorts, so the first run would lock
+                // the whole backlog and the others would find nothing: candidates unlocked.
+                let filter = filters(schema, d, lane, cursor.is_some(), route_sql);
+                let sql = format!(
+                    "SELECT {}, {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {want}",
+                    d.as_bigint("t.id"),
+                    d.as_text(&ts)
+                );
+                let found = bind_claim(&sql, key.clone(), lane, max, &cursor, route_sql)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .context("reading a page of audit rows")?;
+                if let Some(last) = found.last() {
+                    cursors[lane as usize] =
+                        Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
+                }
+                let ids = found
+                    .iter()
+                    .map(|r| r.try_get::<i64, _>(0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let short = ids.len() < want;
+                (ids, short)
+            } else {
+                // No index on the order: one ordered read of the backlog's addresses feeds the
+                // pages (sorting it again for every page made a run quadratic in the backlog).
+                if keys.is_empty() {
+                    let filter = filters(schema, d, lane, cursor.is_some(), route_sql);
+                    let sql = format!(
+                        "SELECT {}, {}, {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {KEY_WINDOW}",
+                        addr.select(d),
+                        d.as_bigint("t.id"),
+                        d.as_text(&ts)
+                    );
+                    let mut stream = bind_claim(&sql, key.clone(), lane, max, &cursor, route_sql)
+                        .fetch(&mut *tx);
+                    let mut last = None;
+                    while let Some(r) = futures_util::TryStreamExt::try_next(&mut stream)
+                        .await
+                        .context("reading the order of the unsent audit rows")?
+                    {
+                        keys.push_back(addr.read(&r, 0)?);
+                        last = Some(r);
+                    }
+                    drop(stream);
+                    if let Some(last) = last {
+                        cursors[lane as usize] =
+                            Some((last.try_get::<String, _>(2)?, last.try_get::<i64, _>(1)?));
+                    }
+                }
+                let take = want.min(keys.len());
+                let batch: Vec<i64> = keys.drain(..take).collect();
+                let none = batch.is_empty();
+                (batch, none)
+            };
+            if candidates.is_empty() {
                 exhausted = true;
                 break;
+            }
+            let binds = claim_binds(lane, false, route_sql);
+            let set = addr.set(d, "t.", binds + 1, &candidates);
+            // A physical address comes back as the last column: the page is marked by it.
+            let address = match by_address {
+                true => format!(", {}", addr.select(d)),
+                false => String::new(),
             };
-            cursors[lane as usize] =
-                Some((last.try_get::<String, _>(1)?, last.try_get::<i64, _>(0)?));
-            let ids = candidates
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<Vec<_>, _>>()?;
             let sql = format!(
-                "SELECT {select_list} FROM {table} t WHERE t.id IN ({}) AND {} ORDER BY {ts}, t.id{}",
-                id_list(ids.into_iter()),
+                "SELECT {select_list}{address} FROM {table} t WHERE {} AND {} ORDER BY {ts}, t.id{}",
                 filters(schema, d, lane, false, route_sql),
+                set.sql,
                 d.claim_lock()
             );
-            let locked = bind_claim(&sql, key.clone(), lane, max, &None, route_sql)
+            let mut q = bind_claim(&sql, key.clone(), lane, max, &None, route_sql);
+            if let Some(p) = set.param {
+                q = q.bind(p);
+            }
+            let locked = q
                 .fetch_all(&mut *tx)
                 .await
                 .context("claiming a page of audit rows")?;
             rows.extend(locked);
-            if rows.len() >= limit || candidates.len() < want {
-                exhausted = candidates.len() < want;
+            if rows.len() >= limit || (plan == Plan::Indexed && last_batch) {
+                exhausted = plan == Plan::Indexed && last_batch;
                 break;
             }
         }
@@ -407,19 +699,28 @@ impl<S: Schema> Queue<S> {
             .iter()
             .map(|r| r.try_get::<i64, _>(0))
             .collect::<Result<Vec<_>, _>>()?;
+        let addrs = match by_address {
+            true => Some(
+                rows.iter()
+                    .map(|r| addr.read(r, r.len() - 1))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            false => None,
+        };
+        // Columns: id, timestamp, the schema's, then topic and key, then the address.
+        let route_at = 2 + schema.columns(d).len();
         let routes = match route_sql.columns {
             Some(_) => {
                 rows.iter()
                     .map(|r| {
-                        let n = r.len();
                         // MySQL reports the text of JSON functions as a blob: read bytes.
                         let text = |i| -> Result<Option<String>> {
                             Ok(super::bytes_at(r, i)?
                                 .map(|b| String::from_utf8_lossy(&b).into_owned()))
                         };
                         Ok(Route {
-                            topic: text(n - 2)?,
-                            key: text(n - 1)?,
+                            topic: text(route_at)?,
+                            key: text(route_at + 1)?,
                             time: super::parse_db_timestamp(&r.try_get::<String, _>(1)?),
                         })
                     })
@@ -434,12 +735,15 @@ impl<S: Schema> Queue<S> {
             }
         }
         debug_assert_eq!(ids.len(), records.len());
+        // Rows addressed by a physical address are marked by it too (no index on id).
+        let by_address = addrs.map(|a| (addr, a));
         Ok(Some(Box::new(SqlPage {
             tx,
             d,
             schema,
             lane,
             ids,
+            by_address,
             records,
             exhausted,
         })))
@@ -743,6 +1047,8 @@ struct SqlPage<'a, S: Schema> {
     schema: &'a S,
     lane: Lane,
     ids: Vec<i64>,
+    /// [`Addr::Ctid`]/[`Addr::Rowid`]: the addresses the page was claimed by.
+    by_address: Option<(Addr, Vec<i64>)>,
     records: Vec<Record>,
     exhausted: bool,
 }
@@ -808,6 +1114,17 @@ fn bind_claim<'q>(
     route.bind(q)
 }
 
+/// How many parameters [`bind_claim`] binds.
+fn claim_binds(lane: Lane, after_cursor: bool, route: &RouteSql) -> usize {
+    1 + usize::from(lane == Lane::Retry)
+        + 3 * usize::from(after_cursor)
+        + route
+            .accept
+            .iter()
+            .map(|(_, a)| a.values().len())
+            .sum::<usize>()
+}
+
 /// `column IN (ids)`. PostgreSQL gets one array parameter instead, so the statement's text is
 /// the same for every page and stays prepared (parsing a new 500-id statement per page cost as
 /// much as executing it); MySQL and SQLite get the integers inlined.
@@ -855,28 +1172,72 @@ impl<S: Schema> Page for SqlPage<'_, S> {
             schema,
             lane,
             ids,
+            by_address,
             ..
         } = *self;
         let key = schema.source_key();
         let mut marked = 0;
         if !result.delivered.is_empty() {
             let delivered: Vec<i64> = result.delivered.iter().map(|&i| ids[i]).collect();
-            let set = IdSet::new(d, "id", 1, &delivered);
-            let sql = format!(
-                "UPDATE {} SET {} WHERE {}",
-                d.table(schema.table()),
-                schema.mark_set(d),
-                set.sql
-            );
-            let mut q = sqlx::query(&sql);
-            if let Some(p) = &set.param {
-                q = q.bind(p.clone());
+            let table = d.table(schema.table());
+            if let Some((addr, addrs)) = &by_address {
+                // Without an index on id, `id IN (...)` would scan the table for every page.
+                // The claimed rows are locked, so their addresses stand still until we commit.
+                let at: Vec<i64> = result.delivered.iter().map(|&i| addrs[i]).collect();
+                let set = addr.set(d, "", 1, &at);
+                let sql = match (d, set.param) {
+                    // Address and id in pairs: a ctid names a tuple version, and only the pair
+                    // proves it is still the row that was shipped.
+                    (Dialect::Postgres, Some(p)) => {
+                        let sql = format!(
+                            "UPDATE {table} t SET {} FROM unnest(CAST($1 AS tid[]), CAST($2 AS bigint[])) \
+                             AS k(at_addr, at_id) WHERE t.ctid = k.at_addr AND t.id = k.at_id",
+                            schema.mark_set(d)
+                        );
+                        (
+                            sql,
+                            vec![p, format!("{{{}}}", id_list(delivered.iter().copied()))],
+                        )
+                    }
+                    // SQLite: the write lock is held from claim to commit, so no rowid moves.
+                    _ => (
+                        format!(
+                            "UPDATE {table} SET {} WHERE {}",
+                            schema.mark_set(d),
+                            set.sql
+                        ),
+                        Vec::new(),
+                    ),
+                };
+                let mut q = sqlx::query(&sql.0);
+                for p in sql.1 {
+                    q = q.bind(p);
+                }
+                marked = q
+                    .execute(&mut *tx)
+                    .await
+                    .context("marking rows sent")?
+                    .rows_affected();
             }
-            marked = q
-                .execute(&mut *tx)
-                .await
-                .context("marking rows sent")?
-                .rows_affected();
+            // By id: the rule, and the fallback when a row was claimed in a newer version (an
+            // update committed between the ordered read and the lock) at another address.
+            if by_address.is_none() || marked < delivered.len() as u64 {
+                let set = IdSet::new(d, "id", 1, &delivered);
+                let sql = format!(
+                    "UPDATE {table} SET {} WHERE {}",
+                    schema.mark_set(d),
+                    set.sql
+                );
+                let mut q = sqlx::query(&sql);
+                if let Some(p) = &set.param {
+                    q = q.bind(p.clone());
+                }
+                marked = q
+                    .execute(&mut *tx)
+                    .await
+                    .context("marking rows sent")?
+                    .rows_affected();
+            }
             if lane == Lane::Retry {
                 let set = IdSet::new(d, "row_id", 2, &delivered);
                 let sql = format!(
@@ -954,6 +1315,9 @@ impl<S: Schema> Source for Queue<S> {
     }
     async fn prepare(&mut self) -> Result<()> {
         Queue::prepare(self).await
+    }
+    async fn init_queue(&mut self) -> Result<()> {
+        Queue::init_queue(self).await
     }
     async fn claim<'a>(
         &'a mut self,
@@ -1167,6 +1531,52 @@ mod tests {
             record_failures_sql(Dialect::Postgres, &[5]).split(" ON ").next(),
             Some("INSERT INTO audit_transfer_failed_rows (source, row_id, attempts, last_error) VALUES ($1, 5, 1, $2)")
         );
+    }
+
+    #[test]
+    fn the_plan_follows_the_indexes_the_table_has() {
+        let idx = |lists: &[&[&str]]| -> Vec<Vec<String>> {
+            lists
+                .iter()
+                .map(|l| l.iter().map(|c| c.to_string()).collect())
+                .collect()
+        };
+        let plan =
+            |d, lists: &[&[&str]]| choose_plan(d, &idx(lists), "created_at", Some("is_sent"));
+        for d in DIALECTS {
+            assert_eq!(plan(d, &[&["id"], &["created_at", "id"]]), Plan::Indexed);
+            assert_eq!(plan(d, &[&["is_sent", "created_at", "id"]]), Plan::Indexed);
+            assert_eq!(plan(d, &[&["created_at"]]), Plan::Indexed);
+            // An index that merely contains the timestamp does not order the queue.
+            assert_ne!(plan(d, &[&["is_sent", "id", "created_at"]]), Plan::Indexed);
+        }
+        assert_eq!(plan(Dialect::Postgres, &[&["id"]]), Plan::Keys(Addr::Id));
+        assert_eq!(plan(Dialect::Postgres, &[]), Plan::Keys(Addr::Ctid));
+        assert_eq!(
+            plan(Dialect::Postgres, &[&["message", "id"]]),
+            Plan::Keys(Addr::Ctid)
+        );
+        assert_eq!(plan(Dialect::MySql, &[&["id"]]), Plan::Keys(Addr::Id));
+        assert_eq!(plan(Dialect::MySql, &[]), Plan::Keys(Addr::Unindexed));
+        assert_eq!(plan(Dialect::Sqlite, &[]), Plan::Keys(Addr::Rowid));
+        assert_eq!(plan(Dialect::Sqlite, &[&["id"]]), Plan::Keys(Addr::Rowid));
+    }
+
+    #[test]
+    fn ctids_round_trip_through_the_packed_form() {
+        let a = parse_ctid("(4294967295,65535)").unwrap();
+        let b = parse_ctid(" (26923,2) ").unwrap();
+        let set = Addr::Ctid.set(Dialect::Postgres, "t.", 3, &[a, b]);
+        assert_eq!(set.sql, "t.ctid = ANY(CAST($3 AS tid[]))");
+        assert_eq!(
+            set.param.as_deref(),
+            Some(r#"{"(4294967295,65535)","(26923,2)"}"#)
+        );
+        for bad in ["", "(1)", "(1,2", "(-1,2)", "(1,70000)", "(a,b)"] {
+            assert_eq!(parse_ctid(bad), None, "{bad}");
+        }
+        let rowid = Addr::Rowid.set(Dialect::Sqlite, "", 1, &[7, 9]);
+        assert_eq!((rowid.sql.as_str(), rowid.param), ("rowid IN (7,9)", None));
     }
 
     #[test]

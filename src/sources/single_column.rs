@@ -125,6 +125,23 @@ impl Schema for Layout {
     fn route_column(&self) -> &'static str {
         "message"
     }
+    fn flag_column(&self) -> Option<&'static str> {
+        Some("is_sent")
+    }
+    fn queue_index(&self, d: Dialect) -> String {
+        let (table, name) = (d.table(&self.cfg.table), &self.cfg.table.name);
+        match d {
+            // Partial: only unsent rows, tiny once the backlog is sent.
+            Dialect::Postgres => format!(
+                "CREATE INDEX CONCURRENTLY \"{name}_unsent\" ON {table} (created_at, id) WHERE NOT is_sent"
+            ),
+            // No partial indexes: the flag leads, so the sent rows sit apart.
+            Dialect::MySql => {
+                format!("CREATE INDEX `{name}_queue` ON {table} (is_sent, created_at, id)")
+            }
+            Dialect::Sqlite => format!("CREATE INDEX \"{name}_queue\" ON {table} (created_at, id)"),
+        }
+    }
     fn describe(&self) -> String {
         format!(
             "AUDIT_TABLE_NAME {:?}: the table must exist with columns id, is_sent, message, created_at",

@@ -40,6 +40,7 @@ struct State {
     bulk_requests: u64,
     /// Bulk requests that came gzip-compressed (Content-Encoding: gzip); decoded before use.
     gzip_requests: u64,
+    ndjson_requests: u64,
     /// While set, bulk responses are held back (the request was forwarded).
     hold: bool,
     held: u64,
@@ -106,6 +107,11 @@ impl Proxy {
 
     pub fn gzip_requests(&self) -> u64 {
         self.state.lock().unwrap().gzip_requests
+    }
+
+    /// Bulk requests labelled `Content-Type: application/x-ndjson`.
+    pub fn ndjson_requests(&self) -> u64 {
+        self.state.lock().unwrap().ndjson_requests
     }
 }
 
@@ -302,6 +308,7 @@ async fn serve(mut sock: TcpStream, upstream: String, state: Arc<Mutex<State>>) 
             let mut st = state.lock().unwrap();
             st.bulk_requests += 1;
             st.gzip_requests += u64::from(req.gzip);
+            st.ndjson_requests += u64::from(req.content_type == "application/x-ndjson");
         }
         let upstream_items: Vec<serde_json::Value> = if sent_positions.is_empty() {
             Vec::new()

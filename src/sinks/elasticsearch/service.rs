@@ -2,8 +2,8 @@
 //! time, and what its answer means, for the whole request and for each item. Retrying is the
 //! shared policy's job ([`crate::http::retry`]); this module only classifies.
 //!
-//! The official client (`elasticsearch` crate) sends plain `application/json` /
-//! `application/x-ndjson` and does not insist on the `X-Elastic-Product` header, so the same
+//! The official client (`elasticsearch` crate) labels bodies `application/json`; bulk bodies
+//! are sent as `application/x-ndjson` (header set here), and it does not insist on the `X-Elastic-Product` header, so the same
 //! requests work against Elasticsearch 7/8/9 and OpenSearch 1/2/3.
 
 use super::settings::Settings;
@@ -191,6 +191,12 @@ impl Service {
         let response = self
             .client
             .bulk(parts)
+            // The client labels every body application/json; a bulk body is NDJSON, as the
+            // docs say and both Elasticsearch and OpenSearch accept.
+            .header(
+                elasticsearch::http::headers::CONTENT_TYPE,
+                elasticsearch::http::headers::HeaderValue::from_static("application/x-ndjson"),
+            )
             .body(body)
             .send()
             .await
