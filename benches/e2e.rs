@@ -10,7 +10,8 @@
 //! - MariaDB on the same data (generated the same way), and the cost of document sizes 200 B,
 //!   2 KB and 20 KB;
 //! - (d) the Splunk HEC sink (indexer acknowledgement on) and (e) the OTLP/HTTP sink, each into
-//!   a receiver that parses every event and answers at once (`support/sink_endpoints.rs`).
+//!   a receiver that parses every event and answers at once (`support/sink_endpoints.rs`);
+//!   (f) the Kafka sink into librdkafka's mock cluster started in this process.
 //!
 //! Needs PostgreSQL and MariaDB as in the tests, the release binary (`make bench` builds it), GNU
 //! time for peak RSS, and OSMEM_SERVER_BIN for (b).
@@ -490,6 +491,20 @@ fn main() {
     ]);
     let (otel, _) = measure("(e) audit-transfer -> OTLP/HTTP, protobuf", n, &url, otlp);
     println!("    ratio OTLP / bench endpoint: {:.2}", otel / ours);
+
+    // (f) Kafka into librdkafka's mock cluster, in this process (idempotent producer, acks=all).
+    #[cfg(feature = "kafka")]
+    {
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock Kafka cluster");
+        let mut kafka = base(&url);
+        kafka.extend([
+            ("SINK", "kafka".to_string()),
+            ("KAFKA_BROKERS", mock.bootstrap_servers()),
+            ("KAFKA_TOPIC", "audit".into()),
+        ]);
+        let (k, _) = measure("(f) audit-transfer -> Kafka (mock cluster)", n, &url, kafka);
+        println!("    ratio Kafka / bench endpoint: {:.2}", k / ours);
+    }
 
     // Memory with the batch: N/10 and N rows, same page size.
     let small = rt.block_on(pg_table(&mut admin, "at_bench_small", n / 10, 600));
