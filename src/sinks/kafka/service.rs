@@ -208,4 +208,37 @@ mod tests {
             Failure::Page(_)
         ));
     }
+
+    #[test]
+    fn refused_credentials_name_the_variables_never_the_password() {
+        let env = crate::base::env::Env::from_pairs([
+            ("KAFKA_BROKERS", "127.0.0.1:1"),
+            ("KAFKA_TOPIC", "audit"),
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
+            ("KAFKA_SASL_USERNAME", "audit"),
+            ("KAFKA_SASL_PASSWORD", "kafka-unit-pw-s3cr3t"),
+        ]);
+        let s = Service::new(&Settings::from_env(&env).unwrap()).unwrap();
+        let e = s.unreachable("metadata").to_string();
+        assert!(e.contains("KAFKA_MESSAGE_TIMEOUT_MS"), "{e}");
+        *s.last_error.lock().unwrap() = Some((
+            RDKafkaErrorCode::Authentication,
+            "SASL authentication error: invalid credentials with SASL mechanism SCRAM-SHA-256 (kafka-unit-pw-s3cr3t)".into(),
+        ));
+        let e = s.unreachable("metadata").to_string();
+        assert!(
+            e.contains("KAFKA_SASL_USERNAME") && e.contains("KAFKA_SASL_PASSWORD"),
+            "{e}"
+        );
+        assert!(e.contains("invalid credentials"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+        *s.last_error.lock().unwrap() =
+            Some((RDKafkaErrorCode::SSL, "certificate verify failed".into()));
+        assert!(s
+            .unreachable("metadata")
+            .to_string()
+            .contains("KAFKA_SSL_CA_LOCATION"));
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
 }
