@@ -3,6 +3,10 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 ARG GIT_REV=
+# librdkafka (the Kafka sink) is built from source with make, against the system OpenSSL; the
+# runtime image has libssl3.
+RUN apt-get update && apt-get install -y --no-install-recommends make pkg-config libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations

@@ -11,7 +11,8 @@
 //!   2 KB and 20 KB;
 //! - (d) the Splunk HEC sink (indexer acknowledgement on) and (e) the OTLP/HTTP sink, each into
 //!   a receiver that parses every event and answers at once (`support/sink_endpoints.rs`);
-//! - (f) the gzip file sink into S3 (moto's server, `tests/common/moto_s3.py`).
+//! - (f) the gzip file sink into S3 (moto's server, `tests/common/moto_s3.py`);
+//! - (g) the Kafka sink into librdkafka's mock cluster started in this process.
 //!
 //! Needs PostgreSQL and MariaDB as in the tests, the release binary (`make bench` builds it), GNU
 //! time for peak RSS, and OSMEM_SERVER_BIN for (b).
@@ -631,6 +632,19 @@ fn main() {
         );
     } else {
         println!("(f) S3: skipped, no moto in the venv (make .venv/.installed)");
+    }
+    // (g) Kafka into librdkafka's mock cluster, in this process (idempotent producer, acks=all).
+    #[cfg(feature = "kafka")]
+    {
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock Kafka cluster");
+        let mut kafka = base(&url);
+        kafka.extend([
+            ("SINK", "kafka".to_string()),
+            ("KAFKA_BROKERS", mock.bootstrap_servers()),
+            ("KAFKA_TOPIC", "audit".into()),
+        ]);
+        let (k, _) = measure("(g) audit-transfer -> Kafka (mock cluster)", n, &url, kafka);
+        println!("    ratio Kafka / bench endpoint: {:.2}", k / ours);
     }
 
     // Memory with the batch: N/10 and N rows, same page size.

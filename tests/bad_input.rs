@@ -201,6 +201,11 @@ fn garbage_in_every_numeric_variable() {
                 .set("SINK", "splunk")
                 .set("SPLUNK_HEC_URL", "http://127.0.0.1:1")
                 .set("SPLUNK_HEC_TOKEN", "t");
+        } else if var.starts_with("KAFKA_") {
+            env = env
+                .set("SINK", "kafka")
+                .set("KAFKA_BROKERS", "127.0.0.1:1")
+                .set("KAFKA_TOPIC", "audit");
         } else if var.starts_with("OTEL_") {
             env = env.set("SINK", "otlp");
         } else if var.starts_with("S3_") {

@@ -272,6 +272,45 @@ async fn secrets_stay_out_of_failing_runs_at_debug_level() {
             .set("SPLUNK_HEC_URL", "http://127.0.0.1:1")
             .set("SPLUNK_HEC_TOKEN", "splunk-token-secret")
             .set("SPLUNK_MAX_RETRIES", "0"),
+        // Refused at the broker: nothing listens there.
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("SINK", "kafka")
+            .set("KAFKA_BROKERS", "127.0.0.1:1")
+            .set("KAFKA_TOPIC", "audit")
+            .set("KAFKA_SECURITY_PROTOCOL", "sasl_plaintext")
+            .set("KAFKA_SASL_USERNAME", "audit")
+            .set("KAFKA_SASL_PASSWORD", "kafka-pw-secret")
+            .set(
+                "KAFKA_PRODUCER_CONFIG",
+                "ssl.key.password=kafka-keypw-secret",
+            )
+            .set("KAFKA_MESSAGE_TIMEOUT_MS", "500"),
+        // Malformed: the password with the wrong protocol, a secret property beside a bad one.
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("SINK", "kafka")
+            .set("KAFKA_BROKERS", "127.0.0.1:1")
+            .set("KAFKA_TOPIC", "audit")
+            .set("KAFKA_SASL_PASSWORD", "kafka-pw-secret"),
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("SINK", "kafka")
+            .set("KAFKA_BROKERS", "127.0.0.1:1")
+            .set("KAFKA_TOPIC", "audit")
+            .set(
+                "KAFKA_PRODUCER_CONFIG",
+                "sasl.oauthbearer.client.secret=kafka-oidc-secret;linger.ms=soon",
+            ),
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("SINK", "kafka")
+            .set("KAFKA_BROKERS", "127.0.0.1:1")
+            .set("KAFKA_TOPIC", "audit")
+            .set(
+                "KAFKA_PRODUCER_CONFIG",
+                "ssl.key.password kafka-keypw-secret",
+            ),
     ];
     let secrets = [
         "db-url-secret",
@@ -283,6 +322,9 @@ async fn secrets_stay_out_of_failing_runs_at_debug_level() {
         "VHswlNpwJnMpuXhIq7LYDfzs",
         "cdp-token-secret",
         "splunk-token-secret",
+        "kafka-pw-secret",
+        "kafka-keypw-secret",
+        "kafka-oidc-secret",
     ];
     for env in cases {
         for format in ["text", "json"] {

@@ -181,7 +181,11 @@ fn sink_is_chosen_explicitly_or_by_host() {
         os.starts_with("Some(Configured { settings: Settings {"),
         "{os}"
     );
-    assert!(cfg(&[("SINK", "kafka")]).unwrap_err().0.contains("SINK"));
+    assert!(cfg(&[("SINK", "pulsar")]).unwrap_err().0.contains("SINK"));
+    assert!(cfg(&[("SINK", "kafka")])
+        .unwrap_err()
+        .0
+        .contains("KAFKA_BROKERS"));
 }
 
 #[test]

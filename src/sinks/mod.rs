@@ -6,6 +6,8 @@
 
 pub mod elasticsearch;
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod otlp;
 pub mod splunk;
 
@@ -85,6 +87,8 @@ pub const KINDS: &[Kind] = &[
     elasticsearch::KIND,
     file::KIND,
     file::STDOUT,
+    #[cfg(feature = "kafka")]
+    kafka::KIND,
     otlp::KIND,
     splunk::KIND,
 ];

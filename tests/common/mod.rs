@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod fakes;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod proxy;
 pub mod s3;
 pub mod tls;
