@@ -547,26 +547,8 @@ fn killed_after_shipping_before_saving_reships_only_that_page() {
     let c = Case::new();
     let events = c.v1_events("f", 30, c.start + chrono::Duration::minutes(5), 3);
     // Stop the run right after the sink acknowledged page 2, before the state is saved.
-    let points = tempfile::tempdir().unwrap();
-    let mut child = c
-        .env()
-        .set("AUDIT_TRANSFER_FAILPOINT", "after_ship:2")
-        .set(
-            "AUDIT_TRANSFER_FAILPOINT_DIR",
-            points.path().to_str().unwrap(),
-        )
-        .spawn(&["run"]);
-    let reached = points.path().join("after_ship.reached");
-    let start = std::time::Instant::now();
-    while !reached.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "failpoint not reached"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let paused = c.env().paused_at("after_ship", 2, &["run"]);
+    paused.kill();
     assert_eq!(osmem().count(&c.index), 20);
     assert_eq!(c.state()["acked"].as_array().unwrap().len(), 10);
 

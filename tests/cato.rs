@@ -394,28 +394,10 @@ fn killed_between_ship_and_save_reships_only_that_page_harmlessly() {
     let c = Case::new();
     let all = c.events(0, 6000);
     // Chunks of 1000: the fifth shipment is the second page's second piece.
-    let points = tempfile::tempdir().unwrap();
-    let mut child = c
-        .env("events")
-        .set("AUDIT_TRANSFER_FAILPOINT", "after_ship:6")
-        .set(
-            "AUDIT_TRANSFER_FAILPOINT_DIR",
-            points.path().to_str().unwrap(),
-        )
-        .spawn(&["run"]);
-    let reached = points.path().join("after_ship.reached");
-    let start = std::time::Instant::now();
-    while !reached.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "failpoint not reached"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let paused = c.env("events").paused_at("after_ship", 6, &["run"]);
     // Shipped: all 6000; saved: only the first page's marker.
     let first_marker = c.state()["marker"].as_str().unwrap().to_string();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    paused.kill();
     assert_eq!(c.count(), 6000);
     assert_eq!(c.state()["marker"], first_marker.as_str());
 

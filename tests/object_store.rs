@@ -10,7 +10,6 @@ use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::time::Duration;
 
 const T: &str = "audit_logs";
 
@@ -121,21 +120,8 @@ async fn a_kill_between_upload_and_mark_leaves_one_object_per_page() {
     let db = table(rows).await;
     let prefix = format!("archive/{}", unique("crash"));
     let env = s3_env(&db, &prefix);
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = env
-        .clone()
-        .set("AUDIT_TRANSFER_FAILPOINT", "after_ship:1")
-        .set("AUDIT_TRANSFER_FAILPOINT_DIR", dir.path().to_str().unwrap())
-        .spawn(&["run"]);
-    let reached = dir.path().join("after_ship.reached");
-    let ok = wait_for(Duration::from_secs(120), || {
-        let r = reached.clone();
-        async move { r.exists() }
-    })
-    .await;
-    assert!(ok, "failpoint not reached");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let paused = env.clone().paused_at("after_ship", 1, &["run"]);
+    paused.kill();
     assert_eq!(moto().list(&prefix).len(), 1, "the first page was uploaded");
     assert_eq!(db.unsent(T).await, rows as i64, "and not marked");
 

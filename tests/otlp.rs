@@ -428,27 +428,11 @@ async fn killed_after_the_answer_before_the_mark_resends_that_page() {
     skip_unless!(Backend::Sqlite);
     let db = setup(6).await;
     let fake = FakeOtlp::start();
-    let points = tempfile::tempdir().unwrap();
-    let mut child = env(&db, &fake)
+    let paused = env(&db, &fake)
         .set("CHUNK_SIZE", "3")
         .set("SINK_CONCURRENCY", "1")
-        .set("AUDIT_TRANSFER_FAILPOINT", "after_ship:1")
-        .set(
-            "AUDIT_TRANSFER_FAILPOINT_DIR",
-            points.path().to_str().unwrap(),
-        )
-        .spawn(&[]);
-    let reached = points.path().join("after_ship.reached");
-    let start = std::time::Instant::now();
-    while !reached.exists() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "failpoint not reached"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+        .paused_at("after_ship", 1, &[]);
+    paused.kill();
     let first = fake.uids();
     assert_eq!(first.len(), 3, "{first:?}");
     assert_eq!(db.unsent(T).await, 6);

@@ -11,7 +11,6 @@ use common::*;
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 struct Case {
     prefix: String,
@@ -250,26 +249,8 @@ fn killed_during_a_file_then_rerun_creates_no_duplicates() {
     c.put(&cato(1), zip_of(&cef_lines(1, 12), None));
     c.put(&cato(2), zip_of(&cef_lines(2, 3), None));
     // Stop right after the sink acknowledged page 2 of file 1 (records 6-10), then SIGKILL.
-    let points = tempfile::tempdir().unwrap();
-    let mut child = c
-        .env()
-        .set("AUDIT_TRANSFER_FAILPOINT", "after_ship:2")
-        .set(
-            "AUDIT_TRANSFER_FAILPOINT_DIR",
-            points.path().to_str().unwrap(),
-        )
-        .spawn(&["run"]);
-    let reached = points.path().join("after_ship.reached");
-    let start = std::time::Instant::now();
-    while !reached.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "failpoint not reached"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let paused = c.env().paused_at("after_ship", 2, &["run"]);
+    paused.kill();
     assert_eq!(osmem().count(&c.index), 10);
     let cursor = c.cursor();
     assert!(cursor["last"].is_null(), "file 1 not complete: {cursor}");

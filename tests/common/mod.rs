@@ -583,6 +583,41 @@ impl Env {
             .spawn()
             .unwrap()
     }
+
+    /// A run spawned with a crash-test pause point (`src/base/failpoint.rs`), returned once it
+    /// waits at the `nth` pass of `point`: kill it there to crash it at an exact step.
+    pub fn paused_at(&self, point: &str, nth: u32, args: &[&str]) -> Paused {
+        let dir = tempfile::tempdir().unwrap();
+        let child = self
+            .clone()
+            .set("AUDIT_TRANSFER_FAILPOINT", &format!("{point}:{nth}"))
+            .set("AUDIT_TRANSFER_FAILPOINT_DIR", dir.path().to_str().unwrap())
+            .spawn(args);
+        let reached = dir.path().join(format!("{point}.reached"));
+        let start = Instant::now();
+        while !reached.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "failpoint {point}:{nth} not reached"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Paused { child, _dir: dir }
+    }
+}
+
+/// A run waiting at a pause point ([`Env::paused_at`]).
+pub struct Paused {
+    pub child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Paused {
+    /// SIGKILL: the run ends there, as a crash would end it.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }
 
 pub struct Run {
