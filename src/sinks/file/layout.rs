@@ -118,10 +118,7 @@ pub fn page_name(naming: Naming, gzip: bool, docs: &[&Document]) -> String {
                 h.update(d.id.as_bytes());
                 h.update([0]);
             }
-            let hex: String = h.finalize()[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex = crate::base::hash::hex(&h.finalize()[..8]);
             format!("audit_{first}_{}_{hex}.{ext}", docs.len())
         }
     }

@@ -15,6 +15,7 @@
 use super::write_lines;
 use crate::base::document::Document;
 use crate::base::exit::{chain_text, excerpt, ConfigError};
+use crate::base::hash::hex;
 use anyhow::{anyhow, Result};
 use object_store::path::Path;
 use object_store::{
@@ -400,10 +401,6 @@ fn encode(gzip: Option<flate2::Compression>, docs: &[&Document]) -> Result<(Vec<
         }
     };
     Ok((body, hex(&h.finalize())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

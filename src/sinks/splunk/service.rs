@@ -318,7 +318,7 @@ fn new_channel() -> Result<String> {
 fn uuid(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = crate::base::hash::hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

@@ -117,7 +117,7 @@ fn id(feed: Feed, account: &str, rec: &Value) -> String {
     // serde_json's map is sorted by key (no `preserve_order`), at every depth.
     let bytes = serde_json::to_vec(&Value::Object(canonical)).expect("JSON serializes");
     let hash = Sha256::digest(&bytes);
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::base::hash::hex(&hash);
     format!("{}-{hex}", feed.name())
 }
 

@@ -54,7 +54,7 @@ impl Origin<'_> {
             return id;
         }
         let digest = Sha256::digest(format!("{}/{}", self.bucket, self.file()).as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::base::hash::hex(&digest);
         format!("s3-{hex}#{line}")
     }
 }
