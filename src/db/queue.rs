@@ -94,6 +94,10 @@ pub struct Queue<S: Schema> {
     plan: Option<Plan>,
     /// [`Plan::Keys`]: each lane's row addresses still to claim, in order.
     keys: [std::collections::VecDeque<i64>; 2],
+    /// [`Plan::Keys`]: the lane's last ordered read came back short of [`KEY_WINDOW`], so `keys`
+    /// held the whole backlog as it was then. Reading again would find only rows written since,
+    /// at the cost of one more scan of the table: the next run takes those.
+    drained: [bool; 2],
     routing: Routing,
     /// Built on first use (it needs the column's type), by every connection of a run.
     route_sql: Option<RouteSql>,
@@ -254,6 +258,7 @@ impl<S: Schema> Queue<S> {
             cursors: [None, None],
             plan: None,
             keys: Default::default(),
+            drained: [false; 2],
             routing: routing.clone(),
             route_sql: None,
             prepared: false,
@@ -513,6 +518,7 @@ impl<S: Schema> Queue<S> {
             schema,
             cursors,
             keys,
+            drained,
             max_attempts,
             route_sql,
             ..
@@ -524,6 +530,7 @@ impl<S: Schema> Queue<S> {
         let key = schema.source_key();
         let max = *max_attempts;
         let keys = &mut keys[lane as usize];
+        let drained = &mut drained[lane as usize];
 
         let mut tx = db
             .conn
@@ -587,7 +594,7 @@ impl<S: Schema> Queue<S> {
             } else {
                 // No index on the order: one ordered read of the backlog's addresses feeds the
                 // pages (sorting it again for every page made a run quadratic in the backlog).
-                if keys.is_empty() {
+                if keys.is_empty() && !*drained {
                     let filter = filters(schema, d, lane, cursor.is_some(), route_sql);
                     let sql = format!(
                         "SELECT {}, {}, {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {KEY_WINDOW}",
@@ -598,14 +605,17 @@ impl<S: Schema> Queue<S> {
                     let mut stream = bind_claim(&sql, key.clone(), lane, max, &cursor, route_sql)
                         .fetch(&mut *tx);
                     let mut last = None;
+                    let mut read = 0;
                     while let Some(r) = futures_util::TryStreamExt::try_next(&mut stream)
                         .await
                         .context("reading the order of the unsent audit rows")?
                     {
                         keys.push_back(addr.read(&r, 0)?);
                         last = Some(r);
+                        read += 1;
                     }
                     drop(stream);
+                    *drained = read < KEY_WINDOW;
                     if let Some(last) = last {
                         cursors[lane as usize] =
                             Some((last.try_get::<String, _>(2)?, last.try_get::<i64, _>(1)?));
