@@ -41,17 +41,7 @@ async fn bulk(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ([(&'static str, &'static str); 1], String) {
-    let body = if headers
-        .get("content-encoding")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
-    {
-        let mut plain = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
-            .expect("gzip body");
-        Bytes::from(plain)
-    } else {
-        body
-    };
+    let body = sink_endpoints::gunzip(&headers, body);
     let mut items = Vec::new();
     let mut lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty());
     while let Some(action) = lines.next() {
@@ -82,6 +72,17 @@ fn start_endpoint(rt: &tokio::runtime::Runtime) -> u16 {
     port
 }
 
+/// The JSON line a helper server prints on stdout once it listens (osmem-server, moto).
+fn first_line_json(child: &mut std::process::Child) -> Option<serde_json::Value> {
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take()?),
+        &mut line,
+    )
+    .ok()?;
+    serde_json::from_str(&line).ok()
+}
+
 struct Osmem {
     url: String,
     _child: std::process::Child,
@@ -102,13 +103,7 @@ fn start_osmem() -> Option<Osmem> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take()?),
-        &mut line,
-    )
-    .ok()?;
-    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    let v = first_line_json(&mut child)?;
     Some(Osmem {
         url: v["url"].as_str()?.to_string(),
         _child: child,
@@ -745,13 +740,7 @@ fn start_moto() -> Option<Moto> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take()?),
-        &mut line,
-    )
-    .ok()?;
-    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    let v = first_line_json(&mut child)?;
     let s = |k: &str| v[k].as_str().map(String::from);
     Some(Moto {
         endpoint: s("endpoint")?,

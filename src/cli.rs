@@ -52,7 +52,7 @@ pub enum Command {
     #[command(name = "retry-failed", after_help = EXIT_CODES)]
     RetryFailed,
     /// Print backlog, age of the oldest unsent record, parked records and the last runs (SQL
-    /// sources: from their tables; CAST AI and S3: from their state file, backlog unknown).
+    /// sources: from their tables; CAST AI, Cato and S3: from their state file, backlog unknown).
     /// Exit 0 when healthy, 1 when not (parked records, last run failed, or an age limit
     /// exceeded) or when the state cannot be read, 2 on configuration errors.
     Status {

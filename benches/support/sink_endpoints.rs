@@ -8,7 +8,8 @@ use axum::Router;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-fn gunzip(headers: &axum::http::HeaderMap, body: Bytes) -> Bytes {
+/// The body as sent, decompressed when `Content-Encoding: gzip` says so, as servers do.
+pub fn gunzip(headers: &axum::http::HeaderMap, body: Bytes) -> Bytes {
     if headers
         .get("content-encoding")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
