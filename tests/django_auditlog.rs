@@ -195,11 +195,7 @@ async fn overlapping_runs_ship_each_entry_once(b: Backend) {
     seed(&db, &["bulk", "40"]);
     let index = unique("dj");
     let e = env(&db, &index).set("CHUNK_SIZE", "5");
-    let children: Vec<_> = (0..2).map(|_| e.spawn(&["run"])).collect();
-    let runs: Vec<Run> = children
-        .into_iter()
-        .map(|c| Run::from(c.wait_with_output().unwrap()))
-        .collect();
+    let runs = e.run_at_once(2, &["run"]);
     for r in &runs {
         r.expect(0);
     }

@@ -341,11 +341,7 @@ async fn eight_runs_at_once(b: Backend) {
     let env = Env::es_via(&db, &index, &proxy)
         .set("CHUNK_SIZE", "500")
         .set("BATCH_SIZE", "100000");
-    let children: Vec<_> = (0..8).map(|_| env.spawn(&["run"])).collect();
-    let runs: Vec<Run> = children
-        .into_iter()
-        .map(|c| Run::from(c.wait_with_output().unwrap()))
-        .collect();
+    let runs = env.run_at_once(8, &["run"]);
     for r in &runs {
         r.expect(0);
     }

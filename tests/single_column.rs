@@ -158,11 +158,7 @@ async fn two_overlapping_runs(b: Backend) {
     skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 40).await;
     let env = Env::es(&db, &index).set("CHUNK_SIZE", "5");
-    let children: Vec<_> = (0..2).map(|_| env.spawn(&["run"])).collect();
-    let runs: Vec<Run> = children
-        .into_iter()
-        .map(|c| Run::from(c.wait_with_output().unwrap()))
-        .collect();
+    let runs = env.run_at_once(2, &["run"]);
     for r in &runs {
         r.expect(0);
     }
@@ -181,11 +177,7 @@ async fn four_concurrent_runs_ship_each_row_once(b: Backend) {
     skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 2000).await;
     let env = Env::es(&db, &index).set("CHUNK_SIZE", "50");
-    let children: Vec<_> = (0..4).map(|_| env.spawn(&["run"])).collect();
-    let runs: Vec<Run> = children
-        .into_iter()
-        .map(|c| Run::from(c.wait_with_output().unwrap()))
-        .collect();
+    let runs = env.run_at_once(4, &["run"]);
     for r in &runs {
         r.expect(0);
     }
@@ -493,11 +485,7 @@ async fn overlapping_runs_on_a_table_without_a_key(b: Backend) {
     let env = Env::es(&db, &index)
         .set("CHUNK_SIZE", "7")
         .set("SINK_CONCURRENCY", "2");
-    let children: Vec<_> = (0..3).map(|_| env.spawn(&["run"])).collect();
-    let runs: Vec<Run> = children
-        .into_iter()
-        .map(|c| Run::from(c.wait_with_output().unwrap()))
-        .collect();
+    let runs = env.run_at_once(3, &["run"]);
     for r in &runs {
         r.expect(0);
     }

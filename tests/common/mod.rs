@@ -584,6 +584,16 @@ impl Env {
             .unwrap()
     }
 
+    /// `n` runs started together (overlapping, as cron with `concurrencyPolicy: Allow` or several
+    /// pods would start them), each waited for.
+    pub fn run_at_once(&self, n: usize, args: &[&str]) -> Vec<Run> {
+        let children: Vec<Child> = (0..n).map(|_| self.spawn(args)).collect();
+        children
+            .into_iter()
+            .map(|c| Run::from(c.wait_with_output().unwrap()))
+            .collect()
+    }
+
     /// A run spawned with a crash-test pause point (`src/base/failpoint.rs`), returned once it
     /// waits at the `nth` pass of `point`: kill it there to crash it at an exact step.
     pub fn paused_at(&self, point: &str, nth: u32, args: &[&str]) -> Paused {
