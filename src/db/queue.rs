@@ -543,6 +543,21 @@ impl<S: Schema> Queue<S> {
             Plan::Indexed => Addr::Id,
         };
         let by_address = matches!(addr, Addr::Ctid | Addr::Rowid);
+        if addr == Addr::Unindexed {
+            // Without any key InnoDB locks every row a claim or a mark scans, so two page
+            // transactions at once (overlapping runs, SINK_CONCURRENCY) deadlock. One at a time
+            // instead: a row lock of our own, held until this page commits or rolls back, waited
+            // for as long as another page may take to ship.
+            for sql in [
+                "SET SESSION innodb_lock_wait_timeout = 3600",
+                "SELECT version FROM audit_transfer_migrations WHERE version = 1 FOR UPDATE",
+            ] {
+                sqlx::query(sql)
+                    .execute(&mut *tx)
+                    .await
+                    .context("waiting for the other page transactions on a table without a key")?;
+            }
+        }
         let exhausted;
         loop {
             let cursor = cursors[lane as usize].clone();
