@@ -34,21 +34,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not (has .Values.source.type (list "SINGLE_COLUMN_JSON" "DJANGO_AUDITLOG" "CASTAI" "CATO" "CDP_ARCHIVE" "S3_CURSOR")) -}}
 {{- fail (printf "source.type %q: expected SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI, CATO, CDP_ARCHIVE or S3_CURSOR" .Values.source.type) -}}
 {{- end -}}
-{{- if not (has .Values.sink.type (list "elasticsearch" "splunk" "otlp" "file" "stdout")) -}}
-{{- fail (printf "sink.type %q: expected elasticsearch, splunk, otlp, file or stdout" .Values.sink.type) -}}
-{{- end -}}
-{{- if and (eq .Values.sink.type "splunk") (not .Values.sink.splunk.url) -}}
-{{- fail "sink.splunk.url is required with sink.type=splunk (and SPLUNK_HEC_TOKEN in the Secret)" -}}
-{{- end -}}
-{{- if and (eq .Values.sink.type "otlp") (not .Values.sink.otlp.endpoint) -}}
-{{- fail "sink.otlp.endpoint is required with sink.type=otlp" -}}
-{{- end -}}
-{{- if and (eq .Values.sink.type "elasticsearch") (not .Values.sink.elasticsearch.host) -}}
-{{- fail "sink.elasticsearch.host is required with sink.type=elasticsearch" -}}
-{{- end -}}
-{{- if and (eq .Values.sink.type "file") (not (contains "://" .Values.sink.file.path)) (not .Values.sink.file.existingClaim) -}}
-{{- fail "sink.file.existingClaim is required with sink.type=file and a local sink.file.path (the root filesystem is read-only); a bucket path (s3://, gs://, az://) needs none" -}}
-{{- end -}}
+{{- include "audit-transfer.validateSink" (dict "where" "sink" "sink" .Values.sink "path" .Values.sink.file.path "secretPrefix" "") -}}
 {{- if and (gt (int .Values.send.parallelism) 1) (not (include "audit-transfer.isSql" .)) -}}
 {{- fail "send.parallelism > 1 needs a SQL source (pages claimed with SKIP LOCKED); CASTAI, CATO, S3_CURSOR and CDP_ARCHIVE runs must not overlap" -}}
 {{- end -}}
@@ -62,6 +48,58 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- fail (printf "env.%s duplicates routing values: set it in one place" $k) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Refuses a sink block the job cannot run with. Call with (dict "where" "sink" "sink" $block
+     "path" $fileSinkPath "secretPrefix" ""): where names the block in the messages, secretPrefix
+     goes before the names of its variables in the Secret. */}}
+{{- define "audit-transfer.validateSink" -}}
+{{- $w := .where -}}
+{{- $s := .sink -}}
+{{- if not (has $s.type (list "elasticsearch" "splunk" "otlp" "file" "stdout")) -}}
+{{- fail (printf "%s.type %q: expected elasticsearch, splunk, otlp, file or stdout" $w $s.type) -}}
+{{- end -}}
+{{- if and (eq $s.type "splunk") (not (dig "splunk" "url" "" $s)) -}}
+{{- fail (printf "%s.splunk.url is required with %s.type=splunk (and %sSPLUNK_HEC_TOKEN in the Secret)" $w $w .secretPrefix) -}}
+{{- end -}}
+{{- if and (eq $s.type "otlp") (not (dig "otlp" "endpoint" "" $s)) -}}
+{{- fail (printf "%s.otlp.endpoint is required with %s.type=otlp" $w $w) -}}
+{{- end -}}
+{{- if and (eq $s.type "elasticsearch") (not (dig "elasticsearch" "host" "" $s)) -}}
+{{- fail (printf "%s.elasticsearch.host is required with %s.type=elasticsearch" $w $w) -}}
+{{- end -}}
+{{- if and (eq $s.type "file") (not (contains "://" (toString .path))) (not (dig "file" "existingClaim" "" $s)) -}}
+{{- fail (printf "%s.file.existingClaim is required with %s.type=file and a local %s.file.path (the root filesystem is read-only); a bucket path (s3://, gs://, az://) needs none" $w $w $w) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The ConfigMap lines of one sink block: only the variables its type reads, each name after
+     prefix ("" for the single sink, TARGET_<NAME>_ for a target). Keys a block leaves out take
+     the defaults of values.yaml. Call with (dict "prefix" "" "sink" $block "path" $fileSinkPath). */}}
+{{- define "audit-transfer.sinkEnv" -}}
+{{- $p := .prefix -}}
+{{- $s := .sink -}}
+{{ $p }}SINK: {{ $s.type | quote }}
+{{- if eq $s.type "elasticsearch" }}
+{{ $p }}ELASTICSEARCH_HOST: {{ dig "elasticsearch" "host" "" $s | quote }}
+{{ $p }}ELASTICSEARCH_APP_AUDIT_LOG_INDEX: {{ dig "elasticsearch" "index" "app_audit_log" $s | quote }}
+{{- else if eq $s.type "splunk" }}
+{{ $p }}SPLUNK_HEC_URL: {{ dig "splunk" "url" "" $s | quote }}
+{{- with dig "splunk" "index" "" $s }}
+{{ $p }}SPLUNK_INDEX: {{ . | quote }}
+{{- end }}
+{{ $p }}SPLUNK_SOURCETYPE: {{ dig "splunk" "sourcetype" "_json" $s | default "_json" | quote }}
+{{ $p }}SPLUNK_HEC_ACK: {{ dig "splunk" "ack" true $s | quote }}
+{{- else if eq $s.type "otlp" }}
+{{ $p }}OTEL_EXPORTER_OTLP_ENDPOINT: {{ dig "otlp" "endpoint" "" $s | quote }}
+{{ $p }}OTEL_EXPORTER_OTLP_PROTOCOL: {{ dig "otlp" "protocol" "http/protobuf" $s | default "http/protobuf" | quote }}
+{{ $p }}OTEL_EXPORTER_OTLP_COMPRESSION: {{ dig "otlp" "compression" "gzip" $s | default "none" | quote }}
+{{ $p }}OTEL_SERVICE_NAME: {{ dig "otlp" "serviceName" "audit-transfer" $s | default "audit-transfer" | quote }}
+{{- else if eq $s.type "file" }}
+{{ $p }}OUTPUT_PATH: {{ .path | quote }}
+{{ $p }}OUTPUT_GZIP: {{ dig "file" "gzip" false $s | quote }}
+{{ $p }}OUTPUT_LAYOUT: {{ dig "file" "layout" "pages" $s | default "pages" | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* The pod template of both jobs; call with (dict "root" $ "args" list "component" name). */}}
