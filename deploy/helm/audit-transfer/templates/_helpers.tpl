@@ -34,7 +34,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not (has .Values.source.type (list "SINGLE_COLUMN_JSON" "DJANGO_AUDITLOG" "CASTAI" "CATO" "CDP_ARCHIVE" "S3_CURSOR")) -}}
 {{- fail (printf "source.type %q: expected SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI, CATO, CDP_ARCHIVE or S3_CURSOR" .Values.source.type) -}}
 {{- end -}}
+{{- if .Values.targets -}}
+{{- include "audit-transfer.validateTargets" . -}}
+{{- else -}}
+{{- if hasKey .Values.env "TARGETS" -}}
+{{- fail "env.TARGETS: list the targets in targets (at least one); the chart renders TARGETS and each target's variables from it" -}}
+{{- end -}}
 {{- include "audit-transfer.validateSink" (dict "where" "sink" "sink" .Values.sink "path" .Values.sink.file.path "secretPrefix" "") -}}
+{{- end -}}
 {{- if and (gt (int .Values.send.parallelism) 1) (not (include "audit-transfer.isSql" .)) -}}
 {{- fail "send.parallelism > 1 needs a SQL source (pages claimed with SKIP LOCKED); CASTAI, CATO, S3_CURSOR and CDP_ARCHIVE runs must not overlap" -}}
 {{- end -}}
@@ -102,6 +109,83 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 {{- end -}}
 
+{{/* Refuses a targets list the job cannot run with (see values.yaml "targets"). */}}
+{{- define "audit-transfer.validateTargets" -}}
+{{- $v := .Values -}}
+{{- if not (kindIs "slice" $v.targets) -}}
+{{- fail "targets: expected a list of entries {name, sink, acceptTopics, acceptRoutingKeys}, at least one; [] for the single sink block" -}}
+{{- end -}}
+{{- if not (include "audit-transfer.isSql" .) -}}
+{{- fail (printf "targets with source.type %s: several targets need a SQL source (SINGLE_COLUMN_JSON or DJANGO_AUDITLOG); use the single sink block" $v.source.type) -}}
+{{- end -}}
+{{- range $k := list "acceptTopics" "acceptRoutingKeys" -}}
+{{- if index $v.routing $k -}}
+{{- fail (printf "routing.%s selects for the single sink block; with targets set targets[].%s" $k $k) -}}
+{{- end -}}
+{{- end -}}
+{{- range $k := list "TARGETS" "SINK" "ACCEPT_TOPICS" "ACCEPT_ROUTING_KEYS" -}}
+{{- if hasKey $v.env $k -}}
+{{- fail (printf "env.%s with targets: the chart renders TARGETS from the list, and the job refuses SINK, ACCEPT_TOPICS and ACCEPT_ROUTING_KEYS next to it (each target has its own)" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- $paths := dict -}}
+{{- range $i, $t := $v.targets -}}
+{{- $at := printf "targets[%d]" $i -}}
+{{- if not (kindIs "map" $t) -}}
+{{- fail (printf "%s: expected an entry {name, sink, acceptTopics, acceptRoutingKeys}" $at) -}}
+{{- end -}}
+{{- range $k, $_ := $t -}}
+{{- if not (has $k (list "name" "sink" "acceptTopics" "acceptRoutingKeys")) -}}
+{{- fail (printf "%s.%s: unknown key; expected name, sink, acceptTopics, acceptRoutingKeys" $at $k) -}}
+{{- end -}}
+{{- end -}}
+{{- $name := toString (dig "name" "" $t) -}}
+{{- if not (regexMatch "^[A-Za-z][A-Za-z0-9_]*$" $name) -}}
+{{- fail (printf "%s.name %q: expected letters, digits and _, starting with a letter (its variables take the prefix TARGET_<NAME>_)" $at $name) -}}
+{{- end -}}
+{{- $key := upper $name -}}
+{{- if hasKey $seen $key -}}
+{{- fail (printf "%s.name %q: %s has that name already (names are compared regardless of case)" $at $name (get $seen $key)) -}}
+{{- end -}}
+{{- $_ := set $seen $key $at -}}
+{{- if not (and (kindIs "map" $t.sink) (dig "type" "" $t.sink)) -}}
+{{- fail (printf "%s.sink.type is required: a block of the same shape as sink:, with type elasticsearch, splunk, otlp, file or stdout" $at) -}}
+{{- end -}}
+{{- $path := include "audit-transfer.targetPath" $t -}}
+{{- include "audit-transfer.validateSink" (dict "where" (printf "%s.sink" $at) "sink" $t.sink "path" $path "secretPrefix" (printf "TARGET_%s_" $key)) -}}
+{{- if and (eq $t.sink.type "file") (not (contains "://" $path)) -}}
+{{- if hasKey $paths $path -}}
+{{- fail (printf "%s.sink.file.path %q: %s writes there already; each local file target needs a directory of its own" $at $path (get $paths $path)) -}}
+{{- end -}}
+{{- $_ := set $paths $path $at -}}
+{{- end -}}
+{{- range $k, $_ := include "audit-transfer.targetEnv" (dict "target" $t "path" $path) | fromYaml -}}
+{{- if hasKey $v.env $k -}}
+{{- fail (printf "env.%s duplicates the values of %s: set it in one place" $k $at) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The directory or bucket of a file target: its sink.file.path, else /data/<name>. */}}
+{{- define "audit-transfer.targetPath" -}}
+{{- dig "file" "path" "" .sink | default (printf "/data/%s" (lower (toString .name))) -}}
+{{- end -}}
+
+{{/* The ConfigMap lines of one target: its sink's variables and its selection, all with the
+     prefix TARGET_<NAME>_. Call with (dict "target" $entry "path" (targetPath of $entry)). */}}
+{{- define "audit-transfer.targetEnv" -}}
+{{- $p := printf "TARGET_%s_" (upper (toString .target.name)) -}}
+{{- include "audit-transfer.sinkEnv" (dict "prefix" $p "sink" .target.sink "path" .path) }}
+{{- with .target.acceptTopics }}
+{{ $p }}ACCEPT_TOPICS: {{ . | toString | quote }}
+{{- end }}
+{{- with .target.acceptRoutingKeys }}
+{{ $p }}ACCEPT_ROUTING_KEYS: {{ . | toString | quote }}
+{{- end }}
+{{- end -}}
+
 {{/* The pod template of both jobs; call with (dict "root" $ "args" list "component" name). */}}
 {{- define "audit-transfer.pod" -}}
 {{- $root := .root -}}
@@ -150,9 +234,16 @@ spec:
         - name: state
           mountPath: /state
         {{- end }}
-        {{- if and (eq $v.sink.type "file") (not (contains "://" $v.sink.file.path)) }}
+        {{- if and (not $v.targets) (eq $v.sink.type "file") (not (contains "://" $v.sink.file.path)) }}
         - name: output
           mountPath: {{ $v.sink.file.path }}
+        {{- end }}
+        {{- range $i, $t := $v.targets }}
+        {{- $path := include "audit-transfer.targetPath" $t }}
+        {{- if and (eq $t.sink.type "file") (not (contains "://" $path)) }}
+        - name: output-{{ $i }}
+          mountPath: {{ $path | quote }}
+        {{- end }}
         {{- end }}
   volumes:
     - name: tmp
@@ -163,10 +254,18 @@ spec:
       persistentVolumeClaim:
         claimName: {{ default (printf "%s-state" (include "audit-transfer.fullname" $root)) $v.persistence.existingClaim }}
     {{- end }}
-    {{- if and (eq $v.sink.type "file") (not (contains "://" $v.sink.file.path)) }}
+    {{- if and (not $v.targets) (eq $v.sink.type "file") (not (contains "://" $v.sink.file.path)) }}
     - name: output
       persistentVolumeClaim:
         claimName: {{ $v.sink.file.existingClaim }}
+    {{- end }}
+    {{- /* Each local file target's claim, at its own path. */}}
+    {{- range $i, $t := $v.targets }}
+    {{- if and (eq $t.sink.type "file") (not (contains "://" (include "audit-transfer.targetPath" $t))) }}
+    - name: output-{{ $i }}
+      persistentVolumeClaim:
+        claimName: {{ $t.sink.file.existingClaim | quote }}
+    {{- end }}
     {{- end }}
   {{- with $v.nodeSelector }}
   nodeSelector:
