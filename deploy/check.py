@@ -20,6 +20,8 @@ CHART = ROOT / "deploy/helm/audit-transfer"
 PLAIN = ROOT / "deploy/kubernetes"
 KUBE_VERSION = "1.30.0"
 ES = {"sink": {"elasticsearch": {"host": "https://opensearch.logging.svc:9200"}}}
+# One entry of `targets`: a name and a sink block of the same shape as `sink`.
+SIEM = {"name": "siem", "sink": {"type": "elasticsearch", **ES["sink"]}}
 
 # (name, values, expectations): every source and sink combination a user picks.
 CASES = [
@@ -128,6 +130,96 @@ CASES = [
         {**ES, "source": {"type": "CDP_ARCHIVE"}, "secret": {"existingSecret": "cdp"}},
         {"pvc": False, "monthly": False, "secret": False},
     ),
+    (
+        "sql-targets-siem-archive",
+        {
+            "routing": {"topicField": "audit_event.topic"},
+            "targets": [
+                {
+                    "name": "siem",
+                    "acceptTopics": "authfail,admin",
+                    "sink": {
+                        "type": "elasticsearch",
+                        "elasticsearch": {"host": "https://opensearch:9200", "index": "audit-{topic}-{yyyy.MM.dd}"},
+                    },
+                },
+                {
+                    "name": "archive",
+                    "sink": {"type": "file", "file": {"path": "s3://audit-archive/prod/", "gzip": True}},
+                },
+            ],
+            "secret": {"data": {"TARGET_SIEM_ELASTICSEARCH_PASSWORD": "placeholder"}},
+        },
+        {
+            "pvc": False,
+            "monthly": True,
+            "mounts": {},
+            "targets_exact": True,
+            "config": {
+                "TARGETS": "siem,archive",
+                "TARGET_SIEM_SINK": "elasticsearch",
+                "TARGET_SIEM_ELASTICSEARCH_HOST": "https://opensearch:9200",
+                "TARGET_SIEM_ELASTICSEARCH_APP_AUDIT_LOG_INDEX": "audit-{topic}-{yyyy.MM.dd}",
+                "TARGET_SIEM_ACCEPT_TOPICS": "authfail,admin",
+                "TARGET_ARCHIVE_SINK": "file",
+                "TARGET_ARCHIVE_OUTPUT_PATH": "s3://audit-archive/prod/",
+                "TARGET_ARCHIVE_OUTPUT_GZIP": "true",
+                "TARGET_ARCHIVE_OUTPUT_LAYOUT": "pages",
+                "ROUTING_TOPIC_FIELD": "audit_event.topic",
+            },
+            "absent": ["SINK", "ACCEPT_TOPICS", "ACCEPT_ROUTING_KEYS", "ELASTICSEARCH_HOST", "OUTPUT_PATH"],
+        },
+    ),
+    (
+        "django-targets-local-file",
+        {
+            "source": {"type": "DJANGO_AUDITLOG"},
+            "routing": {"keyField": "env"},
+            "targets": [
+                {
+                    "name": "siem",
+                    "acceptRoutingKeys": "prod",
+                    "sink": {"type": "elasticsearch", "elasticsearch": {"host": "https://es:9200"}},
+                },
+                {
+                    "name": "Alerts",
+                    "acceptTopics": "authfail",
+                    "sink": {"type": "splunk", "splunk": {"url": "https://splunk.example:8088"}},
+                },
+                # A local path: /data/local by default, on the claim.
+                {
+                    "name": "local",
+                    "sink": {"type": "file", "file": {"existingClaim": "audit-archive", "layout": "routed"}},
+                },
+            ],
+            "secret": {"existingSecret": "audit-targets"},
+        },
+        {
+            "pvc": False,
+            "monthly": True,
+            "secret": False,
+            "mounts": {"/data/local": "audit-archive"},
+            "targets_exact": True,
+            "config": {
+                "TARGETS": "siem,Alerts,local",
+                "TARGET_SIEM_SINK": "elasticsearch",
+                "TARGET_SIEM_ELASTICSEARCH_HOST": "https://es:9200",
+                "TARGET_SIEM_ELASTICSEARCH_APP_AUDIT_LOG_INDEX": "app_audit_log",
+                "TARGET_SIEM_ACCEPT_ROUTING_KEYS": "prod",
+                "TARGET_ALERTS_SINK": "splunk",
+                "TARGET_ALERTS_SPLUNK_HEC_URL": "https://splunk.example:8088",
+                "TARGET_ALERTS_SPLUNK_SOURCETYPE": "_json",
+                "TARGET_ALERTS_SPLUNK_HEC_ACK": "true",
+                "TARGET_ALERTS_ACCEPT_TOPICS": "authfail",
+                "TARGET_LOCAL_SINK": "file",
+                "TARGET_LOCAL_OUTPUT_PATH": "/data/local",
+                "TARGET_LOCAL_OUTPUT_GZIP": "false",
+                "TARGET_LOCAL_OUTPUT_LAYOUT": "routed",
+                "ROUTING_KEY_FIELD": "env",
+            },
+            "absent": ["SINK", "ACCEPT_TOPICS", "ACCEPT_ROUTING_KEYS"],
+        },
+    ),
 ]
 
 # Values the chart must refuse, with a message naming the value.
@@ -140,6 +232,13 @@ REFUSED = [
     ({"sink": {"type": "otlp"}}, "sink.otlp.endpoint"),
     ({"sink": {"type": "kinesis"}}, "sink.type"),
     ({**ES, "routing": {"acceptTopics": "a"}, "env": {"ACCEPT_TOPICS": "b"}}, "env.ACCEPT_TOPICS"),
+    ({"targets": [SIEM, {**SIEM, "name": "SIEM"}]}, "targets[1].name"),
+    ({"targets": [{**SIEM, "name": "my-siem"}]}, "targets[0].name"),
+    ({"source": {"type": "CASTAI"}, "targets": [SIEM]}, "targets with source.type"),
+    ({"targets": [SIEM, {"name": "local", "sink": {"type": "file"}}]}, "targets[1].sink.file.existingClaim"),
+    ({"targets": [{"name": "siem", "sink": {"type": "elasticsearch"}}]}, "targets[0].sink.elasticsearch.host"),
+    ({"targets": [SIEM], "routing": {"acceptTopics": "a"}}, "routing.acceptTopics"),
+    ({"targets": [SIEM], "env": {"SINK": "file"}}, "env.SINK"),
 ]
 
 failures = []
@@ -240,9 +339,29 @@ def check_chart():
                     fail(f"chart[{name}]: {k}={config.get(k)!r}, expected {v!r}")
             for k in want.get("absent", []):
                 if k in config:
-                    fail(f"chart[{name}]: {k} set although its value is empty")
+                    fail(f"chart[{name}]: {k} must not be set")
+            # The job refuses a variable under a target's prefix that the target's sink does not read.
+            if want.get("targets_exact"):
+                extra = sorted(k for k in config if k.startswith("TARGET") and k not in want["config"])
+                if extra:
+                    fail(f"chart[{name}]: unexpected target variables {extra}")
             if "state_var" in want and not config.get(want["state_var"], "").startswith("/state/"):
                 fail(f"chart[{name}]: {want['state_var']} must point into the /state volume")
+            if "mounts" in want:
+                for cron in by_kind["CronJob"]:
+                    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+                    claims = {
+                        v["name"]: v["persistentVolumeClaim"]["claimName"]
+                        for v in pod["volumes"]
+                        if "persistentVolumeClaim" in v
+                    }
+                    mounts = {
+                        m["mountPath"]: claims[m["name"]]
+                        for m in pod["containers"][0]["volumeMounts"]
+                        if m["name"] in claims
+                    }
+                    if mounts != want["mounts"]:
+                        fail(f"chart[{name}]: {cron['metadata']['name']} mounts {mounts}, expected {want['mounts']}")
             send = next(d for d in by_kind["CronJob"] if d["metadata"]["name"].endswith("-send"))
             par = send["spec"]["jobTemplate"]["spec"].get("parallelism")
             if par != want.get("parallelism", 1):
