@@ -128,13 +128,21 @@ async fn transfer(
     summary: &mut Summary,
 ) -> Result<Exit> {
     let cfg = &setup.run;
-    let sink = setup.sink()?;
+    let targets = setup.targets()?;
+    let sinks = || {
+        targets
+            .iter()
+            .map(|t| t.sink.build())
+            .collect::<Result<Vec<_>>>()
+    };
     workers.push(pipeline::Worker {
         source: setup.source()?.connect(cfg).await?,
-        sink: sink.build()?,
+        sinks: sinks()?,
     });
     workers[0].source.prepare().await?;
-    sink.prepare().await?;
+    for t in targets {
+        t.sink.prepare().await?;
+    }
     let concurrency = if workers[0].source.parallel_safe() {
         cfg.concurrency
     } else {
@@ -144,12 +152,20 @@ async fn transfer(
         // More connections claim pages side by side, exactly as overlapping runs would.
         workers.push(pipeline::Worker {
             source: setup.source()?.connect(cfg).await?,
-            sink: sink.build()?,
+            sinks: sinks()?,
         });
     }
+    let sink_names: Vec<String> = targets
+        .iter()
+        .zip(&workers[0].sinks)
+        .map(|(t, s)| match &t.name {
+            Some(name) => format!("{name}={}", s.name()),
+            None => s.name(),
+        })
+        .collect();
     tracing::info!(
         source = %workers[0].source.name(),
-        sink = %workers[0].sink.name(),
+        sink = %sink_names.join(", "),
         batch_size = cfg.batch_size,
         chunk_size = cfg.chunk_size,
         concurrency,
@@ -165,6 +181,7 @@ async fn transfer(
     }
     let result = pipeline::run(
         workers,
+        &setup.target_names,
         cfg.batch_size,
         cfg.chunk_size,
         &cfg.routing,
@@ -203,6 +220,7 @@ async fn finish(
                 parked: summary.parked,
                 marked: summary.marked,
                 duration_ms: summary.duration.as_millis() as u64,
+                targets: summary.targets.clone(),
             };
             if let Err(e) = source.record_run(&record).await {
                 tracing::warn!("cannot record the run: {}", one_line(&e));
@@ -266,14 +284,20 @@ async fn monthly(setup: &Setup) -> Result<Exit> {
 }
 
 async fn check(setup: &Setup) -> Result<Exit> {
-    // Every setting is valid before anything is touched: the sink's too.
-    let sink = setup.sink()?;
+    // Every setting is valid before anything is touched: the sinks' too.
+    let targets = setup.targets()?;
     let mut source = setup.source()?.connect(&setup.run).await?;
     source.check().await?;
     tracing::info!(source = %source.name(), "source reachable");
-    let mut sink = sink.build()?;
-    sink.check().await?;
-    tracing::info!(sink = %sink.name(), "configuration OK");
+    for t in targets {
+        let mut sink = t.sink.build()?;
+        sink.check().await.map_err(|e| match &t.name {
+            Some(name) => e.context(format!("target {name}")),
+            None => e,
+        })?;
+        tracing::info!(sink = %sink.name(), target_name = t.name.as_deref().unwrap_or_default(), "sink reachable");
+    }
+    tracing::info!("configuration OK");
     Ok(Exit::Ok)
 }
 
@@ -342,6 +366,20 @@ async fn init_queue(setup: &Setup) -> Result<Exit> {
 
 /// `init-index`: creates the index with the audit mapping unless it exists.
 async fn init_index(setup: &Setup) -> Result<Exit> {
-    setup.sink()?.init_index().await?;
+    let targets = setup.targets()?;
+    // With TARGETS: every Elasticsearch target; the others have no index.
+    let mut done = 0;
+    for t in targets {
+        match t.sink.init_index().await {
+            Ok(()) => done += 1,
+            Err(e) if t.name.is_some() && crate::base::exit::exit_for(&e) == Exit::Config => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if done == 0 {
+        return Err(config_error(
+            "init-index needs an elasticsearch target: none of TARGETS is one",
+        ));
+    }
     Ok(Exit::Ok)
 }

@@ -137,6 +137,41 @@ impl RunMetrics {
                 ("outcome=\"marked\"", s.marked as f64),
             ],
         );
+        if !s.targets.is_empty() {
+            let per_target = |f: &dyn Fn(&crate::pipeline::TargetSummary) -> f64| {
+                s.targets
+                    .iter()
+                    .map(|t| (format!("target=\"{}\"", escape(&t.name)), f(t)))
+                    .collect::<Vec<_>>()
+            };
+            let mut records = Vec::new();
+            for (outcome, f) in [
+                (
+                    "delivered",
+                    (|t| t.delivered as f64) as fn(&crate::pipeline::TargetSummary) -> f64,
+                ),
+                ("already_present", |t| t.already_present as f64),
+                ("rejected", |t| t.rejected as f64),
+                ("lacking", |t| t.lacking as f64),
+            ] {
+                for (label, v) in per_target(&f) {
+                    records.push((format!("{label},outcome=\"{outcome}\""), v));
+                }
+            }
+            let records: Vec<(&str, f64)> = records.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            gauge(
+                "target_records",
+                "With TARGETS, each target's records in the last run: delivered, already_present, rejected, lacking (accepted but not held at the end: they stay unmarked).",
+                &records,
+            );
+            let down = per_target(&|t| if t.down { 1.0 } else { 0.0 });
+            let down: Vec<(&str, f64)> = down.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            gauge(
+                "target_down",
+                "With TARGETS, 1 if the target failed during the last run and was sent nothing more.",
+                &down,
+            );
+        }
         gauge(
             "parked_records",
             "Records parked after MAX_ATTEMPTS failed deliveries, as of the last run.",
@@ -312,6 +347,13 @@ mod tests {
                 rejected: 1,
                 marked: 4,
                 duration: Duration::from_millis(1500),
+                targets: vec![crate::pipeline::TargetSummary {
+                    name: "siem".into(),
+                    delivered: 4,
+                    lacking: 1,
+                    down: true,
+                    ..Default::default()
+                }],
                 ..Default::default()
             },
             exit_code,
@@ -334,6 +376,8 @@ mod tests {
             "audit_transfer_backlog_records{source=\"single_column_json:audit\\\"logs\"} 7",
             "audit_transfer_oldest_unsent_age_seconds{source=\"single_column_json:audit\\\"logs\"} 3600",
             "audit_transfer_last_success_timestamp_seconds{source=\"single_column_json:audit\\\"logs\"} 1714557600",
+            "audit_transfer_target_records{source=\"single_column_json:audit\\\"logs\",target=\"siem\",outcome=\"lacking\"} 1",
+            "audit_transfer_target_down{source=\"single_column_json:audit\\\"logs\",target=\"siem\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -130,6 +130,34 @@ pub struct Routing {
     /// A sink places records by route (index template or routed layout), so every record needs
     /// its route even when nothing is filtered.
     pub sink_needs_route: bool,
+    /// With TARGETS: what each target accepts, in the order of TARGETS. A record is taken when
+    /// some target accepts it. Empty without TARGETS.
+    pub targets: Vec<Selection>,
+}
+
+/// What one target accepts (`TARGET_<NAME>_ACCEPT_TOPICS`, `..._ACCEPT_ROUTING_KEYS`); `None`:
+/// every value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub topics: Option<Accept>,
+    pub keys: Option<Accept>,
+}
+
+impl Selection {
+    pub fn accepts(&self, r: &Route) -> bool {
+        self.topics
+            .as_ref()
+            .is_none_or(|a| a.accepts(r.topic.as_deref()))
+            && self
+                .keys
+                .as_ref()
+                .is_none_or(|a| a.accepts(r.key.as_deref()))
+    }
+
+    /// Accepts every record.
+    pub fn is_all(&self) -> bool {
+        self.topics.is_none() && self.keys.is_none()
+    }
 }
 
 /// Topic and key fields: ROUTING_*_FIELD, else the source's own (the event's source and type
@@ -162,61 +190,76 @@ impl Routing {
             accept_topics: accept("ACCEPT_TOPICS", env.get("ACCEPT_TOPICS"))?,
             accept_keys: accept("ACCEPT_ROUTING_KEYS", env.get("ACCEPT_ROUTING_KEYS"))?,
             sink_needs_route,
+            targets: Vec::new(),
         };
         if routing.sink_needs_route && source.undated {
             return Err(ConfigError(
                 "S3_OUTPUT=original ships lines as they are, without @timestamp, so the index name template or OUTPUT_LAYOUT=routed has no date to place them by: use S3_OUTPUT=document".into(),
             ));
         }
-        for (var, list, field, field_var) in [
-            (
-                "ACCEPT_TOPICS",
-                &routing.accept_topics,
-                &routing.topic_field,
-                "ROUTING_TOPIC_FIELD",
-            ),
-            (
-                "ACCEPT_ROUTING_KEYS",
-                &routing.accept_keys,
-                &routing.key_field,
-                "ROUTING_KEY_FIELD",
-            ),
-        ] {
-            if list.is_none() {
-                continue;
-            }
-            if source.whole_units {
-                // A unit (CDP archive batch) is acknowledged whole: marking it would lose the
-                // records this run does not accept for every other run.
-                return Err(ConfigError(format!(
-                    "{var} cannot be used with AUDIT_LOGGER_TYPE=CDP_ARCHIVE: an archive batch is marked as a whole, so events this run skipped would be lost to other runs; route them with the index name template or OUTPUT_LAYOUT=routed instead"
-                )));
-            }
-            if field.is_none() {
-                return Err(ConfigError(format!(
-                    "{var} is set but {field_var} is not: name the message field that holds it, e.g. {field_var}=audit_event.{}",
-                    if var == "ACCEPT_TOPICS" { "topic" } else { "routing_key" }
-                )));
-            }
+        if let Some(a) = &routing.accept_topics {
+            routing.check_accept("ACCEPT_TOPICS", Some(a), None, source)?;
+        }
+        if let Some(a) = &routing.accept_keys {
+            routing.check_accept("ACCEPT_ROUTING_KEYS", None, Some(a), source)?;
         }
         Ok(routing)
     }
 }
 
 impl Routing {
-    /// Whether records must be given a route at all.
-    pub fn active(&self) -> bool {
-        self.sink_needs_route || self.accept_topics.is_some() || self.accept_keys.is_some()
+    /// An accept list (`var`, of topics or of keys) fits this source and has its field.
+    pub fn check_accept(
+        &self,
+        var: &str,
+        topics: Option<&Accept>,
+        keys: Option<&Accept>,
+        source: &SourceTraits,
+    ) -> Result<(), ConfigError> {
+        let (field, field_var, example) = match (topics, keys) {
+            (Some(_), _) => (&self.topic_field, "ROUTING_TOPIC_FIELD", "topic"),
+            (None, Some(_)) => (&self.key_field, "ROUTING_KEY_FIELD", "routing_key"),
+            (None, None) => return Ok(()),
+        };
+        if source.whole_units {
+            // A unit (CDP archive batch) is acknowledged whole: marking it would lose the
+            // records this run does not accept for every other run.
+            return Err(ConfigError(format!(
+                "{var} cannot be used with AUDIT_LOGGER_TYPE=CDP_ARCHIVE: an archive batch is marked as a whole, so events this run skipped would be lost to other runs; route them with the index name template or OUTPUT_LAYOUT=routed instead"
+            )));
+        }
+        if field.is_none() {
+            return Err(ConfigError(format!(
+                "{var} is set but {field_var} is not: name the message field that holds it, e.g. {field_var}=audit_event.{example}"
+            )));
+        }
+        Ok(())
     }
 
+    /// Whether records must be given a route at all.
+    pub fn active(&self) -> bool {
+        self.sink_needs_route
+            || self.accept_topics.is_some()
+            || self.accept_keys.is_some()
+            || self.targets.iter().any(|t| !t.is_all())
+    }
+
+    /// With TARGETS, whether some record could be accepted by no target.
+    pub fn targets_restricted(&self) -> bool {
+        !self.targets.is_empty() && self.targets.iter().all(|t| !t.is_all())
+    }
+
+    /// The run takes the record: ACCEPT_*, or with TARGETS some target accepts it.
     pub fn accepts(&self, r: &Route) -> bool {
-        self.accept_topics
+        let run = self
+            .accept_topics
             .as_ref()
             .is_none_or(|a| a.accepts(r.topic.as_deref()))
             && self
                 .accept_keys
                 .as_ref()
-                .is_none_or(|a| a.accepts(r.key.as_deref()))
+                .is_none_or(|a| a.accepts(r.key.as_deref()));
+        run && (!self.targets_restricted() || self.targets.iter().any(|t| t.accepts(r)))
     }
 
     /// What this run accepts, for the cursor and state files of the API sources: a file written

@@ -40,6 +40,14 @@ impl Report {
             if !crate::base::exit::succeeded(last.exit_code) {
                 problems.push(format!("the last run failed (exit {})", last.exit_code));
             }
+            for t in last.targets.iter().filter(|t| t.lacking > 0) {
+                problems.push(format!(
+                    "target {} lacks {} record(s) after the last run{}",
+                    t.name,
+                    t.lacking,
+                    if t.down { " (it was down)" } else { "" }
+                ));
+            }
         }
         let oldest_unsent = backlog.as_ref().and_then(|b| b.oldest_unsent);
         if let (Some(limit), Some(oldest)) = (max_age, oldest_unsent) {
@@ -95,6 +103,7 @@ impl Report {
                 "parked": r.parked,
                 "marked": r.marked,
                 "duration_seconds": r.duration_ms as f64 / 1000.0,
+                "targets": r.targets,
             }),
         };
         json!({
@@ -115,7 +124,7 @@ impl Report {
             match r {
             None => "none recorded".to_string(),
             Some(r) => format!(
-                "{} ({} ago), exit {}: {} selected, {} delivered, {} already present, {} rejected, {} marked in {:.1}s",
+                "{} ({} ago), exit {}: {} selected, {} delivered, {} already present, {} rejected, {} marked in {:.1}s{}",
                 stamp(r.finished_at),
                 human(age(self.now, r.finished_at)),
                 r.exit_code,
@@ -124,7 +133,19 @@ impl Report {
                 r.already_present,
                 r.rejected,
                 r.marked,
-                r.duration_ms as f64 / 1000.0
+                r.duration_ms as f64 / 1000.0,
+                r.targets
+                    .iter()
+                    .map(|t| format!(
+                        "\n  target {}: {} delivered, {} already present, {} rejected, {} lacking{}",
+                        t.name,
+                        t.delivered,
+                        t.already_present,
+                        t.rejected,
+                        t.lacking,
+                        if t.down { " (down)" } else { "" }
+                    ))
+                    .collect::<String>()
             ),
         }
         };
@@ -193,6 +214,7 @@ mod tests {
             parked: 0,
             marked: 3,
             duration_ms: 1200,
+            targets: Vec::new(),
         }
     }
 

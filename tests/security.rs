@@ -311,6 +311,30 @@ async fn secrets_stay_out_of_failing_runs_at_debug_level() {
                 "KAFKA_PRODUCER_CONFIG",
                 "ssl.key.password kafka-keypw-secret",
             ),
+        // TARGETS: the same secrets under a target's prefix, one target down, one refused.
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("TARGETS", "siem,alerts")
+            .set("TARGET_SIEM_SINK", "elasticsearch")
+            .set("TARGET_SIEM_ELASTICSEARCH_HOST", "127.0.0.1:1")
+            .set("TARGET_SIEM_ELASTICSEARCH_SCHEME", "http")
+            .set("TARGET_SIEM_ELASTICSEARCH_USERNAME", "u")
+            .set("TARGET_SIEM_ELASTICSEARCH_PASSWORD", "es-pw-secret")
+            .set("TARGET_SIEM_ELASTICSEARCH_MAX_RETRIES", "0")
+            .set("TARGET_ALERTS_SINK", "splunk")
+            .set("TARGET_ALERTS_SPLUNK_HEC_URL", "http://127.0.0.1:1")
+            .set("TARGET_ALERTS_SPLUNK_HEC_TOKEN", "splunk-token-secret")
+            .set("TARGET_ALERTS_SPLUNK_MAX_RETRIES", "0"),
+        // Malformed: the token is fine, a typo beside it is refused.
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("TARGETS", "alerts")
+            .set("TARGET_ALERTS_SINK", "splunk")
+            .set(
+                "TARGET_ALERTS_SPLUNK_HEC_URL",
+                "http://u:db-url-secret@127.0.0.1:1",
+            )
+            .set("TARGET_ALERTS_SPLUNK_HEC_TOKEN", "splunk-token-secret"),
     ];
     let secrets = [
         "db-url-secret",

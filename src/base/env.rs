@@ -17,6 +17,10 @@ pub type Result<T> = std::result::Result<T, ConfigError>;
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     vars: BTreeMap<String, String>,
+    /// A [`Env::scoped`] view: the prefix its variables were found under.
+    prefix: String,
+    /// The names asked for, so a view can tell which of its variables nothing read.
+    asked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Env {
@@ -29,6 +33,7 @@ impl Env {
                     Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
                 })
                 .collect(),
+            ..Env::default()
         }
     }
 
@@ -41,11 +46,81 @@ impl Env {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            ..Env::default()
         }
+    }
+
+    /// The variables under `prefix` (`TARGET_SIEM_`), named without it: a component configured
+    /// from this view reads its ordinary names. Errors keep naming the ordinary names until
+    /// [`Env::name_in_error`] gives them their prefix.
+    pub fn scoped(&self, prefix: &str) -> Env {
+        Env {
+            vars: self
+                .vars
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v.clone())))
+                .filter(|(k, _)| !k.is_empty())
+                .collect(),
+            prefix: format!("{}{prefix}", self.prefix),
+            asked: Default::default(),
+        }
+    }
+
+    /// The name a variable of this view has in the environment.
+    pub fn full_name(&self, var: &str) -> String {
+        format!("{}{var}", self.prefix)
+    }
+
+    /// The variables of this view that nothing has asked for (a typo, or another kind's).
+    pub fn unread(&self) -> Vec<String> {
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        self.vars
+            .keys()
+            .filter(|k| !asked.contains(*k))
+            .cloned()
+            .collect()
+    }
+
+    /// The names this view was asked for.
+    pub fn read(&self) -> Vec<String> {
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.iter().cloned().collect()
+    }
+
+    /// `e` with every variable name this view was asked for written with the view's prefix, so
+    /// the message names what the user set.
+    pub fn name_in_error(&self, e: ConfigError) -> ConfigError {
+        if self.prefix.is_empty() {
+            return e;
+        }
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::with_capacity(e.0.len() + self.prefix.len());
+        let mut word = String::new();
+        let flush = |word: &mut String, out: &mut String| {
+            if asked.contains(word.as_str()) {
+                out.push_str(&self.prefix);
+            }
+            out.push_str(word);
+            word.clear();
+        };
+        for c in e.0.chars() {
+            if c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' {
+                word.push(c);
+            } else {
+                flush(&mut word, &mut out);
+                out.push(c);
+            }
+        }
+        flush(&mut word, &mut out);
+        ConfigError(out)
     }
 
     /// The value as set, untrimmed; `None` when unset.
     pub fn raw(&self, var: &str) -> Option<&str> {
+        self.asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(var.to_string());
         self.vars.get(var).map(String::as_str)
     }
 
@@ -233,6 +308,28 @@ mod tests {
                 .0,
             "invalid C \"Json\": expected a, b or c"
         );
+    }
+
+    #[test]
+    fn scoped_views_read_plain_names_and_report_the_prefixed_ones() {
+        let env = Env::from_pairs([
+            ("TARGET_A_OUTPUT_PATH", "x"),
+            ("TARGET_A_OUTPUT_PAHT", "y"),
+            ("TARGET_AB_SINK", "file"),
+            ("OUTPUT_PATH", "top"),
+        ]);
+        let a = env.scoped("TARGET_A_");
+        assert_eq!(a.get("OUTPUT_PATH"), Some("x"));
+        assert_eq!(a.get("SINK"), None);
+        assert_eq!(a.unread(), vec!["OUTPUT_PAHT".to_string()]);
+        let e = a.name_in_error(ConfigError(
+            "invalid OUTPUT_PATH \"x\": set SINK or OUTPUT_GZIP".into(),
+        ));
+        assert_eq!(
+            e.0,
+            "invalid TARGET_A_OUTPUT_PATH \"x\": set TARGET_A_SINK or OUTPUT_GZIP"
+        );
+        assert_eq!(a.full_name("SINK"), "TARGET_A_SINK");
     }
 
     #[test]

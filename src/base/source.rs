@@ -25,6 +25,11 @@ pub struct PageResult {
     /// Not for this run (ACCEPT_TOPICS, ACCEPT_ROUTING_KEYS): never mark; a source whose
     /// position moves past records (a checkpoint) counts them as handled by this selection.
     pub not_accepted: Vec<usize>,
+    /// With TARGETS: records some but not all of their targets hold, with every target that
+    /// holds them now (earlier runs' included). Never marked; kept so the next run sends them
+    /// only to the others. A record delivered to all is in `delivered`, and its progress is
+    /// forgotten.
+    pub progress: Vec<(usize, Vec<String>)>,
 }
 
 /// A claimed page. Its records stay claimed (locked) until `commit` or drop; a dropped page
@@ -37,6 +42,12 @@ pub trait Page: Send {
     /// until they answer `None`.
     fn exhausted(&self) -> bool {
         false
+    }
+    /// With TARGETS: the targets that already hold record `i`, by name, as the source kept them
+    /// (see [`PageResult::progress`]).
+    fn held_by(&self, i: usize) -> &[String] {
+        let _ = i;
+        &[]
     }
     /// Marks the delivered records and records the failures, atomically. Returns rows marked.
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64>;
@@ -88,6 +99,26 @@ pub struct RunRecord {
     pub parked: u64,
     pub marked: u64,
     pub duration_ms: u64,
+    /// With TARGETS: each target's share. Absent in records of earlier versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetRun>,
+}
+
+/// One target's counts in a run (TARGETS).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TargetRun {
+    pub name: String,
+    /// Stored now.
+    pub delivered: u64,
+    /// Already held under the same id.
+    pub already_present: u64,
+    /// Refused by this target.
+    pub rejected: u64,
+    /// Records it accepts that it does not hold at the end of the run (refused, or not sent
+    /// because it was down): they stay unmarked for the next run.
+    pub lacking: u64,
+    /// It failed during the run and was sent nothing more.
+    pub down: bool,
 }
 
 /// The runs `status` reports.

@@ -6,6 +6,7 @@
 pub mod queue;
 pub mod routing;
 pub mod settings;
+pub mod targets;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -294,6 +295,9 @@ const MIGRATIONS: &[Migration] = &[
     migration!("postgres", 2, "0002_runs"),
     migration!("mysql", 2, "0002_runs"),
     migration!("sqlite", 2, "0002_runs"),
+    migration!("postgres", 3, "0003_targets"),
+    migration!("mysql", 3, "0003_targets"),
+    migration!("sqlite", 3, "0003_targets"),
 ];
 
 /// Parses a timestamp as the three databases print it (`as_text`), assuming UTC without offset.
@@ -322,6 +326,36 @@ pub fn parse_db_timestamp(text: &str) -> Option<DateTime<Utc>> {
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
+}
+
+/// `column IN (ids)`. PostgreSQL gets one array parameter instead, so the statement's text is
+/// the same for every page and stays prepared (parsing a new 500-id statement per page cost as
+/// much as executing it); MySQL and SQLite get the integers inlined.
+pub struct IdSet {
+    pub sql: String,
+    /// The text of the array parameter, bound at placeholder `n`.
+    pub param: Option<String>,
+}
+
+impl IdSet {
+    pub fn new(d: Dialect, column: &str, n: usize, ids: &[i64]) -> IdSet {
+        let list = id_list(ids.iter().copied());
+        match d {
+            Dialect::Postgres => IdSet {
+                sql: format!("{column} = ANY(CAST({} AS bigint[]))", d.ph(n)),
+                param: Some(format!("{{{list}}}")),
+            },
+            _ => IdSet {
+                sql: format!("{column} IN ({list})"),
+                param: None,
+            },
+        }
+    }
+}
+
+pub fn id_list(ids: impl Iterator<Item = i64>) -> String {
+    // Integers we decoded ourselves: safe to inline, and one statement serves every dialect.
+    ids.map(|i| i.to_string()).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]

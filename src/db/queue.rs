@@ -12,7 +12,7 @@
 //! - Failed rows live in our own table `audit_transfer_failed_rows`: fresh pages skip them so
 //!   they never block the queue; a retry lane gives them `MAX_ATTEMPTS` tries in total.
 
-use super::{Db, Dialect};
+use super::{id_list, Db, Dialect, IdSet};
 use crate::base::document::Record;
 use crate::base::source::{Backlog, Lane, LastRuns, Page, PageResult, Parked, RunRecord, Source};
 use crate::db::TableName;
@@ -218,6 +218,9 @@ struct RouteSql {
     /// Topic and key expressions, selected after the schema's columns; `None`: no routing.
     columns: Option<(String, String)>,
     accept: Vec<(String, Accept)>,
+    /// With TARGETS, when every target restricts what it takes: rows some target accepts (one
+    /// AND-group per target, ORed).
+    any_target: Vec<Vec<(String, Accept)>>,
     /// MySQL: values are compared as bytes (see `build_route_sql`).
     binary: bool,
 }
@@ -230,17 +233,41 @@ impl RouteSql {
             true => format!("CAST({} AS BINARY)", ph()),
             false => ph(),
         };
-        self.accept
+        let mut out: String = self
+            .accept
             .iter()
             .map(|(expr, a)| format!(" AND {}", a.sql(expr, &mut value)))
-            .collect()
+            .collect();
+        if !self.any_target.is_empty() {
+            let groups: Vec<String> = self
+                .any_target
+                .iter()
+                .map(|group| {
+                    let terms: Vec<String> = group
+                        .iter()
+                        .map(|(expr, a)| a.sql(expr, &mut value))
+                        .collect();
+                    format!("({})", terms.join(" AND "))
+                })
+                .collect();
+            out.push_str(&format!(" AND ({})", groups.join(" OR ")));
+        }
+        out
+    }
+
+    /// Every accept list, in the order of the placeholders of [`RouteSql::predicate`].
+    fn lists(&self) -> impl Iterator<Item = &Accept> {
+        self.accept
+            .iter()
+            .chain(self.any_target.iter().flatten())
+            .map(|(_, a)| a)
     }
 
     fn bind<'q>(
         &self,
         mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
     ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-        for (_, a) in &self.accept {
+        for a in self.lists() {
             for v in a.values() {
                 q = q.bind(v.clone());
             }
@@ -322,9 +349,23 @@ impl<S: Schema> Queue<S> {
         if let Some(a) = &r.accept_keys {
             accept.push((key.clone(), a.clone()));
         }
+        let mut any_target = Vec::new();
+        if r.targets_restricted() {
+            for s in &r.targets {
+                let mut group = Vec::new();
+                if let Some(a) = &s.topics {
+                    group.push((topic.clone(), a.clone()));
+                }
+                if let Some(a) = &s.keys {
+                    group.push((key.clone(), a.clone()));
+                }
+                any_target.push(group);
+            }
+        }
         Ok(RouteSql {
             columns: Some((topic, key)),
             accept,
+            any_target,
             binary: d == Dialect::MySql,
         })
     }
@@ -529,6 +570,7 @@ impl<S: Schema> Queue<S> {
         let ts = format!("t.{}", d.quote(schema.ts_column()));
         let key = schema.source_key();
         let max = *max_attempts;
+        let fanout = self.routing.targets.len() > 1;
         let keys = &mut keys[lane as usize];
         let drained = &mut drained[lane as usize];
 
@@ -754,6 +796,18 @@ impl<S: Schema> Queue<S> {
             None => Vec::new(),
         };
         let records = schema.records(&mut tx, d, rows).await?;
+        // With several targets: which of them already hold these rows (from an earlier run
+        // that some target failed). One read per page, of a table that is empty when all went
+        // well; without TARGETS nothing is read.
+        let held = match fanout {
+            true => {
+                let mut found = super::targets::held(&mut tx, d, &key, &ids).await?;
+                ids.iter()
+                    .map(|id| found.remove(id).unwrap_or_default())
+                    .collect()
+            }
+            false => Vec::new(),
+        };
         for (record, route) in records.iter().zip(routes) {
             if let Ok(doc) = &record.doc {
                 let _ = doc.route.set(route);
@@ -770,6 +824,7 @@ impl<S: Schema> Queue<S> {
             ids,
             by_address,
             records,
+            held,
             exhausted,
         })))
     }
@@ -829,7 +884,7 @@ impl<S: Schema> Queue<S> {
             self.schema.unsent(d)
         );
         let mut q = sqlx::query_scalar::<_, i64>(&sql);
-        for (_, a) in &route_sql.accept {
+        for a in route_sql.lists() {
             for v in a.values() {
                 q = q.bind(v.clone());
             }
@@ -980,6 +1035,8 @@ impl<S: Schema> Queue<S> {
             .execute(&mut self.db.conn)
             .await
             .context("recording the run in audit_transfer_runs")?;
+        let finished = db_time(run.finished_at);
+        super::targets::record_run(&mut self.db.conn, d, &key, &finished, &run.targets).await?;
         let cutoff = run.finished_at - chrono::Duration::days(KEEP_RUNS_DAYS);
         // MySQL cannot select from the table it deletes from: the subquery is wrapped once more.
         let keep = match d {
@@ -1004,6 +1061,10 @@ impl<S: Schema> Queue<S> {
             .execute(&mut self.db.conn)
             .await
             .context("pruning audit_transfer_runs")?;
+        if !run.targets.is_empty() {
+            let key = self.runs_key();
+            super::targets::prune(&mut self.db.conn, d, &key, RUNS).await?;
+        }
         Ok(())
     }
 
@@ -1050,7 +1111,12 @@ impl<S: Schema> Queue<S> {
                 parked: n(6)?,
                 marked: n(7)?,
                 duration_ms: n(8)?,
+                targets: Vec::new(),
             };
+            let mut record = record;
+            let key = self.runs_key();
+            let finished = db_time(record.finished_at);
+            record.targets = super::targets::of_run(&mut self.db.conn, d, &key, &finished).await?;
             if success {
                 out.last_success = Some(record);
             } else {
@@ -1075,6 +1141,8 @@ struct SqlPage<'a, S: Schema> {
     /// [`Addr::Ctid`]/[`Addr::Rowid`]: the addresses the page was claimed by.
     by_address: Option<(Addr, Vec<i64>)>,
     records: Vec<Record>,
+    /// With TARGETS: the targets that held each record when it was claimed. Empty without.
+    held: Vec<Vec<String>>,
     exhausted: bool,
 }
 
@@ -1143,41 +1211,7 @@ fn bind_claim<'q>(
 fn claim_binds(lane: Lane, after_cursor: bool, route: &RouteSql) -> usize {
     1 + usize::from(lane == Lane::Retry)
         + 3 * usize::from(after_cursor)
-        + route
-            .accept
-            .iter()
-            .map(|(_, a)| a.values().len())
-            .sum::<usize>()
-}
-
-/// `column IN (ids)`. PostgreSQL gets one array parameter instead, so the statement's text is
-/// the same for every page and stays prepared (parsing a new 500-id statement per page cost as
-/// much as executing it); MySQL and SQLite get the integers inlined.
-struct IdSet {
-    sql: String,
-    /// The text of the array parameter, bound at placeholder `n`.
-    param: Option<String>,
-}
-
-impl IdSet {
-    fn new(d: Dialect, column: &str, n: usize, ids: &[i64]) -> IdSet {
-        let list = id_list(ids.iter().copied());
-        match d {
-            Dialect::Postgres => IdSet {
-                sql: format!("{column} = ANY(CAST({} AS bigint[]))", d.ph(n)),
-                param: Some(format!("{{{list}}}")),
-            },
-            _ => IdSet {
-                sql: format!("{column} IN ({list})"),
-                param: None,
-            },
-        }
-    }
-}
-
-fn id_list(ids: impl Iterator<Item = i64>) -> String {
-    // Integers we decoded ourselves: safe to inline, and one statement serves every dialect.
-    ids.map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+        + route.lists().map(|a| a.values().len()).sum::<usize>()
 }
 
 #[async_trait]
@@ -1190,6 +1224,10 @@ impl<S: Schema> Page for SqlPage<'_, S> {
         self.exhausted
     }
 
+    fn held_by(&self, i: usize) -> &[String] {
+        self.held.get(i).map(Vec::as_slice).unwrap_or_default()
+    }
+
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {
         let SqlPage {
             mut tx,
@@ -1198,6 +1236,7 @@ impl<S: Schema> Page for SqlPage<'_, S> {
             lane,
             ids,
             by_address,
+            held,
             ..
         } = *self;
         let key = schema.source_key();
@@ -1277,6 +1316,20 @@ impl<S: Schema> Page for SqlPage<'_, S> {
                 q.execute(&mut *tx).await?;
             }
         }
+        // Rows every target now holds need no record of who holds them.
+        let complete: Vec<i64> = result
+            .delivered
+            .iter()
+            .filter(|&&i| held.get(i).is_some_and(|h| !h.is_empty()))
+            .map(|&i| ids[i])
+            .collect();
+        super::targets::forget(&mut tx, d, &key, &complete).await?;
+        let progress: Vec<(i64, Vec<String>)> = result
+            .progress
+            .into_iter()
+            .map(|(i, targets)| (ids[i], targets))
+            .collect();
+        super::targets::add(&mut tx, d, &key, &progress).await?;
         for chunk in result.failed.chunks(200) {
             let row_ids: Vec<i64> = chunk.iter().map(|(i, _)| ids[*i]).collect();
             let sql = record_failures_sql(d, &row_ids);
@@ -1441,7 +1494,37 @@ mod tests {
                 ),
             ],
             binary: d == Dialect::MySql,
+            ..RouteSql::default()
         }
+    }
+
+    /// TARGETS, each restricted: rows some target accepts.
+    fn targets_accepting(d: Dialect) -> RouteSql {
+        let list = |v: &str| Accept::parse("TARGET_X_ACCEPT_TOPICS", v).unwrap();
+        RouteSql {
+            any_target: vec![
+                vec![("topic_expr".into(), list("authfail"))],
+                vec![
+                    ("topic_expr".into(), list("a,b")),
+                    ("key_expr".into(), list("k,_none")),
+                ],
+            ],
+            ..accepting(d)
+        }
+    }
+
+    #[test]
+    fn targets_take_what_some_target_accepts() {
+        let mut n = 0;
+        let sql = targets_accepting(Dialect::Postgres).predicate(&mut || {
+            n += 1;
+            format!("${n}")
+        });
+        assert_eq!(
+            sql,
+            " AND (topic_expr IN ($1, $2) OR topic_expr IS NULL) AND (key_expr IN ($3)) \
+             AND (((topic_expr IN ($4))) OR ((topic_expr IN ($5, $6)) AND (key_expr IN ($7) OR key_expr IS NULL)))"
+        );
     }
 
     /// The placeholders of `sql` in order of appearance, as the numbers PostgreSQL's carry, or
@@ -1465,18 +1548,14 @@ mod tests {
         for d in DIALECTS {
             for lane in [Lane::Fresh, Lane::Retry] {
                 for after_cursor in [false, true] {
-                    for route in [RouteSql::default(), accepting(d)] {
+                    for route in [RouteSql::default(), accepting(d), targets_accepting(d)] {
                         let sql = filters(&audit(), d, lane, after_cursor, &route);
                         // What `bind_claim` binds: source key, max attempts (retry lane), cursor
                         // timestamp twice and id, then the ACCEPT_* values.
                         let binds = 1
                             + usize::from(lane == Lane::Retry)
                             + 3 * usize::from(after_cursor)
-                            + route
-                                .accept
-                                .iter()
-                                .map(|(_, a)| a.values().len())
-                                .sum::<usize>();
+                            + route.lists().map(|a| a.values().len()).sum::<usize>();
                         assert_eq!(
                             placeholders(d, &sql),
                             (1..=binds).collect::<Vec<_>>(),

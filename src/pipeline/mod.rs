@@ -6,6 +6,12 @@
 //! Sources whose records come in units (`Paging::Units`) are stopped at the first unit boundary
 //! after BATCH_SIZE records instead, since a unit is only acknowledged whole.
 //!
+//! With TARGETS each page goes to every target that accepts its records, all at once, and a
+//! record is marked only when every one of them holds it. A target that fails (down after its
+//! retries) gets nothing more this run while the others go on; the records it lacks stay
+//! unmarked, and the source keeps which targets already hold them, so the next run sends them
+//! to the missing targets only.
+//!
 //! With SINK_CONCURRENCY > 1 (SQL sources on PostgreSQL and MySQL), several workers run this same
 //! loop at once, each with its own connection and sink client, sharing the BATCH_SIZE budget: one
 //! page's read and mark overlap another's bulk request. They claim pages with SKIP LOCKED exactly
@@ -14,10 +20,11 @@
 use crate::base::document::Document;
 use crate::base::exit::Exit;
 use crate::base::sink::{Outcome, Sink};
+pub use crate::base::source::TargetRun as TargetSummary;
 use crate::base::source::{Lane, PageResult, Paging, Source};
 use crate::routing::Routing;
 use anyhow::Result;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Counters of one run; logged as the run's last line.
@@ -34,6 +41,8 @@ pub struct Summary {
     pub not_accepted: u64,
     /// Problems other than records (see `Source::incomplete`).
     pub incomplete: u64,
+    /// With TARGETS: each target's share, in the order of TARGETS. Empty without.
+    pub targets: Vec<TargetSummary>,
     pub duration: Duration,
 }
 
@@ -46,10 +55,23 @@ impl Summary {
         self.rejected += o.rejected;
         self.marked += o.marked;
         self.not_accepted += o.not_accepted;
+        if self.targets.len() < o.targets.len() {
+            self.targets
+                .resize(o.targets.len(), TargetSummary::default());
+        }
+        for (mine, theirs) in self.targets.iter_mut().zip(&o.targets) {
+            mine.name.clone_from(&theirs.name);
+            mine.delivered += theirs.delivered;
+            mine.already_present += theirs.already_present;
+            mine.rejected += theirs.rejected;
+            mine.lacking += theirs.lacking;
+            mine.down |= theirs.down;
+        }
     }
 
     pub fn exit(&self) -> Exit {
-        if self.rejected > 0 || self.parked > 0 || self.incomplete > 0 {
+        let lacking = self.targets.iter().any(|t| t.lacking > 0);
+        if self.rejected > 0 || self.parked > 0 || self.incomplete > 0 || lacking {
             Exit::Partial
         } else {
             Exit::Ok
@@ -78,26 +100,110 @@ impl Summary {
             failed,
             "run finished"
         );
+        for t in &self.targets {
+            tracing::info!(
+                target_name = %t.name,
+                delivered = t.delivered,
+                already_present = t.already_present,
+                rejected = t.rejected,
+                lacking = t.lacking,
+                down = t.down,
+                "target {} finished",
+                t.name
+            );
+        }
     }
 }
 
 /// How many parked records are listed one by one each run; the rest are counted.
 const LIST_PARKED: usize = 100;
 
-/// One worker: a source connection and a sink client.
+/// One worker: a source connection and a sink client per target.
 pub struct Worker {
     pub source: Box<dyn Source>,
-    pub sink: Box<dyn Sink>,
+    /// In the order of TARGETS; one without.
+    pub sinks: Vec<Box<dyn Sink>>,
+}
+
+/// Where a run's pages go: TARGETS' names (empty: the one implicit target) with what each
+/// accepts (`Routing::targets`), and which of them failed in this run.
+struct Targets<'a> {
+    names: &'a [String],
+    routing: &'a Routing,
+    down: Vec<AtomicBool>,
+    /// Records counted as lacking a target in this run. Another worker may claim such a record
+    /// again (it stays unmarked); it then ships nothing twice (the source knows who holds it)
+    /// and must not be counted twice either. Only records some target lacks are kept here.
+    lacking: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Targets<'_> {
+    fn multi(&self) -> bool {
+        !self.names.is_empty()
+    }
+
+    /// The targets that take this document, as bits.
+    fn wanted(&self, d: &Document) -> u32 {
+        match self.multi() {
+            false => 1,
+            true => self
+                .routing
+                .targets
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.accepts(d.route()))
+                .fold(0, |m, (t, _)| m | 1 << t),
+        }
+    }
+
+    /// The targets among `names` (as a source kept them), as bits; unknown names (a target
+    /// since removed from TARGETS) count for nothing.
+    fn mask(&self, names: &[String]) -> u32 {
+        names.iter().fold(0, |m, n| {
+            match self.names.iter().position(|t| t.eq_ignore_ascii_case(n)) {
+                Some(t) => m | 1 << t,
+                None => m,
+            }
+        })
+    }
+
+    fn names_of(&self, mask: u32) -> Vec<String> {
+        (0..self.names.len())
+            .filter(|t| mask & 1 << t != 0)
+            .map(|t| self.names[t].clone())
+            .collect()
+    }
+
+    fn name(&self, t: usize) -> &str {
+        self.names.get(t).map(String::as_str).unwrap_or("")
+    }
 }
 
 pub async fn run(
     workers: &mut [Worker],
+    names: &[String],
     batch_size: usize,
     chunk_size: usize,
     routing: &Routing,
     summary: &mut Summary,
 ) -> Result<()> {
     let started = Instant::now();
+    let targets = &Targets {
+        names,
+        routing,
+        down: names.iter().map(|_| AtomicBool::new(false)).collect(),
+        lacking: Default::default(),
+    };
+    let blank = || {
+        names
+            .iter()
+            .map(|n| TargetSummary {
+                name: n.clone(),
+                ..TargetSummary::default()
+            })
+            .collect::<Vec<_>>()
+    };
+    summary.targets = blank();
     // Fresh records still to take this run, shared by the workers.
     let budget = &AtomicUsize::new(batch_size);
     // Earlier failures first, by one worker alone, so no worker retries a row that another one
@@ -105,11 +211,11 @@ pub async fn run(
     let (first, _) = workers.split_first_mut().expect("at least one worker");
     let retried = transfer(
         first.source.as_mut(),
-        first.sink.as_mut(),
+        &mut first.sinks,
         budget,
         chunk_size,
         Lane::Retry,
-        routing,
+        targets,
         summary,
     )
     .await;
@@ -118,14 +224,17 @@ pub async fn run(
         return Err(e);
     }
     let runs = workers.iter_mut().map(|w| async move {
-        let mut mine = Summary::default();
+        let mut mine = Summary {
+            targets: blank(),
+            ..Summary::default()
+        };
         let result = transfer(
             w.source.as_mut(),
-            w.sink.as_mut(),
+            &mut w.sinks,
             budget,
             chunk_size,
             Lane::Fresh,
-            routing,
+            targets,
             &mut mine,
         )
         .await;
@@ -139,6 +248,9 @@ pub async fn run(
         }
     }
     summary.duration = started.elapsed();
+    for (t, down) in summary.targets.iter_mut().zip(&targets.down) {
+        t.down = down.load(Ordering::Relaxed);
+    }
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -191,13 +303,14 @@ fn reserve(budget: &AtomicUsize, chunk: usize) -> usize {
 
 async fn transfer(
     source: &mut dyn Source,
-    sink: &mut dyn Sink,
+    sinks: &mut [Box<dyn Sink>],
     budget: &AtomicUsize,
     chunk_size: usize,
     lane: Lane,
-    routing: &Routing,
+    targets: &Targets<'_>,
     summary: &mut Summary,
 ) -> Result<()> {
+    let routing = targets.routing;
     let paging = source.paging();
     {
         let mut retry_left = chunk_size;
@@ -233,8 +346,18 @@ async fn transfer(
             let records = page.records();
             let n = records.len();
             let exhausted = page.exhausted();
+            // With TARGETS, a record this run already left lacking a target (unmarked, so
+            // another worker may claim it again) is passed over: it was sent to every target
+            // that could take it, and counts once.
+            let again: Vec<bool> = match targets.multi() {
+                true => {
+                    let seen = targets.lacking.lock().unwrap_or_else(|e| e.into_inner());
+                    records.iter().map(|r| seen.contains(&r.key)).collect()
+                }
+                false => vec![false; n],
+            };
             summary.pages += 1;
-            summary.selected += n as u64;
+            summary.selected += again.iter().filter(|a| !**a).count() as u64;
             if lane == Lane::Fresh {
                 match paging {
                     Paging::Queue if n < limit => {
@@ -255,6 +378,9 @@ async fn transfer(
             let mut docs: Vec<&Document> = Vec::with_capacity(n);
             let mut doc_index = Vec::with_capacity(n);
             for (i, r) in records.iter().enumerate() {
+                if again[i] {
+                    continue;
+                }
                 match &r.doc {
                     Ok(d) => {
                         // SQL sources route in SQL and never hand out what they do not accept;
@@ -275,20 +401,131 @@ async fn transfer(
                     Err(reason) => result.failed.push((i, reason.clone())),
                 }
             }
-            let outcomes = sink.ship_named(page.file_name().as_deref(), &docs).await?;
+            let file_name = page.file_name();
+            // Which targets take each document, and which of those hold it from earlier runs.
+            let wanted: Vec<u32> = docs.iter().map(|d| targets.wanted(d)).collect();
+            let earlier: Vec<u32> = match targets.multi() {
+                true => doc_index
+                    .iter()
+                    .map(|&i| targets.mask(page.held_by(i)))
+                    .collect(),
+                false => vec![0; docs.len()],
+            };
+            // Every target at once, each with the documents it lacks; a target down since an
+            // earlier page is skipped (its retries were spent there).
+            let shipments = sinks.iter_mut().enumerate().filter_map(|(t, sink)| {
+                let bit = 1u32 << t;
+                let mine: Vec<usize> = (0..docs.len())
+                    .filter(|&k| wanted[k] & bit != 0 && earlier[k] & bit == 0)
+                    .collect();
+                let down = targets
+                    .down
+                    .get(t)
+                    .is_some_and(|d| d.load(Ordering::Relaxed));
+                if mine.is_empty() || down {
+                    return None;
+                }
+                let list: Vec<&Document> = mine.iter().map(|&k| docs[k]).collect();
+                let name = file_name.as_deref();
+                Some(async move {
+                    let outcomes = sink.ship_named(name, &list).await;
+                    if outcomes.is_ok() {
+                        crate::base::failpoint::hit("after_target_ack");
+                    }
+                    (t, mine, outcomes)
+                })
+            });
+            let shipped = futures_util::future::join_all(shipments).await;
+            let mut acked = vec![0u32; docs.len()];
+            let mut fresh = vec![false; docs.len()];
+            let mut refused: Vec<Vec<String>> = vec![Vec::new(); docs.len()];
+            let mut failure = None;
+            for (t, mine, outcomes) in shipped {
+                let outcomes = match outcomes {
+                    Ok(o) => o,
+                    // One destination: the run stops and the page stays unmarked, as always.
+                    Err(e) if !targets.multi() => return Err(e),
+                    Err(e) => {
+                        tracing::error!(
+                            target_name = targets.name(t),
+                            "target {} failed; it is sent nothing more this run: {}",
+                            targets.name(t),
+                            crate::base::exit::one_line(&e)
+                        );
+                        targets.down[t].store(true, Ordering::Relaxed);
+                        failure.get_or_insert(e);
+                        continue;
+                    }
+                };
+                let mut counts = summary.targets.get_mut(t);
+                for (k, outcome) in mine.into_iter().zip(outcomes) {
+                    match outcome {
+                        Outcome::Delivered => {
+                            acked[k] |= 1 << t;
+                            fresh[k] = true;
+                            if let Some(c) = counts.as_deref_mut() {
+                                c.delivered += 1;
+                            }
+                        }
+                        Outcome::AlreadyPresent => {
+                            acked[k] |= 1 << t;
+                            if let Some(c) = counts.as_deref_mut() {
+                                c.already_present += 1;
+                            }
+                        }
+                        Outcome::Rejected(reason) => {
+                            if let Some(c) = counts.as_deref_mut() {
+                                c.rejected += 1;
+                            }
+                            refused[k].push(match targets.multi() {
+                                true => format!("target {}: {reason}", targets.name(t)),
+                                false => reason,
+                            });
+                        }
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                if targets.down.iter().all(|d| d.load(Ordering::Relaxed)) {
+                    // Every target is down: no one acknowledged anything of this page.
+                    return Err(e);
+                }
+            }
             crate::base::failpoint::hit("after_ship");
-            for (k, outcome) in outcomes.into_iter().enumerate() {
-                let i = doc_index[k];
-                match outcome {
-                    Outcome::Delivered => {
-                        summary.delivered += 1;
-                        result.delivered.push(i);
+            for (k, &i) in doc_index.iter().enumerate() {
+                if wanted[k] == 0 {
+                    // No target takes it (the SQL sources never claim such a record).
+                    summary.not_accepted += 1;
+                    result.not_accepted.push(i);
+                    continue;
+                }
+                let holds = earlier[k] | acked[k];
+                let missing = wanted[k] & !holds;
+                if missing == 0 {
+                    match fresh[k] {
+                        true => summary.delivered += 1,
+                        false => summary.already_present += 1,
                     }
-                    Outcome::AlreadyPresent => {
-                        summary.already_present += 1;
-                        result.delivered.push(i);
+                    result.delivered.push(i);
+                    continue;
+                }
+                if !refused[k].is_empty() {
+                    result
+                        .failed
+                        .push((i, std::mem::take(&mut refused[k]).join("; ")));
+                }
+                let first_time = targets
+                    .lacking
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(records[i].key.clone());
+                for (t, c) in summary.targets.iter_mut().enumerate() {
+                    if missing & 1 << t != 0 && first_time {
+                        c.lacking += 1;
                     }
-                    Outcome::Rejected(reason) => result.failed.push((i, reason)),
+                }
+                if holds != earlier[k] {
+                    result.progress.push((i, targets.names_of(holds)));
                 }
             }
             summary.rejected += result.failed.len() as u64;

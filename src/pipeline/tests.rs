@@ -27,6 +27,10 @@ struct Store {
     /// Every claim: worker, lane, limit.
     claims: Vec<(usize, Lane, usize)>,
     parked: Vec<Parked>,
+    /// TARGETS: which targets hold a record that is not marked yet, as a source keeps it.
+    held: HashMap<String, Vec<String>>,
+    /// Records claimed but not marked, for the next run (TARGETS tests).
+    unmarked: Vec<Record>,
 }
 
 impl Store {
@@ -83,6 +87,7 @@ struct MemSource {
 struct MemPage {
     store: Arc<Mutex<Store>>,
     records: Vec<Record>,
+    held: Vec<Vec<String>>,
     ends_unit: bool,
     exhausted: bool,
 }
@@ -101,16 +106,32 @@ impl Page for MemPage {
         self.ends_unit
     }
 
+    fn held_by(&self, i: usize) -> &[String] {
+        &self.held[i]
+    }
+
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {
         tokio::task::yield_now().await;
         let mut s = self.store.lock().unwrap();
         let key = |i: usize| self.records[i].key.clone();
+        for (i, targets) in &result.progress {
+            s.held.insert(key(*i), targets.clone());
+        }
+        for &i in &result.delivered {
+            s.held.remove(&key(i));
+        }
         s.marked.extend(result.delivered.iter().map(|&i| key(i)));
         s.failed
             .extend(result.failed.into_iter().map(|(i, why)| (key(i), why)));
         s.not_accepted
             .extend(result.not_accepted.iter().map(|&i| key(i)));
-        Ok(result.delivered.len() as u64)
+        let marked = result.delivered.len() as u64;
+        for (i, r) in self.records.into_iter().enumerate() {
+            if !result.delivered.contains(&i) {
+                s.unmarked.push(r);
+            }
+        }
+        Ok(marked)
     }
 }
 
@@ -173,9 +194,14 @@ impl Source for MemSource {
             return Ok(None);
         }
         let exhausted = self.paging == Paging::Queue && records.len() < limit;
+        let held = records
+            .iter()
+            .map(|r| s.held.get(&r.key).cloned().unwrap_or_default())
+            .collect();
         Ok(Some(Box::new(MemPage {
             store: self.store.clone(),
             records,
+            held,
             ends_unit,
             exhausted,
         })))
@@ -243,6 +269,8 @@ struct Setup {
     paging: Paging,
     workers: usize,
     routing: Routing,
+    /// TARGETS: names and each target's script; empty: the one implicit target, `script`.
+    targets: Vec<(String, Arc<Mutex<Script>>)>,
 }
 
 impl Setup {
@@ -253,7 +281,29 @@ impl Setup {
             paging,
             workers: 1,
             routing: Routing::default(),
+            targets: Vec::new(),
         }
+    }
+
+    /// TARGETS with what each accepts (`Routing::targets`).
+    fn with_targets(mut self, targets: &[(&str, crate::routing::Selection)]) -> Setup {
+        self.targets = targets
+            .iter()
+            .map(|(n, _)| (n.to_string(), Arc::default()))
+            .collect();
+        self.routing.targets = targets.iter().map(|(_, s)| s.clone()).collect();
+        self
+    }
+
+    fn target(&self, t: usize) -> std::sync::MutexGuard<'_, Script> {
+        self.targets[t].1.lock().unwrap()
+    }
+
+    /// What the last run left unmarked becomes the queue of the next.
+    fn next_run(&self) {
+        let mut s = self.store();
+        let left: VecDeque<Record> = std::mem::take(&mut s.unmarked).into();
+        s.units = [left].into();
     }
 
     fn answer(self, id: &str, outcome: Outcome) -> Setup {
@@ -273,12 +323,21 @@ impl Setup {
                     store: self.store.clone(),
                     paging: self.paging,
                 }),
-                sink: Box::new(ScriptSink(self.script.clone())),
+                sinks: match self.targets.is_empty() {
+                    true => vec![Box::new(ScriptSink(self.script.clone())) as Box<dyn Sink>],
+                    false => self
+                        .targets
+                        .iter()
+                        .map(|(_, s)| Box::new(ScriptSink(s.clone())) as Box<dyn Sink>)
+                        .collect(),
+                },
             })
             .collect();
+        let names: Vec<String> = self.targets.iter().map(|(n, _)| n.clone()).collect();
         let mut summary = Summary::default();
         let result = run(
             &mut workers,
+            &names,
             batch_size,
             chunk_size,
             &self.routing,
@@ -489,4 +548,112 @@ async fn records_of_other_topics_are_neither_shipped_nor_marked() {
     assert_eq!(t.script.lock().unwrap().shipped, ["r0", "r2"]);
     assert_eq!((summary.not_accepted, summary.rejected), (1, 0));
     assert_eq!(summary.exit(), Exit::Ok);
+}
+
+fn all() -> crate::routing::Selection {
+    crate::routing::Selection::default()
+}
+
+#[tokio::test]
+async fn every_target_gets_each_record_once_and_records_are_marked_when_all_hold_them() {
+    let t =
+        Setup::new(queue(5), Paging::Queue).with_targets(&[("siem", all()), ("archive", all())]);
+    let (result, summary) = t.run(100, 2).await;
+    result.unwrap();
+    assert_eq!(t.store().marked, keys("r", 0..5));
+    for i in 0..2 {
+        assert_eq!(t.target(i).shipped, keys("r", 0..5));
+    }
+    assert!(t.store().held.is_empty());
+    assert_eq!(summary.targets[1].delivered, 5);
+    assert_eq!(summary.exit(), Exit::Ok);
+}
+
+#[tokio::test]
+async fn a_target_down_gets_exactly_the_missing_records_next_run_and_the_others_nothing_again() {
+    let t =
+        Setup::new(queue(5), Paging::Queue).with_targets(&[("siem", all()), ("archive", all())]);
+    // The archive fails on its first page and is sent nothing more this run.
+    t.target(1).fail_call = Some(1);
+    let (result, summary) = t.run(100, 2).await;
+    result.unwrap();
+    assert!(t.store().marked.is_empty());
+    assert_eq!(t.target(0).shipped, keys("r", 0..5));
+    assert!(t.target(1).shipped.is_empty());
+    assert_eq!(t.target(1).calls, 1, "no page after the failure");
+    assert_eq!(t.store().held.len(), 5);
+    assert_eq!(t.store().held["r3"], ["siem"]);
+    let archive = &summary.targets[1];
+    assert_eq!((archive.lacking, archive.down), (5, true));
+    assert_eq!(summary.exit(), Exit::Partial);
+
+    t.next_run();
+    let (result, summary) = t.run(100, 2).await;
+    result.unwrap();
+    assert_eq!(t.target(0).shipped, keys("r", 0..5), "nothing again");
+    assert_eq!(t.target(1).shipped, keys("r", 0..5));
+    assert_eq!(t.store().marked, keys("r", 0..5));
+    assert!(t.store().held.is_empty());
+    assert_eq!(summary.exit(), Exit::Ok);
+}
+
+#[tokio::test]
+async fn every_target_down_fails_the_run_like_one_sink_down() {
+    let t =
+        Setup::new(queue(3), Paging::Queue).with_targets(&[("siem", all()), ("archive", all())]);
+    t.target(0).fail_call = Some(1);
+    t.target(1).fail_call = Some(1);
+    let (result, _) = t.run(100, 10).await;
+    assert!(result.is_err());
+    assert!(t.store().marked.is_empty() && t.store().held.is_empty());
+}
+
+#[tokio::test]
+async fn accept_lists_route_each_topic_to_its_targets() {
+    let mut store = queue(4);
+    store.units[0][1].doc = Ok(Document::new(
+        "r1".into(),
+        br#"{"topic":"authfail"}"#.to_vec(),
+    ));
+    store.units[0][3].doc = Ok(Document::new("r3".into(), br#"{"topic":"other"}"#.to_vec()));
+    let only = |v: &str| crate::routing::Selection {
+        topics: Some(Accept::parse("T", v).unwrap()),
+        keys: None,
+    };
+    let mut t = Setup::new(store, Paging::Queue)
+        .with_targets(&[("siem", only("a")), ("alerts", only("authfail,a"))]);
+    t.routing.topic_field = Some(FieldPath::parse("ROUTING_TOPIC_FIELD", "topic").unwrap());
+    let (result, summary) = t.run(100, 10).await;
+    result.unwrap();
+    assert_eq!(t.target(0).shipped, ["r0", "r2"]);
+    assert_eq!(t.target(1).shipped, ["r0", "r1", "r2"]);
+    assert_eq!(t.store().marked, ["r0", "r1", "r2"]);
+    assert_eq!(
+        t.store().not_accepted,
+        ["r3"],
+        "no target takes it: left alone"
+    );
+    assert_eq!(summary.exit(), Exit::Ok);
+}
+
+#[tokio::test]
+async fn a_record_one_target_refuses_is_a_failure_kept_for_that_target_only() {
+    let t =
+        Setup::new(queue(2), Paging::Queue).with_targets(&[("siem", all()), ("archive", all())]);
+    t.target(1)
+        .answers
+        .insert("r1".into(), Outcome::Rejected("too large".into()));
+    let (result, summary) = t.run(100, 10).await;
+    result.unwrap();
+    assert_eq!(t.store().marked, ["r0"]);
+    assert_eq!(
+        t.store().failed,
+        [("r1".to_string(), "target archive: too large".to_string())]
+    );
+    assert_eq!(t.store().held["r1"], ["siem"]);
+    assert_eq!(
+        (summary.targets[1].rejected, summary.targets[1].lacking),
+        (1, 1)
+    );
+    assert_eq!(summary.exit(), Exit::Partial);
 }

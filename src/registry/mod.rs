@@ -1,7 +1,10 @@
 //! One invocation's components, assembled: the run-wide settings, the source that
-//! `AUDIT_LOGGER_TYPE` names and the sink that `SINK` names (each reads its own settings in its
-//! own module), then routing, which both shape. Every setting is validated here, before any
-//! command touches a database, a file or the network.
+//! `AUDIT_LOGGER_TYPE` names and the sink that `SINK` names, or one sink per target of
+//! `TARGETS` (each reads its own settings in its own module), then routing, which both shape.
+//! Every setting is validated here, before any command touches a database, a file or the
+//! network.
+
+pub mod targets;
 
 use crate::base::env::Env;
 use crate::base::exit::ConfigError;
@@ -29,11 +32,21 @@ impl Needs {
     };
 }
 
+/// One destination of a run: a configured sink (what it accepts is in `Routing::targets`).
+#[derive(Debug)]
+pub struct Target {
+    /// As TARGETS names it; `None`: the one implicit target of the ordinary variables.
+    pub name: Option<String>,
+    pub sink: Box<dyn sinks::Configured>,
+}
+
 #[derive(Debug)]
 pub struct Setup {
     pub run: Config,
     source: Option<Box<dyn sources::Configured>>,
-    sink: Option<Box<dyn sinks::Configured>>,
+    targets: Vec<Target>,
+    /// TARGETS' names, also for commands without sinks (`status` reports per target).
+    pub target_names: Vec<String>,
     pub metrics: MetricsConfig,
 }
 
@@ -49,29 +62,76 @@ impl Setup {
         } else {
             needs
         };
-        // The kind of sink is known before the source is configured (its defaults may depend
-        // on it); a command without a sink takes the defaults.
-        let sink_kind = match needs.sink {
-            true => Some(sinks::choose(env)?),
-            false => None,
+        let declared = targets::declare(env)?;
+        let named = declared.iter().any(|d| d.name.is_some());
+        // The kinds of sink are known before the source is configured (its defaults may depend
+        // on them); a command without a sink takes the defaults.
+        let kinds = match needs.sink {
+            true => declared
+                .iter()
+                .map(|d| d.kind())
+                .collect::<Result<Vec<_>, _>>()?,
+            false => Vec::new(),
         };
-        let sink_traits = sink_kind.map(|k| k.traits).unwrap_or_default();
+        let sink_traits = match kinds.is_empty() {
+            true => Default::default(),
+            false => sinks::SinkTraits {
+                json_only: kinds.iter().any(|k| k.traits.json_only),
+                prefers_original: kinds.iter().all(|k| k.traits.prefers_original),
+            },
+        };
         let source = match needs.source {
             true => Some(sources::configure(env, &sink_traits)?),
             false => None,
         };
         let source_traits = source.as_ref().map(|s| s.traits()).unwrap_or_default();
-        let sink = match sink_kind {
-            Some(k) => Some((k.configure)(env, &source_traits)?),
-            None => None,
-        };
-        let needs_route = sink.as_ref().is_some_and(|s| s.needs_route());
+        if named && source.is_some() && !source_traits.sql {
+            return Err(ConfigError(format!(
+                "TARGETS works with the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG) so far: AUDIT_LOGGER_TYPE={} keeps no per-target progress yet; run one job per destination",
+                env.get("AUDIT_LOGGER_TYPE").unwrap_or_default()
+            )));
+        }
+        let mut configured = Vec::new();
+        for (d, kind) in declared.iter().zip(&kinds) {
+            let sink =
+                (kind.configure)(&d.env, &source_traits).map_err(|e| d.env.name_in_error(e))?;
+            if d.name.is_some() {
+                d.refuse_unread(&declared)?;
+            }
+            configured.push(Target {
+                name: d.name.clone(),
+                sink,
+            });
+        }
+        let needs_route = configured.iter().any(|t| t.sink.needs_route());
         run.routing = Routing::from_env(env, &source_traits, needs_route)?;
-        run.units_as_files = sink.as_ref().is_some_and(|s| s.stores_units());
+        if named {
+            for d in &declared {
+                for (var, topics, keys) in [
+                    ("ACCEPT_TOPICS", d.accept.topics.as_ref(), None),
+                    ("ACCEPT_ROUTING_KEYS", None, d.accept.keys.as_ref()),
+                ] {
+                    run.routing.check_accept(
+                        &d.env.full_name(var),
+                        topics,
+                        keys,
+                        &source_traits,
+                    )?;
+                }
+            }
+            run.routing.targets = declared.iter().map(|d| d.accept.clone()).collect();
+            for var in targets::ignored_plain_variables(env, &declared) {
+                run.warnings.push(format!(
+                    "{var} is set but not read: with TARGETS each target's sink reads TARGET_<NAME>_{var}"
+                ));
+            }
+        }
+        run.units_as_files = configured.iter().any(|t| t.sink.stores_units());
         Ok(Setup {
             run,
             source,
-            sink,
+            target_names: declared.iter().filter_map(|d| d.name.clone()).collect(),
+            targets: configured,
             metrics: MetricsConfig::from_env(env)?,
         })
     }
@@ -83,11 +143,14 @@ impl Setup {
             .ok_or_else(|| anyhow::anyhow!("internal: this command was set up without a source"))
     }
 
-    /// The sink; only commands that declared they need one ask.
-    pub fn sink(&self) -> anyhow::Result<&dyn sinks::Configured> {
-        self.sink
-            .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("internal: this command was set up without a sink"))
+    /// The targets: one without TARGETS. Only commands that declared they need sinks ask.
+    pub fn targets(&self) -> anyhow::Result<&[Target]> {
+        match self.targets.is_empty() {
+            true => Err(anyhow::anyhow!(
+                "internal: this command was set up without a sink"
+            )),
+            false => Ok(&self.targets),
+        }
     }
 }
 

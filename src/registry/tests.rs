@@ -27,7 +27,7 @@ fn cfg(pairs: &[(&str, &str)]) -> Result<Setup> {
 
 /// The configured sink as its `Debug` shows it.
 fn sink_debug(setup: &Setup) -> String {
-    format!("{:?}", setup.sink)
+    format!("{:?}", setup.targets.first().map(|t| &t.sink))
 }
 
 #[test]

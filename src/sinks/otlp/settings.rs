@@ -66,6 +66,8 @@ impl Settings {
             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
             "the http(s) URL of the logs endpoint, such as http://collector:4318/v1/logs",
         )? {
+            // The general endpoint stays this sink's setting (other signals use it).
+            let _ = env.raw("OTEL_EXPORTER_OTLP_ENDPOINT");
             (full, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
         } else {
             let base = env
@@ -200,6 +202,9 @@ impl Settings {
 /// The logs-specific variable when it is set, else the general one: the per-signal form
 /// wins, as in every SDK.
 fn logs_or_general(env: &Env, logs: &'static str, general: &'static str) -> &'static str {
+    // Both are read: the general one stays this sink's setting (for other signals) even when
+    // unused, and a TARGET_ view must not report it as unknown.
+    let _ = env.get(general);
     if env.get(logs).is_some() {
         logs
     } else {

@@ -1,0 +1,21 @@
+-- TARGETS: which targets already hold a row that not every target holds yet, so the next run
+-- sends it only to the others. Rows leave this table when the row is marked sent.
+CREATE TABLE IF NOT EXISTS audit_transfer_target_rows (
+    source       TEXT    NOT NULL,
+    row_id       INTEGER NOT NULL,
+    target       TEXT    NOT NULL,
+    delivered_at TEXT    NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (source, row_id, target)
+);
+-- Each target's share of a run, for `audit-transfer status` (by the run's source and end).
+CREATE TABLE IF NOT EXISTS audit_transfer_run_targets (
+    source          TEXT    NOT NULL,
+    finished_at     TEXT    NOT NULL,
+    target          TEXT    NOT NULL,
+    delivered       INTEGER NOT NULL,
+    already_present INTEGER NOT NULL,
+    rejected        INTEGER NOT NULL,
+    lacking         INTEGER NOT NULL,
+    down            INTEGER NOT NULL,
+    PRIMARY KEY (source, finished_at, target)
+);
