@@ -17,7 +17,7 @@ Exit codes:
   1  the run failed: source or sink unreachable after retries, authentication refused
   2  configuration or usage error (the message names the variable)
   3  partial: the run finished, but some records were rejected or are parked as failed,
-     or files are missing from an S3 sequence
+     files are missing from an S3 sequence, or a target of TARGETS still lacks records
 
 Configuration is read from environment variables; .env.example lists every one.";
 
