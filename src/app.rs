@@ -45,6 +45,7 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
             source: false,
             ..Needs::BOTH
         },
+        Command::Verify { .. } => Needs::BOTH,
         Command::Completions { .. } | Command::Man => Needs {
             source: false,
             sink: false,
@@ -85,6 +86,9 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
             } => status(&setup, json, max_age, max_since_success).await,
             Command::InitIndex => init_index(&setup).await,
             Command::InitQueue => init_queue(&setup).await,
+            Command::Verify { since, until, json } => {
+                verify(&setup, crate::base::source::Window { since, until }, json).await
+            }
             // Handled in main before any configuration is read.
             Command::Completions { .. } | Command::Man => Ok(Exit::Ok),
         }
@@ -351,6 +355,60 @@ async fn status(
         print!("{}", report.text());
     }
     Ok(if report.healthy() {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    })
+}
+
+/// `verify`: every record marked sent in the window, looked up in every destination that can
+/// be read back.
+async fn verify(setup: &Setup, window: crate::base::source::Window, json: bool) -> Result<Exit> {
+    if let (Some(since), Some(until)) = (window.since, window.until) {
+        if since >= until {
+            return Err(config_error("verify --since must be before --until"));
+        }
+    }
+    if !setup.source()?.traits().sql {
+        return Err(config_error(format!(
+            "verify compares the destination with the rows of the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG); {} keeps nothing of what it sent",
+            setup.source()?.label()
+        )));
+    }
+    let mut source = setup.source()?.connect(&setup.run).await?;
+    source.check().await?;
+    let selections = &setup.run.routing.targets;
+    let mut destinations = Vec::new();
+    for (i, t) in setup.targets()?.iter().enumerate() {
+        destinations.push(crate::verify::Destination {
+            name: t.name.clone(),
+            sink: t.sink.build()?,
+            accept: selections.get(i).cloned().unwrap_or_default(),
+        });
+    }
+    let report = crate::verify::verify(
+        source.as_mut(),
+        &mut destinations,
+        &window,
+        setup.run.chunk_size,
+    )
+    .await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "since": window.since.map(|t| t.to_rfc3339()),
+                "until": window.until.map(|t| t.to_rfc3339()),
+                "clean": report.clean(),
+                "records": report.records,
+                "unreadable": report.unreadable,
+                "destinations": report.destinations,
+            })
+        );
+    } else {
+        print!("{}", report.text(&window));
+    }
+    Ok(if report.clean() {
         Exit::Ok
     } else {
         Exit::Failed

@@ -66,6 +66,22 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         max_since_success: Option<Duration>,
     },
+    /// Read back the documents of the records the source marked sent (SQL sources), by their ids,
+    /// from Elasticsearch/OpenSearch (every target of TARGETS that is one), and compare each
+    /// with the document the record produces today. Exit 0 when every one is there unchanged,
+    /// 1 when any is missing or altered, 2 on configuration errors.
+    Verify {
+        /// Only records created at or after WHEN: a time (2024-05-01T10:00:00Z), a date
+        /// (2024-05-01, midnight UTC) or an age (7d: seven days ago).
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only records created before WHEN (same forms as --since).
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create the Elasticsearch/OpenSearch index with the audit mapping, if it does not exist
     /// (an index template instead when the index name has placeholders, e.g. {topic}).
     #[command(name = "init-index", after_help = EXIT_CODES)]
@@ -87,6 +103,25 @@ pub enum Command {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::base::env::duration(s.trim())
         .ok_or_else(|| format!("{s:?}: expected a duration such as 90s, 30m, 2h or 1d"))
+}
+
+/// A point in time: RFC 3339, a date (midnight UTC), or a duration before now.
+fn parse_when(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    if let Some(ago) = crate::base::env::duration(s) {
+        if let Ok(ago) = chrono::Duration::from_std(ago) {
+            return Ok(chrono::Utc::now() - ago);
+        }
+    }
+    Err(format!(
+        "{s:?}: expected a time (2024-05-01T10:00:00Z), a date (2024-05-01) or an age (7d)"
+    ))
 }
 
 /// Writes the completion script for `shell` to `out`.

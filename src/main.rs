@@ -15,6 +15,7 @@ mod routing;
 mod sinks;
 mod sources;
 mod status;
+mod verify;
 
 use clap::Parser;
 use std::process::ExitCode;

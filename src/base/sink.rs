@@ -30,6 +30,15 @@ pub trait Sink: Send {
         let _ = name;
         self.ship(docs).await
     }
+    /// `verify`: what the destination holds under each document's id, as stored (`None`: it
+    /// holds nothing there). Sinks that cannot be read back by id refuse.
+    async fn read_back(&mut self, docs: &[&Document]) -> Result<Vec<Option<Vec<u8>>>> {
+        let _ = docs;
+        Err(crate::base::exit::config_error(format!(
+            "verify cannot read documents back by id from {}: it reads Elasticsearch/OpenSearch",
+            self.name()
+        )))
+    }
 }
 
 /// What a kind of sink takes, known from its name before its settings are read, so a source

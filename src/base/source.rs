@@ -77,6 +77,13 @@ pub enum Paging {
     Units,
 }
 
+/// `verify`: the records whose time (`created_at`) falls in `[since, until)`; `None`: open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
 /// What is left to send, for metrics and `status`: the numbers an alert wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backlog {
@@ -199,6 +206,16 @@ pub trait Source: Send {
     /// each; asked after the run. Non-empty means exit 3.
     fn incomplete(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// `verify`: the next page of at most `limit` records this source has marked sent, with
+    /// their time in `window`, as their documents would be built today; `None` after the last.
+    /// Sources that keep nothing of what they sent refuse.
+    async fn sent_page(&mut self, window: &Window, limit: usize) -> Result<Option<Vec<Record>>> {
+        let _ = (window, limit);
+        Err(crate::base::exit::config_error(format!(
+            "verify compares the destination with the rows of the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG); {} keeps nothing of what it sent",
+            self.name()
+        )))
     }
     /// `init-queue`: creates the index the SQL sources' claims read in order, if missing.
     async fn init_queue(&mut self) -> Result<()> {

@@ -84,6 +84,8 @@ pub trait Schema: Send + Sync {
     ) -> Result<Vec<Record>>;
 }
 
+mod sent;
+
 pub struct Queue<S: Schema> {
     db: Db,
     schema: S,
@@ -103,6 +105,8 @@ pub struct Queue<S: Schema> {
     route_sql: Option<RouteSql>,
     /// `prepare` ran: our tables exist, so the run can be recorded.
     prepared: bool,
+    /// `verify`: where the last page of sent rows ended (the row address).
+    sent_after: Option<i64>,
 }
 
 /// Row addresses read per ordered read of the backlog ([`Plan::Keys`]): 8 bytes each, so at
@@ -289,6 +293,7 @@ impl<S: Schema> Queue<S> {
             routing: routing.clone(),
             route_sql: None,
             prepared: false,
+            sent_after: None,
         }
     }
 
@@ -776,25 +781,7 @@ impl<S: Schema> Queue<S> {
         };
         // Columns: id, timestamp, the schema's, then topic and key, then the address.
         let route_at = 2 + schema.columns(d).len();
-        let routes = match route_sql.columns {
-            Some(_) => {
-                rows.iter()
-                    .map(|r| {
-                        // MySQL reports the text of JSON functions as a blob: read bytes.
-                        let text = |i| -> Result<Option<String>> {
-                            Ok(super::bytes_at(r, i)?
-                                .map(|b| String::from_utf8_lossy(&b).into_owned()))
-                        };
-                        Ok(Route {
-                            topic: text(route_at)?,
-                            key: text(route_at + 1)?,
-                            time: super::parse_db_timestamp(&r.try_get::<String, _>(1)?),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?
-            }
-            None => Vec::new(),
-        };
+        let routes = routes_of(&rows, route_at, route_sql.columns.is_some())?;
         let records = schema.records(&mut tx, d, rows).await?;
         // With several targets: which of them already hold these rows (from an earlier run
         // that some target failed). One read per page, of a table that is empty when all went
@@ -1127,6 +1114,27 @@ impl<S: Schema> Queue<S> {
     }
 }
 
+/// The topic and key selected at `route_at` (and the row's time) of each row; empty when the
+/// rows carry no route columns.
+fn routes_of(rows: &[AnyRow], route_at: usize, routed: bool) -> Result<Vec<Route>> {
+    if !routed {
+        return Ok(Vec::new());
+    }
+    rows.iter()
+        .map(|r| {
+            // MySQL reports the text of JSON functions as a blob: read bytes.
+            let text = |i| -> Result<Option<String>> {
+                Ok(super::bytes_at(r, i)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            };
+            Ok(Route {
+                topic: text(route_at)?,
+                key: text(route_at + 1)?,
+                time: super::parse_db_timestamp(&r.try_get::<String, _>(1)?),
+            })
+        })
+        .collect()
+}
+
 /// A timestamp as every dialect's [`Dialect::timestamp_param`] reads it back (UTC, microseconds).
 fn db_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
@@ -1393,6 +1401,13 @@ impl<S: Schema> Source for Queue<S> {
     }
     async fn prepare(&mut self) -> Result<()> {
         Queue::prepare(self).await
+    }
+    async fn sent_page(
+        &mut self,
+        window: &crate::base::source::Window,
+        limit: usize,
+    ) -> Result<Option<Vec<Record>>> {
+        Queue::sent_page(self, window, limit).await
     }
     async fn init_queue(&mut self) -> Result<()> {
         Queue::init_queue(self).await

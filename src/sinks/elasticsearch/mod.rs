@@ -164,6 +164,10 @@ impl Sink for ElasticsearchSink {
         self.service.info().await
     }
 
+    async fn read_back(&mut self, docs: &[&Document]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.mget(docs).await
+    }
+
     async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; docs.len()];
         // Index per document from the name template; a document it cannot name is refused.
@@ -205,6 +209,43 @@ impl Sink for ElasticsearchSink {
             .into_iter()
             .map(|o| o.expect("every document has an outcome"))
             .collect())
+    }
+}
+
+impl ElasticsearchSink {
+    /// The index each document was written to: the configured one, or the name template's.
+    fn indexes(&self, docs: &[&Document]) -> Vec<std::result::Result<String, String>> {
+        match &self.settings.index_template {
+            Some(template) => request::index_per_document(template, docs),
+            None => docs
+                .iter()
+                .map(|_| Ok(self.settings.index.clone()))
+                .collect(),
+        }
+    }
+
+    pub async fn mget(&self, docs: &[&Document]) -> Result<Vec<Option<Vec<u8>>>> {
+        let indexes = self.indexes(docs);
+        // A document the template cannot name was never written anywhere.
+        let named: Vec<usize> = (0..docs.len()).filter(|&i| indexes[i].is_ok()).collect();
+        let wanted: Vec<(&str, &str)> = named
+            .iter()
+            .map(|&i| {
+                let index = indexes[i].as_deref().unwrap_or_default();
+                (index, docs[i].id.as_str())
+            })
+            .collect();
+        let found = self
+            .settings
+            .retry
+            .run("Elasticsearch", || self.service.mget(&wanted))
+            .await
+            .map_err(|f| self.service.error(f))?;
+        let mut out = vec![None; docs.len()];
+        for (i, stored) in named.into_iter().zip(found) {
+            out[i] = stored;
+        }
+        Ok(out)
     }
 }
 

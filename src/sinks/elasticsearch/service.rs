@@ -233,6 +233,51 @@ impl Service {
         ))
     }
 
+    /// `_mget` of `(index, id)` pairs: each document's `_source` as stored, `None` where the
+    /// index or the document does not exist.
+    pub async fn mget(&self, wanted: &[(&str, &str)]) -> Result<Vec<Option<Vec<u8>>>, Failure> {
+        let docs: Vec<serde_json::Value> = wanted
+            .iter()
+            .map(|(index, id)| serde_json::json!({"_index": index, "_id": id}))
+            .collect();
+        let response = self
+            .client
+            .mget(elasticsearch::MgetParts::None)
+            .body(serde_json::json!({ "docs": docs }))
+            .send()
+            .await
+            .map_err(|e| self.transport_failure(&e))?;
+        if response.status_code().as_u16() != 200 {
+            return Err(self.status_failure(response).await);
+        }
+        let bytes = response.bytes().await.map_err(|e| {
+            Failure::transient(format!("reading the response failed: {}", chain_text(&e)))
+        })?;
+        let parsed: MgetResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            let error = anyhow!(e).context(format!(
+                "unexpected _mget response: {}",
+                excerpt(&String::from_utf8_lossy(&bytes))
+            ));
+            Failure::new(Class::Permanent, "unexpected _mget response", error)
+        })?;
+        if parsed.docs.len() != wanted.len() {
+            let error = anyhow!(
+                "_mget response has {} documents for {} ids",
+                parsed.docs.len(),
+                wanted.len()
+            );
+            return Err(Failure::new(Class::Permanent, error.to_string(), error));
+        }
+        Ok(parsed
+            .docs
+            .into_iter()
+            .map(|d| match (d.found, d.source) {
+                (Some(true), Some(source)) => serde_json::to_vec(&source).ok(),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// A bulk request answered with a status other than 200 or 413.
     async fn status_failure(&self, response: Response) -> Failure {
         let status = response.status_code().as_u16();
@@ -272,6 +317,19 @@ pub enum Answer {
 pub enum ItemAnswer {
     Final(Outcome),
     Transient(String),
+}
+
+#[derive(Deserialize)]
+struct MgetResponse {
+    docs: Vec<MgetDoc>,
+}
+
+/// One answer of `_mget`: found with its `_source`, not found, or an error (no such index).
+#[derive(Deserialize)]
+struct MgetDoc {
+    found: Option<bool>,
+    #[serde(rename = "_source")]
+    source: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
