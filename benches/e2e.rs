@@ -12,7 +12,8 @@
 //! - (d) the Splunk HEC sink (indexer acknowledgement on) and (e) the OTLP/HTTP sink, each into
 //!   a receiver that parses every event and answers at once (`support/sink_endpoints.rs`);
 //! - (f) the gzip file sink into S3 (moto's server, `tests/common/moto_s3.py`);
-//! - (g) the Kafka sink into librdkafka's mock cluster started in this process.
+//! - (g) the Kafka sink into librdkafka's mock cluster started in this process;
+//! - (h) `verify` of N/10 and N rows, read back from the bench endpoint, with peak RSS.
 //!
 //! Needs PostgreSQL and MariaDB as in the tests, the release binary (`make bench` builds it), GNU
 //! time for peak RSS, and OSMEM_SERVER_BIN for (b).
@@ -35,6 +36,39 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
+/// While `Some`: the documents the bulk endpoint received, by id, for `_mget` (`verify`).
+static STORED: std::sync::Mutex<Option<std::collections::HashMap<String, Vec<u8>>>> =
+    std::sync::Mutex::new(None);
+
+/// `_mget` on what the bulk endpoint stored: `_source` as received, or `found: false`.
+async fn mget(body: Bytes) -> ([(&'static str, &'static str); 1], String) {
+    let wanted: serde_json::Value = serde_json::from_slice(&body).expect("_mget body");
+    let stored = STORED.lock().unwrap();
+    let docs: Vec<String> = wanted["docs"]
+        .as_array()
+        .expect("docs")
+        .iter()
+        .map(|d| {
+            let id = d["_id"].as_str().unwrap_or_default();
+            match stored.as_ref().and_then(|s| s.get(id)) {
+                Some(source) => format!(
+                    r#"{{"_index":"bench","_id":{},"found":true,"_source":{}}}"#,
+                    serde_json::Value::from(id),
+                    String::from_utf8_lossy(source)
+                ),
+                None => format!(
+                    r#"{{"_index":"bench","_id":{},"found":false}}"#,
+                    serde_json::Value::from(id)
+                ),
+            }
+        })
+        .collect();
+    (
+        [("content-type", "application/json")],
+        format!(r#"{{"docs":[{}]}}"#, docs.join(",")),
+    )
+}
+
 /// The minimal bulk endpoint: parses each line, answers one `created` item per action.
 /// Decodes `Content-Encoding: gzip` bodies (ELASTICSEARCH_COMPRESSION=gzip), as servers do.
 async fn bulk(
@@ -46,12 +80,15 @@ async fn bulk(
     let mut lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty());
     while let Some(action) = lines.next() {
         let action: serde_json::Value = serde_json::from_slice(action).expect("action line");
-        let _doc: serde_json::Value =
-            serde_json::from_slice(lines.next().expect("document line")).expect("document");
+        let line = lines.next().expect("document line");
+        let _doc: serde_json::Value = serde_json::from_slice(line).expect("document");
         let id = action["create"]["_id"]
             .as_str()
             .unwrap_or_default()
             .to_string();
+        if let Some(stored) = STORED.lock().unwrap().as_mut() {
+            stored.insert(id.clone(), line.to_vec());
+        }
         items.push(serde_json::json!({"create": {"_index": "bench", "_id": id, "status": 201, "result": "created"}}));
     }
     let out = serde_json::json!({"took": 1, "errors": false, "items": items}).to_string();
@@ -66,6 +103,7 @@ fn start_endpoint(rt: &tokio::runtime::Runtime) -> u16 {
     let app = Router::new()
         .route("/", get(|| async { r#"{"version":{"number":"8.0.0"}}"# }))
         .route("/{index}/_bulk", post(bulk))
+        .route("/_mget", post(mget))
         // Elasticsearch accepts 100 MB bodies (http.max_content_length); axum's default is 2 MB.
         .layer(axum::extract::DefaultBodyLimit::max(100 * 1024 * 1024));
     rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -343,8 +381,14 @@ struct Measured {
 
 /// Runs the release binary under GNU time; returns wall time and peak RSS.
 fn run_job(envs: &[(&str, String)]) -> Measured {
+    run_command(&["run"], envs)
+}
+
+/// `audit-transfer <args>` under GNU time: wall time and peak RSS.
+fn run_command(args: &[&str], envs: &[(&str, String)]) -> Measured {
     let mut cmd = Command::new("/usr/bin/time");
-    cmd.args(["-f", "%M", BIN, "run"])
+    cmd.args(["-f", "%M", BIN])
+        .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in envs {
@@ -363,6 +407,48 @@ fn run_job(envs: &[(&str, String)]) -> Measured {
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or(0);
     Measured { secs, rss_kb }
+}
+
+/// verify: every row read back by id from the endpoint (which keeps what it received for this)
+/// and compared; a tenth of the rows (a --until window) and all of them, for time and for
+/// memory, which must not grow with the rows.
+fn verify_lines(rt: &tokio::runtime::Runtime, url: &str, port: u16, n: usize, reps: usize) {
+    let envs: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", url.to_string()),
+        ("BATCH_SIZE", "100000000".into()),
+        ("CHUNK_SIZE", CHUNK.to_string()),
+        ("LOG_FORMAT", "json".into()),
+        ("ELASTICSEARCH_HOST", format!("127.0.0.1:{port}")),
+        ("ELASTICSEARCH_SCHEME", "http".into()),
+    ];
+    rt.block_on(reset(url));
+    *STORED.lock().unwrap() = Some(Default::default());
+    run_job(&envs);
+    for rows in [n / 10, n] {
+        let until = chrono_free_until(rows);
+        let mut secs = Vec::new();
+        let mut rss = 0;
+        for _ in 0..reps {
+            let m = run_command(&["verify", "--until", &until], &envs);
+            secs.push(m.secs);
+            rss = rss.max(m.rss_kb);
+        }
+        line(
+            "(h) verify, read back from the endpoint",
+            rows,
+            median(secs),
+            Some(rss),
+        );
+    }
+    *STORED.lock().unwrap() = None;
+}
+
+/// `--until` just after the `rows`-th bench row (rows are 1 ms apart from 2024-05-01T10:00:00Z).
+fn chrono_free_until(rows: usize) -> String {
+    let ms = rows as u64 + 1;
+    let (secs, ms) = (ms / 1000, ms % 1000);
+    let (h, m, s) = (10 + secs / 3600, secs / 60 % 60, secs % 60);
+    format!("2024-05-01T{h:02}:{m:02}:{s:02}.{ms:03}Z")
 }
 
 fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -501,6 +587,10 @@ fn main() {
         return;
     }
     let url = rt.block_on(pg_table(&mut admin, "at_bench", n, 600));
+    if std::env::var("BENCH_VERIFY_ONLY").is_ok_and(|v| v == "1") {
+        verify_lines(&rt, &url, port, n, reps);
+        return;
+    }
     let (copy, update, post, bytes) = rt.block_on(floor(&url, &endpoint, reps));
     println!(
         "NDJSON: {:.1} MB in {} bodies",
@@ -557,6 +647,8 @@ fn main() {
         es(&url, port),
     );
     println!("    ratio ours / floor: {:.2}", ours / floor_total);
+    verify_lines(&rt, &url, port, n, reps);
+
     let mut gz = es(&url, port);
     gz.push(("ELASTICSEARCH_COMPRESSION", "gzip".into()));
     let (zipped, _) = measure("(a) same, ELASTICSEARCH_COMPRESSION=gzip", n, &url, gz);
