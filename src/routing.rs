@@ -277,17 +277,36 @@ impl Routing {
                 format!("{} of {field}", v.join(","))
             })
         };
+        let all = || "(all)".to_string();
+        let label = |topics: Option<String>, keys: Option<String>| {
+            format!(
+                "topics {}; routing keys {}",
+                topics.unwrap_or_else(all),
+                keys.unwrap_or_else(all)
+            )
+        };
         let topics = part(&self.accept_topics, &self.topic_field);
         let keys = part(&self.accept_keys, &self.key_field);
-        if topics.is_none() && keys.is_none() {
-            return None;
+        // With TARGETS whose lists leave some records to no target: what any target takes.
+        let targets = self.targets_restricted().then(|| {
+            let each: Vec<String> = self
+                .targets
+                .iter()
+                .map(|t| {
+                    label(
+                        part(&t.topics, &self.topic_field),
+                        part(&t.keys, &self.key_field),
+                    )
+                })
+                .collect();
+            format!("targets [{}]", each.join(" | "))
+        });
+        match (topics.is_none() && keys.is_none(), targets) {
+            (true, None) => None,
+            (true, Some(t)) => Some(t),
+            (false, None) => Some(label(topics, keys)),
+            (false, Some(t)) => Some(format!("{}; {t}", label(topics, keys))),
         }
-        let all = || "(all)".to_string();
-        Some(format!(
-            "topics {}; routing keys {}",
-            topics.unwrap_or_else(all),
-            keys.unwrap_or_else(all)
-        ))
     }
 
     /// The route of a document from its own fields and `@timestamp` (API sources).

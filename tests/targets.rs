@@ -57,8 +57,12 @@ fn two_targets(db: &TestDb, es_port: u16, index: &str, dir: &Path) -> Env {
         .set("TARGET_ARCHIVE_OUTPUT_PATH", dir.to_str().unwrap())
 }
 
-/// How often each actor is in the JSON-lines files under `dir`.
-fn file_actors(dir: &Path) -> BTreeMap<String, usize> {
+fn actor(doc: &Value) -> String {
+    doc["audit_event"]["actor"].as_str().unwrap().to_string()
+}
+
+/// How often each value of `field` is in the JSON-lines files under `dir`.
+fn file_values(dir: &Path, field: fn(&Value) -> String) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
@@ -66,28 +70,34 @@ fn file_actors(dir: &Path) -> BTreeMap<String, usize> {
     for e in entries {
         let p = e.unwrap().path();
         if p.is_dir() {
-            for (k, v) in file_actors(&p) {
+            for (k, v) in file_values(&p, field) {
                 *out.entry(k).or_insert(0) += v;
             }
         } else if p.extension().is_some_and(|x| x == "jsonl") {
             for line in std::fs::read_to_string(&p).unwrap().lines() {
-                let v: Value = serde_json::from_str(line).unwrap();
-                let actor = v["audit_event"]["actor"].as_str().unwrap().to_string();
-                *out.entry(actor).or_insert(0) += 1;
+                *out.entry(field(&serde_json::from_str(line).unwrap()))
+                    .or_insert(0) += 1;
             }
         }
     }
     out
 }
 
-/// How often each actor is in the index.
-fn index_actors(index: &str) -> BTreeMap<String, usize> {
+fn file_actors(dir: &Path) -> BTreeMap<String, usize> {
+    file_values(dir, actor)
+}
+
+/// How often each value of `field` is in the index.
+fn index_values(index: &str, field: fn(&Value) -> String) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for (_, doc) in osmem().docs(index) {
-        *out.entry(doc["audit_event"]["actor"].as_str().unwrap().to_string())
-            .or_insert(0) += 1;
+        *out.entry(field(&doc)).or_insert(0) += 1;
     }
     out
+}
+
+fn index_actors(index: &str) -> BTreeMap<String, usize> {
+    index_values(index, actor)
 }
 
 /// Rows whose fan-out is incomplete, as the source keeps them.
@@ -307,6 +317,151 @@ backend_tests!(
     ]
 );
 
+/// The API sources keep records some target lacks with their failures, in the state file.
+#[test]
+fn castai_a_target_down_for_a_run_then_completed() {
+    use common::fakes::castai::{v1_event, FakeCastai};
+    skip_unless!(Need::Osmem);
+    const KEY: &str = "castai-test-key-0123456789";
+    let fake = FakeCastai::start(KEY);
+    let start =
+        chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() - 3 * 3600, 0).unwrap();
+    let n = 25;
+    fake.add((0..n).map(|i| {
+        v1_event(
+            &format!("ev-{i:03}"),
+            start + chrono::Duration::seconds(10 * i as i64 + 5),
+            "cluster-1",
+            "clusterDeleted",
+        )
+    }));
+    let expected: BTreeMap<String, usize> = (0..n).map(|i| (format!("ev-{i:03}"), 1)).collect();
+    let id = |doc: &Value| doc["id"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("castai.json");
+    let out = dir.path().join("archive");
+    let index = unique("tgt");
+    let proxy = Proxy::start(&osmem().url);
+    proxy.push(Fault::Status(503), 1000);
+    let env = Env::new()
+        .set("AUDIT_LOGGER_TYPE", "CASTAI")
+        .set("CASTAI_API_URL", &fake.url)
+        .set("CASTAI_API_KEY", KEY)
+        .set("CASTAI_STATE_FILE", state.to_str().unwrap())
+        .set(
+            "CASTAI_START_FROM",
+            &start.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        )
+        .set("CASTAI_LAG", "60s")
+        .set("CASTAI_PAGE_LIMIT", "10")
+        .set("CHUNK_SIZE", "10")
+        .set("TARGETS", "siem,archive")
+        .set("TARGET_SIEM_SINK", "elasticsearch")
+        .set("TARGET_SIEM_ELASTICSEARCH_HOST", "127.0.0.1")
+        .set("TARGET_SIEM_ELASTICSEARCH_PORT", &proxy.port.to_string())
+        .set("TARGET_SIEM_ELASTICSEARCH_SCHEME", "http")
+        .set("TARGET_SIEM_ELASTICSEARCH_APP_AUDIT_LOG_INDEX", &index)
+        .set("TARGET_SIEM_ELASTICSEARCH_RETRY_INITIAL_MS", "20")
+        .set("TARGET_SIEM_ELASTICSEARCH_MAX_RETRIES", "1")
+        .set("TARGET_ARCHIVE_SINK", "file")
+        .set("TARGET_ARCHIVE_OUTPUT_PATH", out.to_str().unwrap());
+    let run = env.run(&["run"]);
+    run.expect(3);
+    assert_eq!(file_values(&out, id), expected);
+    assert_eq!(osmem().count(&index), 0);
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let kept = saved["failed"].as_array().unwrap();
+    assert_eq!(kept.len(), n, "{saved}");
+    assert!(kept
+        .iter()
+        .all(|f| f["held_by"] == json!(["archive"]) && f["attempts"] == 0));
+
+    // The SIEM is back: it gets each event once; the archive nothing again.
+    let run = env
+        .clone()
+        .set(
+            "TARGET_SIEM_ELASTICSEARCH_PORT",
+            &osmem().port().to_string(),
+        )
+        .run(&["run"]);
+    run.expect(0);
+    assert_eq!(index_values(&index, id), expected);
+    assert_eq!(file_values(&out, id), expected);
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["failed"], json!([]), "{saved}");
+    assert_eq!(target_line(&run, "archive")["delivered"], 0);
+}
+
+/// Cato too: one feed page goes to both targets; with the SIEM down, the archive takes it and
+/// the state file keeps every event for the SIEM alone.
+#[test]
+fn cato_a_target_down_for_a_run_then_completed() {
+    use common::fakes::cato::{event, FakeCato};
+    skip_unless!(Need::Osmem);
+    const KEY: &str = "cato-test-key-0123456789";
+    let fake = FakeCato::start(KEY);
+    let t0: chrono::DateTime<chrono::Utc> = "2026-02-26T09:00:00Z".parse().unwrap();
+    let n = 30;
+    fake.add_events(
+        (0..n)
+            .map(|i| {
+                event(
+                    "4242",
+                    &format!("ev{i:05}"),
+                    t0 + chrono::Duration::seconds(i as i64),
+                    "Security",
+                    "Internet Firewall",
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    let expected: BTreeMap<String, usize> = (0..n).map(|i| (format!("ev{i:05}"), 1)).collect();
+    let id = |doc: &Value| doc["fieldsMap"]["event_id"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cato.json");
+    let out = dir.path().join("archive");
+    let index = unique("tgt");
+    let proxy = Proxy::start(&osmem().url);
+    proxy.push(Fault::Status(503), 1000);
+    let env = Env::new()
+        .set("AUDIT_LOGGER_TYPE", "CATO")
+        .set("CATO_API_URL", &fake.url)
+        .set("CATO_API_KEY", KEY)
+        .set("CATO_ACCOUNT_ID", "4242")
+        .set("CATO_FEED", "events")
+        .set("CATO_STATE_FILE", state.to_str().unwrap())
+        .set("CATO_RETRY_INITIAL_MS", "10")
+        .set("CHUNK_SIZE", "7")
+        .set("TARGETS", "siem,archive")
+        .set("TARGET_SIEM_SINK", "elasticsearch")
+        .set("TARGET_SIEM_ELASTICSEARCH_HOST", "127.0.0.1")
+        .set("TARGET_SIEM_ELASTICSEARCH_PORT", &proxy.port.to_string())
+        .set("TARGET_SIEM_ELASTICSEARCH_SCHEME", "http")
+        .set("TARGET_SIEM_ELASTICSEARCH_APP_AUDIT_LOG_INDEX", &index)
+        .set("TARGET_SIEM_ELASTICSEARCH_RETRY_INITIAL_MS", "20")
+        .set("TARGET_SIEM_ELASTICSEARCH_MAX_RETRIES", "1")
+        .set("TARGET_ARCHIVE_SINK", "file")
+        .set("TARGET_ARCHIVE_OUTPUT_PATH", out.to_str().unwrap());
+    env.run(&["run"]).expect(3);
+    assert_eq!(file_values(&out, id), expected);
+    assert_eq!(osmem().count(&index), 0);
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["failed"].as_array().unwrap().len(), n, "{saved}");
+
+    let run = env
+        .clone()
+        .set(
+            "TARGET_SIEM_ELASTICSEARCH_PORT",
+            &osmem().port().to_string(),
+        )
+        .run(&["run"]);
+    run.expect(0);
+    assert_eq!(index_values(&index, id), expected);
+    assert_eq!(file_values(&out, id), expected);
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(saved["failed"], json!([]), "{saved}");
+}
+
 /// Configuration mistakes: exit 2, one line naming the variable, nothing touched.
 #[test]
 fn target_settings_are_checked() {
@@ -358,13 +513,9 @@ fn target_settings_are_checked() {
     );
     refused(
         base.clone()
-            .set("AUDIT_LOGGER_TYPE", "CASTAI")
-            .set("CASTAI_API_KEY", "k")
-            .set(
-                "CASTAI_STATE_FILE",
-                dir.path().join("s.json").to_str().unwrap(),
-            ),
-        "TARGETS works with the SQL sources",
+            .set("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE")
+            .set("CDP_ACCESS_TOKEN", "t"),
+        "TARGETS works with SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI and CATO so far: AUDIT_LOGGER_TYPE=CDP_ARCHIVE",
     );
     // Valid: `check` gets past the configuration (and fails at the database).
     let ok = base.clone().run(&["check"]);

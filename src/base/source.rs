@@ -149,6 +149,10 @@ impl LastRuns {
     }
 }
 
+/// Why a record is kept when only some of its targets hold it (TARGETS), for sources that keep
+/// such records with their failures.
+pub const LACKING: &str = "not yet held by every target that takes it";
+
 /// A record that failed `MAX_ATTEMPTS` times and is no longer tried until `retry-failed`.
 #[derive(Debug, Clone)]
 pub struct Parked {
@@ -252,4 +256,7 @@ pub struct SourceTraits {
     pub no_status: Option<&'static str>,
     /// SQL sources: `status` must prepare (create) their state tables first.
     pub sql: bool,
+    /// It keeps which targets hold a record whose fan-out is incomplete
+    /// ([`Page::held_by`], [`PageResult::progress`]), so TARGETS may be used with it.
+    pub fanout: bool,
 }

@@ -319,6 +319,9 @@ async fn transfer(
         let mut in_unit = false;
         loop {
             let limit = match (lane, paging) {
+                // With TARGETS the retry lane also holds records that only lack a target (the
+                // API sources keep them with their failures): all of them get their turn.
+                (Lane::Retry, _) if targets.multi() => retry_left,
                 (Lane::Retry, _) => std::mem::take(&mut retry_left),
                 (Lane::Fresh, Paging::Queue) => reserve(budget, chunk_size),
                 (Lane::Fresh, Paging::Units) => {

@@ -82,6 +82,7 @@ impl super::Configured for Settings {
     fn traits(&self) -> SourceTraits {
         SourceTraits {
             sql: true,
+            fanout: true,
             ..SourceTraits::default()
         }
     }

@@ -82,6 +82,8 @@ pub struct Castai {
     duplicates: u64,
     /// Failed items already tried in this run's retry lane.
     retried: HashSet<String>,
+    /// With TARGETS: the targets that hold the retry lane's items, by key.
+    retry_held: std::collections::HashMap<String, Vec<String>>,
     /// Held from `prepare` to exit (the OS releases it even after SIGKILL).
     _lock: Option<std::fs::File>,
 }
@@ -129,6 +131,7 @@ impl Castai {
             handed_out: 0,
             duplicates: 0,
             retried: HashSet::new(),
+            retry_held: Default::default(),
             _lock: None,
         })
     }
@@ -335,6 +338,11 @@ impl Castai {
             .collect();
         self.retried
             .extend(picked.iter().map(|f| f.record.key.clone()));
+        for f in state.failed.iter().filter(|f| !f.held_by.is_empty()) {
+            if picked.iter().any(|p| p.record.key == f.key) {
+                self.retry_held.insert(f.key.clone(), f.held_by.clone());
+            }
+        }
         picked
     }
 }
@@ -501,6 +509,14 @@ impl Page for CastaiPage<'_> {
         &self.records
     }
 
+    fn held_by(&self, i: usize) -> &[String] {
+        self.src
+            .retry_held
+            .get(&self.records[i].key)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {
         let CastaiPage {
             src,
@@ -539,6 +555,11 @@ impl Page for CastaiPage<'_> {
             state.record_failure(&records[*i].key, reason, item);
             changed = true;
         }
+        for (i, held_by) in result.progress {
+            let item = std::mem::take(&mut items[i]);
+            state.record_held(&records[i].key, held_by, item);
+            changed = true;
+        }
         changed |= src.complete(done);
         if lane == Lane::Fresh {
             changed |= src.shrink_if_stuck();
@@ -568,6 +589,7 @@ impl super::Configured for Configured {
         crate::base::source::SourceTraits {
             topic_field: Some("topic"),
             key_field: Some("labels.clusterId"),
+            fanout: true,
             ..Default::default()
         }
     }

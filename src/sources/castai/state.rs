@@ -53,6 +53,9 @@ pub(super) struct FailedItem {
     pub last_error: String,
     /// The item as CAST AI returned it.
     pub item: Value,
+    /// With TARGETS: the targets that already hold it; a retry goes to the others only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_by: Vec<String>,
 }
 
 impl State {
@@ -69,6 +72,23 @@ impl State {
                 attempts: 1,
                 last_error: reason.to_string(),
                 item,
+                held_by: Vec::new(),
+            }),
+        }
+    }
+
+    /// With TARGETS: `key` is held by `held_by` but not yet by every target that takes it. Kept
+    /// with its item (the window moves on), retried like a failure, without counting an attempt
+    /// unless a target refused it (then `record_failure` came first).
+    pub fn record_held(&mut self, key: &str, held_by: Vec<String>, item: Value) {
+        match self.failed.iter_mut().find(|f| f.key == key) {
+            Some(f) => f.held_by = held_by,
+            None => self.failed.push(FailedItem {
+                key: key.to_string(),
+                attempts: 0,
+                last_error: crate::base::source::LACKING.into(),
+                item,
+                held_by,
             }),
         }
     }

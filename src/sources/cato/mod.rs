@@ -73,6 +73,8 @@ pub struct Cato {
     /// Ids acknowledged under the current marker plus those handed out in this run.
     seen: HashSet<String>,
     retried: HashSet<String>,
+    /// With TARGETS: the targets that hold the retry lane's items, by key.
+    retry_held: std::collections::HashMap<String, Vec<String>>,
     /// A refused marker was started over once in this run.
     restarted: bool,
     gaps: Vec<String>,
@@ -114,6 +116,7 @@ impl Cato {
             stop: false,
             seen: HashSet::new(),
             retried: HashSet::new(),
+            retry_held: Default::default(),
             restarted: false,
             gaps: Vec::new(),
             duplicates: 0,
@@ -368,6 +371,11 @@ impl Cato {
             .collect();
         self.retried
             .extend(picked.iter().map(|f| f.record.key.clone()));
+        for f in state.failed.iter().filter(|f| !f.held_by.is_empty()) {
+            if picked.iter().any(|p| p.record.key == f.key) {
+                self.retry_held.insert(f.key.clone(), f.held_by.clone());
+            }
+        }
         picked
     }
 }
@@ -586,6 +594,14 @@ impl Page for CatoPage<'_> {
         self.lane == Lane::Retry || self.last
     }
 
+    fn held_by(&self, i: usize) -> &[String] {
+        self.src
+            .retry_held
+            .get(&self.records[i].key)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {
         let CatoPage {
             src,
@@ -617,6 +633,11 @@ impl Page for CatoPage<'_> {
         for (i, reason) in &result.failed {
             let item = std::mem::take(&mut meta[*i].item);
             state.record_failure(&records[*i].key, &meta[*i].account, reason, item);
+            changed = true;
+        }
+        for (i, held_by) in result.progress {
+            let item = std::mem::take(&mut meta[i].item);
+            state.record_held(&records[i].key, &meta[i].account, held_by, item);
             changed = true;
         }
         if lane == Lane::Fresh {
@@ -659,6 +680,7 @@ impl super::Configured for Configured {
                 Feed::Events => "fieldsMap.event_sub_type",
                 Feed::Audit => "fieldsMap.model_type",
             }),
+            fanout: true,
             ..Default::default()
         }
     }

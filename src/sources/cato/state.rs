@@ -71,6 +71,9 @@ pub(super) struct FailedItem {
     pub last_error: String,
     /// The record as Cato returned it: after the marker moved on, the only copy.
     pub item: Value,
+    /// With TARGETS: the targets that already hold it; a retry goes to the others only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_by: Vec<String>,
 }
 
 impl State {
@@ -87,6 +90,23 @@ impl State {
                 attempts: 1,
                 last_error: reason.to_string(),
                 item,
+                held_by: Vec::new(),
+            }),
+        }
+    }
+
+    /// With TARGETS: as CAST AI's (`record_held` there): kept with its item, retried to the
+    /// targets that lack it, without counting an attempt.
+    pub fn record_held(&mut self, key: &str, account: &str, held_by: Vec<String>, item: Value) {
+        match self.failed.iter_mut().find(|f| f.key == key) {
+            Some(f) => f.held_by = held_by,
+            None => self.failed.push(FailedItem {
+                key: key.to_string(),
+                account: account.to_string(),
+                attempts: 0,
+                last_error: crate::base::source::LACKING.into(),
+                item,
+                held_by,
             }),
         }
     }
