@@ -234,7 +234,7 @@ REFUSED = [
     ({**ES, "routing": {"acceptTopics": "a"}, "env": {"ACCEPT_TOPICS": "b"}}, "env.ACCEPT_TOPICS"),
     ({"targets": [SIEM, {**SIEM, "name": "SIEM"}]}, "targets[1].name"),
     ({"targets": [{**SIEM, "name": "my-siem"}]}, "targets[0].name"),
-    ({"source": {"type": "S3_CURSOR"}, "targets": [SIEM]}, "targets with source.type"),
+    ({"source": {"type": "CDP_ARCHIVE"}, "targets": [SIEM]}, "targets with source.type"),
     ({"targets": [SIEM, {"name": "local", "sink": {"type": "file"}}]}, "targets[1].sink.file.existingClaim"),
     ({"targets": [{"name": "siem", "sink": {"type": "elasticsearch"}}]}, "targets[0].sink.elasticsearch.host"),
     ({"targets": [SIEM], "routing": {"acceptTopics": "a"}}, "routing.acceptTopics"),

@@ -462,6 +462,88 @@ fn cato_a_target_down_for_a_run_then_completed() {
     assert_eq!(saved["failed"], json!([]), "{saved}");
 }
 
+/// S3: a file is acknowledged whole, so the cursor stays before a file some target lacks
+/// records of, and the cursor file keeps who holds which; the next run completes the file for
+/// the target that lacks it only, then moves on.
+#[test]
+fn s3_a_target_down_for_a_run_then_completed() {
+    skip_unless!(Need::Python("moto"), Need::Osmem);
+    let m = common::s3::moto();
+    let prefix = format!("acct/{}", unique("s3t"));
+    let lines = |file: u64| -> Vec<u8> {
+        let mut t = String::new();
+        for line in 0..6u64 {
+            t.push_str(
+                &json!({"creationTime": 1714557600000u64 + file * 1000 + line, "prettyType": "Audit",
+                    "sourceIp": format!("10.1.{file}.{line}")})
+                .to_string(),
+            );
+            t.push('\n');
+        }
+        t.into_bytes()
+    };
+    for file in 1..=2u64 {
+        m.put(&format!("{prefix}/CATO{file:020}.log"), lines(file));
+    }
+    let expected: BTreeMap<String, usize> = (1..=2u64)
+        .flat_map(|f| (0..6u64).map(move |l| (format!("10.1.{f}.{l}"), 1)))
+        .collect();
+    let ip = |doc: &Value| doc["sourceIp"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cursor = dir.path().join("cursor.json");
+    let out = dir.path().join("archive");
+    let index = unique("tgt");
+    let proxy = Proxy::start(&osmem().url);
+    proxy.push(Fault::Status(503), 1000);
+    let env = Env::new()
+        .set("AUDIT_LOGGER_TYPE", "S3_CURSOR")
+        .set("S3_BUCKET", &m.bucket)
+        .set("S3_PREFIX", &prefix)
+        .set("S3_ENDPOINT", &m.endpoint)
+        .set("AWS_ACCESS_KEY_ID", &m.key_id)
+        .set("AWS_SECRET_ACCESS_KEY", &m.secret)
+        .set("S3_CURSOR_FILE", cursor.to_str().unwrap())
+        .set("CHUNK_SIZE", "4")
+        .set("TARGETS", "siem,archive")
+        .set("TARGET_SIEM_SINK", "elasticsearch")
+        .set("TARGET_SIEM_ELASTICSEARCH_HOST", "127.0.0.1")
+        .set("TARGET_SIEM_ELASTICSEARCH_PORT", &proxy.port.to_string())
+        .set("TARGET_SIEM_ELASTICSEARCH_SCHEME", "http")
+        .set("TARGET_SIEM_ELASTICSEARCH_APP_AUDIT_LOG_INDEX", &index)
+        .set("TARGET_SIEM_ELASTICSEARCH_RETRY_INITIAL_MS", "20")
+        .set("TARGET_SIEM_ELASTICSEARCH_MAX_RETRIES", "1")
+        .set("TARGET_ARCHIVE_SINK", "file")
+        .set("TARGET_ARCHIVE_OUTPUT_PATH", out.to_str().unwrap());
+    env.run(&["run"]).expect(3);
+    // The first file went to the archive; the cursor stays before it, later files wait.
+    let first: BTreeMap<String, usize> = expected
+        .iter()
+        .filter(|(k, _)| k.starts_with("10.1.1."))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(file_values(&out, ip), first);
+    let saved: Value = serde_json::from_slice(&std::fs::read(&cursor).unwrap()).unwrap();
+    assert!(saved["last"].is_null(), "{saved}");
+    assert_eq!(
+        saved["next"]["held"].as_object().unwrap().len(),
+        6,
+        "{saved}"
+    );
+
+    let run = env
+        .clone()
+        .set(
+            "TARGET_SIEM_ELASTICSEARCH_PORT",
+            &osmem().port().to_string(),
+        )
+        .run(&["run"]);
+    run.expect(0);
+    assert_eq!(index_values(&index, ip), expected);
+    assert_eq!(file_values(&out, ip), expected);
+    let saved: Value = serde_json::from_slice(&std::fs::read(&cursor).unwrap()).unwrap();
+    assert!(saved["next"].is_null(), "{saved}");
+}
+
 /// Configuration mistakes: exit 2, one line naming the variable, nothing touched.
 #[test]
 fn target_settings_are_checked() {
@@ -515,7 +597,7 @@ fn target_settings_are_checked() {
         base.clone()
             .set("AUDIT_LOGGER_TYPE", "CDP_ARCHIVE")
             .set("CDP_ACCESS_TOKEN", "t"),
-        "TARGETS works with SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI and CATO so far: AUDIT_LOGGER_TYPE=CDP_ARCHIVE",
+        "TARGETS works with SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI, CATO and S3_CURSOR so far: AUDIT_LOGGER_TYPE=CDP_ARCHIVE",
     );
     // Valid: `check` gets past the configuration (and fails at the database).
     let ok = base.clone().run(&["check"]);

@@ -87,7 +87,7 @@ impl Setup {
         let source_traits = source.as_ref().map(|s| s.traits()).unwrap_or_default();
         if named && source.is_some() && !source_traits.fanout {
             return Err(ConfigError(format!(
-                "TARGETS works with SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI and CATO so far: AUDIT_LOGGER_TYPE={} keeps no per-target progress yet; run one job per destination",
+                "TARGETS works with SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI, CATO and S3_CURSOR so far: AUDIT_LOGGER_TYPE={} keeps no per-target progress yet; run one job per destination",
                 env.get("AUDIT_LOGGER_TYPE").unwrap_or_default()
             )));
         }

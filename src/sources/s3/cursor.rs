@@ -47,6 +47,10 @@ pub struct Pending {
     pub attempts: u32,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// With TARGETS: records of this file some target lacks, by record key, with the targets
+    /// that hold them; the next run sends them to the others only.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub held: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +165,7 @@ mod tests {
             key: "p/CATO00000000000000000004.zip".into(),
             attempts: 2,
             last_error: Some("corrupt".into()),
+            held: [("r1".to_string(), vec!["siem".to_string()])].into(),
         });
         save(&path, &c).unwrap();
         assert_eq!(load(&path, "b", "p", None).unwrap(), Some(c));

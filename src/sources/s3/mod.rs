@@ -89,6 +89,8 @@ struct Current {
     entry: Option<String>,
     /// Records the sink refused: the file is not complete.
     sink_rejected: u64,
+    /// With TARGETS: records some target lacks (it was down): the file is not complete.
+    lacking: u64,
     /// Records whose time field could not be read (they carry the file's time).
     unreadable_times: u64,
     records: u64,
@@ -288,10 +290,18 @@ impl S3Cursor {
         }
         let c = self.cursor()?;
         c.order = Some(mode);
+        // Targets that hold records of this file from an earlier run (TARGETS) stay known.
+        let held = c
+            .next
+            .take()
+            .filter(|p| p.key == info.key)
+            .map(|p| p.held)
+            .unwrap_or_default();
         c.next = Some(Pending {
             key: info.key.clone(),
             attempts: attempts + 1,
             last_error,
+            held,
         });
         self.save()?;
         let lines = reader::spawn(self.store.clone(), &info, self.cfg.zip_password.clone())
@@ -303,6 +313,7 @@ impl S3Cursor {
             ahead: None,
             entry: None,
             sink_rejected: 0,
+            lacking: 0,
             unreadable_times: 0,
             records: 0,
         });
@@ -346,6 +357,7 @@ impl S3Cursor {
             key: info.key.clone(),
             attempts: 1,
             last_error: None,
+            held: Default::default(),
         });
         pending.last_error = Some(why.to_string());
         let attempts = pending.attempts;
@@ -363,6 +375,15 @@ impl S3Cursor {
                 records = cur.unreadable_times,
                 "records with a time field that could not be read; their @timestamp is the file's time"
             );
+        }
+        if cur.lacking > 0 && cur.sink_rejected == 0 {
+            tracing::warn!(
+                file = %url,
+                records = cur.lacking,
+                "records of the file are not held by every target yet: the cursor stays before the file, and the next run sends them to the targets that lack them only; later files wait"
+            );
+            self.stopped = true;
+            return Ok(());
         }
         if cur.sink_rejected > 0 {
             let why = format!("the sink rejected {} of its records", cur.sink_rejected);
@@ -682,8 +703,38 @@ impl Page for FilePage<'_> {
         self.last
     }
 
+    fn held_by(&self, i: usize) -> &[String] {
+        self.src
+            .cursor
+            .as_ref()
+            .and_then(|c| c.next.as_ref())
+            .and_then(|p| p.held.get(&self.records[i].key))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {
         let FilePage { src, records, last } = *self;
+        // TARGETS: who holds what is saved with each page, so neither a crash nor the next run
+        // sends a record again to a target that has it.
+        let lacking = records.len()
+            - result.delivered.len()
+            - result.failed.len()
+            - result.not_accepted.len();
+        if lacking > 0 || !result.progress.is_empty() {
+            if let Some(cur) = src.current.as_mut() {
+                cur.lacking += lacking as u64;
+            }
+            if let Some(p) = src.cursor()?.next.as_mut() {
+                for &i in &result.delivered {
+                    p.held.remove(&records[i].key);
+                }
+                for (i, targets) in &result.progress {
+                    p.held.insert(records[*i].key.clone(), targets.clone());
+                }
+            }
+            src.save()?;
+        }
         // Lines that could not be parsed were reported by the pipeline and do not hold up the
         // file; a record the sink refused does.
         let refused = result
@@ -724,6 +775,7 @@ impl super::Configured for Configured {
             topic_field: Some("event_type"),
             key_field: Some("event_sub_type"),
             undated: self.0.output == S3Output::Original,
+            fanout: true,
             ..Default::default()
         }
     }

@@ -115,8 +115,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not (kindIs "slice" $v.targets) -}}
 {{- fail "targets: expected a list of entries {name, sink, acceptTopics, acceptRoutingKeys}, at least one; [] for the single sink block" -}}
 {{- end -}}
-{{- if not (has $v.source.type (list "SINGLE_COLUMN_JSON" "DJANGO_AUDITLOG" "CASTAI" "CATO")) -}}
-{{- fail (printf "targets with source.type %s: several targets need SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI or CATO; use the single sink block" $v.source.type) -}}
+{{- if not (has $v.source.type (list "SINGLE_COLUMN_JSON" "DJANGO_AUDITLOG" "CASTAI" "CATO" "S3_CURSOR")) -}}
+{{- fail (printf "targets with source.type %s: several targets need SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI, CATO or S3_CURSOR; use the single sink block" $v.source.type) -}}
 {{- end -}}
 {{- range $k := list "acceptTopics" "acceptRoutingKeys" -}}
 {{- if index $v.routing $k -}}
