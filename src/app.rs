@@ -386,11 +386,27 @@ async fn verify(setup: &Setup, window: crate::base::source::Window, json: bool) 
             accept: selections.get(i).cloned().unwrap_or_default(),
         });
     }
+    // Files and buckets are matched by content; a second reading of the source names what is
+    // missing there.
+    let listed = destinations
+        .iter()
+        .any(|d| d.sink.read_back_mode() == crate::base::sink::ReadBack::ByContent);
+    let mut again = match listed {
+        true => Some(setup.source()?.connect(&setup.run).await?),
+        false => None,
+    };
+    let routing = &setup.run.routing;
+    let everything = window.since.is_none()
+        && window.until.is_none()
+        && routing.accept_topics.is_none()
+        && routing.accept_keys.is_none();
     let report = crate::verify::verify(
         source.as_mut(),
+        again.as_deref_mut().map(|s| s as &mut dyn Source),
         &mut destinations,
         &window,
         setup.run.chunk_size,
+        everything,
     )
     .await?;
     if json {

@@ -66,10 +66,10 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         max_since_success: Option<Duration>,
     },
-    /// Read back the documents of the records the source marked sent (SQL sources), by their ids,
-    /// from Elasticsearch/OpenSearch (every target of TARGETS that is one), and compare each
-    /// with the document the record produces today. Exit 0 when every one is there unchanged,
-    /// 1 when any is missing or altered, 2 on configuration errors.
+    /// Read back the documents of the records the source marked sent (SQL sources): from
+    /// Elasticsearch/OpenSearch by id, from files and buckets by content; compare each with the
+    /// document the record produces today. Exit 0 when every one is there unchanged, 1 when any
+    /// is missing, altered or unexpected, 2 on configuration errors.
     Verify {
         /// Only records created at or after WHEN: a time (2024-05-01T10:00:00Z), a date
         /// (2024-05-01, midnight UTC) or an age (7d: seven days ago).

@@ -2,9 +2,14 @@
 //! the source marked sent, and compares each with the document the record produces today.
 //! Missing: marked sent, not in the destination. Altered: there, but different. Records are
 //! read and checked a page at a time, so memory stays flat however many there are.
+//!
+//! Files and buckets hold documents without their ids, so there the documents are matched by
+//! content instead: the digest of each expected document is counted (16 bytes per record), the
+//! destination is listed once, and a second pass over the source names the records still
+//! unmatched. An altered document there shows as one missing record and one unexpected line.
 
 use crate::base::document::Document;
-use crate::base::sink::Sink;
+use crate::base::sink::{Found, ReadBack, Sink};
 use crate::base::source::{Source, Window};
 use crate::routing::Selection;
 use anyhow::Result;
@@ -34,6 +39,13 @@ pub struct Checked {
     /// The first [`LIST`] ids of each kind, with the record's key at the source.
     pub missing_ids: Vec<Problem>,
     pub altered_ids: Vec<Problem>,
+    /// Files and buckets: documents there that no record marked sent produces (forged, or
+    /// altered), where they are. `None`: not counted (a window or an accept list leaves
+    /// documents there that this check does not expect).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unexpected: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unexpected_at: Vec<String>,
     /// Why this destination was not checked (it cannot be read back by id).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_checked: Option<String>,
@@ -57,7 +69,11 @@ pub struct Report {
 
 impl Report {
     pub fn clean(&self) -> bool {
-        self.unreadable == 0 && self.destinations.iter().all(|d| d.missing + d.altered == 0)
+        self.unreadable == 0
+            && self
+                .destinations
+                .iter()
+                .all(|d| d.missing + d.altered + d.unexpected.unwrap_or(0) == 0)
     }
 
     pub fn text(&self, window: &Window) -> String {
@@ -86,10 +102,25 @@ impl Report {
                 out.push_str(&format!("{name}: not checked: {why}\n"));
                 continue;
             }
-            out.push_str(&format!(
-                "{name}: {} checked, {} missing, {} altered\n",
-                d.checked, d.missing, d.altered
-            ));
+            match d.unexpected {
+                Some(u) => out.push_str(&format!(
+                    "{name}: {} checked by content, {} missing, {u} unexpected\n",
+                    d.checked, d.missing
+                )),
+                None => out.push_str(&format!(
+                    "{name}: {} checked, {} missing, {} altered\n",
+                    d.checked, d.missing, d.altered
+                )),
+            }
+            for at in &d.unexpected_at {
+                out.push_str(&format!("  unexpected: {at}\n"));
+            }
+            if d.unexpected.unwrap_or(0) > d.unexpected_at.len() as u64 {
+                out.push_str(&format!(
+                    "  unexpected: {} more\n",
+                    d.unexpected.unwrap_or(0) - d.unexpected_at.len() as u64
+                ));
+            }
             for (kind, list, n) in [
                 ("missing", &d.missing_ids, d.missing),
                 ("altered", &d.altered_ids, d.altered),
@@ -123,11 +154,79 @@ pub fn same(expected: &[u8], stored: &[u8]) -> bool {
     }
 }
 
+/// The digest documents are matched by where they carry no id: of the JSON value (so key
+/// order and spacing do not matter), else of the bytes.
+fn digest(doc: &[u8]) -> [u8; 16] {
+    use sha2::Digest;
+    let canonical = serde_json::from_slice::<Value>(doc)
+        .ok()
+        .and_then(|v| serde_json::to_vec(&v).ok());
+    let hash = sha2::Sha256::digest(canonical.as_deref().unwrap_or(doc));
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hash[..16]);
+    out
+}
+
+/// The expected documents of one destination read back by content, counted by digest.
+#[derive(Default)]
+struct Expected(std::collections::HashMap<[u8; 16], u32>);
+
+impl Expected {
+    /// Takes one document with this digest off the count; false when none is left.
+    fn take(&mut self, d: &[u8; 16]) -> bool {
+        match self.0.get_mut(d) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.0.remove(d);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Lines of a destination matched against what is expected.
+struct Matcher<'a> {
+    expected: &'a mut Expected,
+    checked: &'a mut Checked,
+}
+
+impl Found for Matcher<'_> {
+    fn found(&mut self, at: &str, line: &[u8]) {
+        if self.expected.take(&digest(line)) {
+            return;
+        }
+        if let Some(n) = self.checked.unexpected.as_mut() {
+            *n += 1;
+            if self.checked.unexpected_at.len() < LIST {
+                self.checked.unexpected_at.push(at.to_string());
+            }
+        }
+    }
+}
+
+fn note(list: &mut Vec<Problem>, doc: &Document, key: &str) {
+    if list.len() < LIST {
+        list.push(Problem {
+            id: doc.id.clone(),
+            record: key.to_string(),
+        });
+    }
+}
+
+/// `again` reads the source once more, from the start (files and buckets: to name what is
+/// missing). `everything`: no window or accept list narrows the check, so what a destination
+/// listed by content holds beyond the expected documents is unexpected.
 pub async fn verify(
     source: &mut dyn Source,
+    again: Option<&mut dyn Source>,
     destinations: &mut [Destination],
     window: &Window,
     page: usize,
+    everything: bool,
 ) -> Result<Report> {
     let mut report = Report {
         destinations: destinations
@@ -135,11 +234,35 @@ pub async fn verify(
             .map(|d| Checked {
                 target: d.name.clone(),
                 sink: d.sink.name(),
+                not_checked: match d.sink.read_back_mode() {
+                    ReadBack::No => Some(format!(
+                        "verify cannot read documents back from {}: it reads Elasticsearch/OpenSearch by id, files and buckets by content",
+                        d.sink.name()
+                    )),
+                    _ => None,
+                },
+                unexpected: (d.sink.read_back_mode() == ReadBack::ByContent
+                    && everything
+                    && d.accept.is_all())
+                .then_some(0),
                 ..Checked::default()
             })
             .collect(),
         ..Report::default()
     };
+    if report.destinations.iter().all(|d| d.not_checked.is_some()) {
+        return Err(crate::base::exit::config_error(format!(
+            "verify reads Elasticsearch/OpenSearch by id and files and buckets by content: {} cannot be read back",
+            report
+                .destinations
+                .iter()
+                .map(|d| d.sink.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let by_content = |d: &Destination| d.sink.read_back_mode() == ReadBack::ByContent;
+    let mut expected: Vec<Expected> = destinations.iter().map(|_| Expected::default()).collect();
     crate::progress::start(None);
     while let Some(records) = source.sent_page(window, page).await? {
         report.records += records.len() as u64;
@@ -153,7 +276,11 @@ pub async fn verify(
                 }
             }
         }
-        for (d, checked) in destinations.iter_mut().zip(&mut report.destinations) {
+        for ((d, checked), expected) in destinations
+            .iter_mut()
+            .zip(&mut report.destinations)
+            .zip(&mut expected)
+        {
             if checked.not_checked.is_some() {
                 continue;
             }
@@ -162,46 +289,68 @@ pub async fn verify(
                 .filter(|(doc, _)| d.accept.accepts(doc.route()))
                 .copied()
                 .collect();
-            let list: Vec<&Document> = mine.iter().map(|(doc, _)| *doc).collect();
-            let stored = match d.sink.read_back(&list).await {
-                Ok(stored) => stored,
-                // With several targets, one that cannot be read back is reported as such.
-                Err(e)
-                    if d.name.is_some()
-                        && crate::base::exit::exit_for(&e) == crate::base::exit::Exit::Config =>
-                {
-                    checked.not_checked = Some(crate::base::exit::one_line(&e));
-                    continue;
+            checked.checked += mine.len() as u64;
+            if by_content(d) {
+                for (doc, _) in &mine {
+                    *expected.0.entry(digest(&doc.body)).or_insert(0) += 1;
                 }
-                Err(e) => return Err(e),
-            };
-            checked.checked += list.len() as u64;
+                continue;
+            }
+            let list: Vec<&Document> = mine.iter().map(|(doc, _)| *doc).collect();
+            let stored = d.sink.read_back(&list).await?;
             for ((doc, key), stored) in mine.iter().zip(stored) {
-                let (n, ids) = match stored {
-                    None => (&mut checked.missing, &mut checked.missing_ids),
-                    Some(s) if !same(&doc.body, &s) => {
-                        (&mut checked.altered, &mut checked.altered_ids)
+                match stored {
+                    None => {
+                        checked.missing += 1;
+                        note(&mut checked.missing_ids, doc, key);
                     }
-                    Some(_) => continue,
-                };
-                *n += 1;
-                if ids.len() < LIST {
-                    ids.push(Problem {
-                        id: doc.id.clone(),
-                        record: key.to_string(),
-                    });
+                    Some(s) if !same(&doc.body, &s) => {
+                        checked.altered += 1;
+                        note(&mut checked.altered_ids, doc, key);
+                    }
+                    Some(_) => {}
                 }
             }
         }
         crate::progress::advance(records.len() as u64);
     }
     crate::progress::finish();
-    if !report.destinations.is_empty()
-        && report.destinations.iter().all(|d| d.not_checked.is_some())
+    // Files and buckets: list what they hold against the expected digests.
+    let mut left = false;
+    for ((d, checked), expected) in destinations
+        .iter_mut()
+        .zip(&mut report.destinations)
+        .zip(&mut expected)
     {
-        return Err(crate::base::exit::config_error(
-            "verify reads documents back by id from Elasticsearch/OpenSearch: no target is one",
-        ));
+        if checked.not_checked.is_some() || !by_content(d) {
+            continue;
+        }
+        d.sink.scan(&mut Matcher { expected, checked }).await?;
+        left |= !expected.0.is_empty();
+    }
+    // What no line matched is missing: a second pass names those records.
+    if let (true, Some(again)) = (left, again) {
+        while let Some(records) = again.sent_page(window, page).await? {
+            for r in &records {
+                let Ok(doc) = &r.doc else { continue };
+                for ((d, checked), expected) in destinations
+                    .iter()
+                    .zip(&mut report.destinations)
+                    .zip(&mut expected)
+                {
+                    if checked.not_checked.is_some()
+                        || !by_content(d)
+                        || !d.accept.accepts(doc.route())
+                    {
+                        continue;
+                    }
+                    if expected.take(&digest(&doc.body)) {
+                        checked.missing += 1;
+                        note(&mut checked.missing_ids, doc, &r.key);
+                    }
+                }
+            }
+        }
     }
     Ok(report)
 }
@@ -209,6 +358,19 @@ pub async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_ignore_key_order_and_spacing() {
+        assert_eq!(
+            digest(br#"{"a":1,"b":"x"}"#),
+            digest(br#"{ "b": "x", "a": 1 }"#)
+        );
+        assert_ne!(digest(br#"{"a":1}"#), digest(br#"{"a":2}"#));
+        let mut e = Expected::default();
+        *e.0.entry(digest(b"x")).or_insert(0) += 2;
+        assert!(e.take(&digest(b"x")) && e.take(&digest(b"x")) && !e.take(&digest(b"x")));
+        assert!(e.0.is_empty());
+    }
 
     #[test]
     fn documents_compare_as_json_values() {

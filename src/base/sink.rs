@@ -30,8 +30,21 @@ pub trait Sink: Send {
         let _ = name;
         self.ship(docs).await
     }
-    /// `verify`: what the destination holds under each document's id, as stored (`None`: it
-    /// holds nothing there). Sinks that cannot be read back by id refuse.
+    /// How `verify` can read this destination back.
+    fn read_back_mode(&self) -> ReadBack {
+        ReadBack::No
+    }
+    /// `verify` with [`ReadBack::ByContent`]: calls `each` with where each stored document is
+    /// (file and line) and its bytes, in any order.
+    async fn scan(&mut self, each: &mut dyn Found) -> Result<()> {
+        let _ = each;
+        Err(crate::base::exit::config_error(format!(
+            "verify cannot list the documents of {}",
+            self.name()
+        )))
+    }
+    /// `verify` with [`ReadBack::ById`]: what the destination holds under each document's id,
+    /// as stored (`None`: it holds nothing there).
     async fn read_back(&mut self, docs: &[&Document]) -> Result<Vec<Option<Vec<u8>>>> {
         let _ = docs;
         Err(crate::base::exit::config_error(format!(
@@ -39,6 +52,23 @@ pub trait Sink: Send {
             self.name()
         )))
     }
+}
+
+/// What [`Sink::scan`] reports each stored document to.
+pub trait Found: Send {
+    /// The document `line`, stored at `at` (file and line).
+    fn found(&mut self, at: &str, line: &[u8]);
+}
+
+/// How a destination can be read back by `verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBack {
+    /// By document id (an index).
+    ById,
+    /// Only by listing what it holds, documents without their ids (files, buckets).
+    ByContent,
+    /// Not at all (a collector, a broker, a pipe).
+    No,
 }
 
 /// What a kind of sink takes, known from its name before its settings are read, so a source

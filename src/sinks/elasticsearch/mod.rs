@@ -164,6 +164,10 @@ impl Sink for ElasticsearchSink {
         self.service.info().await
     }
 
+    fn read_back_mode(&self) -> crate::base::sink::ReadBack {
+        crate::base::sink::ReadBack::ById
+    }
+
     async fn read_back(&mut self, docs: &[&Document]) -> Result<Vec<Option<Vec<u8>>>> {
         self.mget(docs).await
     }

@@ -17,6 +17,7 @@
 mod layout;
 mod local;
 mod object;
+mod scan;
 
 use super::{Outcome, Sink};
 use crate::base::document::Document;
@@ -248,6 +249,17 @@ impl Sink for FileSink {
 
     async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>> {
         self.ship_named(None, docs).await
+    }
+
+    fn read_back_mode(&self) -> crate::base::sink::ReadBack {
+        crate::base::sink::ReadBack::ByContent
+    }
+
+    async fn scan(&mut self, each: &mut dyn crate::base::sink::Found) -> Result<()> {
+        match &self.target {
+            Target::Local(dir) => scan::local(dir, each),
+            Target::Bucket(b) => scan::bucket(b, each).await,
+        }
     }
 
     async fn ship_named(&mut self, name: Option<&str>, docs: &[&Document]) -> Result<Vec<Outcome>> {
