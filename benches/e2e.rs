@@ -413,14 +413,7 @@ fn run_command(args: &[&str], envs: &[(&str, String)]) -> Measured {
 /// and compared; a tenth of the rows (a --until window) and all of them, for time and for
 /// memory, which must not grow with the rows.
 fn verify_lines(rt: &tokio::runtime::Runtime, url: &str, port: u16, n: usize, reps: usize) {
-    let envs: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", url.to_string()),
-        ("BATCH_SIZE", "100000000".into()),
-        ("CHUNK_SIZE", CHUNK.to_string()),
-        ("LOG_FORMAT", "json".into()),
-        ("ELASTICSEARCH_HOST", format!("127.0.0.1:{port}")),
-        ("ELASTICSEARCH_SCHEME", "http".into()),
-    ];
+    let envs = es_env(url, port);
     rt.block_on(reset(url));
     *STORED.lock().unwrap() = Some(Default::default());
     run_job(&envs);
@@ -441,6 +434,26 @@ fn verify_lines(rt: &tokio::runtime::Runtime, url: &str, port: u16, n: usize, re
         );
     }
     *STORED.lock().unwrap() = None;
+}
+
+/// What every measured run gets: the table, no BATCH_SIZE limit, the page size, JSON logs.
+fn base_env(url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", url.to_string()),
+        ("BATCH_SIZE", "100000000".into()),
+        ("CHUNK_SIZE", CHUNK.to_string()),
+        ("LOG_FORMAT", "json".into()),
+    ]
+}
+
+/// The same into an Elasticsearch-compatible endpoint on `port`.
+fn es_env(url: &str, port: u16) -> Vec<(&'static str, String)> {
+    let mut e = base_env(url);
+    e.extend([
+        ("ELASTICSEARCH_HOST", format!("127.0.0.1:{port}")),
+        ("ELASTICSEARCH_SCHEME", "http".into()),
+    ]);
+    e
 }
 
 /// `--until` just after the `rows`-th bench row (rows are 1 ms apart from 2024-05-01T10:00:00Z).
@@ -608,22 +621,8 @@ fn main() {
         None,
     );
 
-    let base = |url: &str| -> Vec<(&'static str, String)> {
-        vec![
-            ("DATABASE_URL", url.to_string()),
-            ("BATCH_SIZE", "100000000".into()),
-            ("CHUNK_SIZE", CHUNK.to_string()),
-            ("LOG_FORMAT", "json".into()),
-        ]
-    };
-    let es = |url: &str, port: u16| {
-        let mut e = base(url);
-        e.extend([
-            ("ELASTICSEARCH_HOST", format!("127.0.0.1:{port}")),
-            ("ELASTICSEARCH_SCHEME", "http".into()),
-        ]);
-        e
-    };
+    let base = base_env;
+    let es = es_env;
     let measure =
         |label: &str, rows: usize, url: &str, envs: Vec<(&'static str, String)>| -> (f64, u64) {
             let mut secs = Vec::new();

@@ -92,19 +92,25 @@ impl Report {
     pub fn json(&self) -> Value {
         let run = |r: &Option<RunRecord>| match r {
             None => Value::Null,
-            Some(r) => json!({
-                "finished_at": stamp(r.finished_at),
-                "age_seconds": age(self.now, r.finished_at).as_secs(),
-                "exit_code": r.exit_code,
-                "selected": r.selected,
-                "delivered": r.delivered,
-                "already_present": r.already_present,
-                "rejected": r.rejected,
-                "parked": r.parked,
-                "marked": r.marked,
-                "duration_seconds": r.duration_ms as f64 / 1000.0,
-                "targets": r.targets,
-            }),
+            Some(r) => {
+                let mut v = json!({
+                    "finished_at": stamp(r.finished_at),
+                    "age_seconds": age(self.now, r.finished_at).as_secs(),
+                    "exit_code": r.exit_code,
+                    "selected": r.selected,
+                    "delivered": r.delivered,
+                    "already_present": r.already_present,
+                    "rejected": r.rejected,
+                    "parked": r.parked,
+                    "marked": r.marked,
+                    "duration_seconds": r.duration_ms as f64 / 1000.0,
+                });
+                // Only with TARGETS: the output of other setups stays as it was.
+                if !r.targets.is_empty() {
+                    v["targets"] = json!(r.targets);
+                }
+                v
+            }
         };
         json!({
             "source": self.source,

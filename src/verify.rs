@@ -296,6 +296,9 @@ pub async fn verify(
                 }
                 continue;
             }
+            if mine.is_empty() {
+                continue;
+            }
             let list: Vec<&Document> = mine.iter().map(|(doc, _)| *doc).collect();
             let stored = d.sink.read_back(&list).await?;
             for ((doc, key), stored) in mine.iter().zip(stored) {

@@ -22,17 +22,9 @@ async fn table(rows: usize) -> TestDb {
 }
 
 fn s3_env(db: &TestDb, prefix: &str) -> Env {
-    let m = moto();
     Env::new()
         .set("DATABASE_URL", &db.url)
-        .set("SINK", "file")
-        .set("OUTPUT_PATH", &format!("s3://{}/{prefix}/", m.bucket))
-        .set("OUTPUT_GZIP", "true")
-        .set("AWS_ENDPOINT_URL", &m.endpoint)
-        .set("AWS_ALLOW_HTTP", "true")
-        .set("AWS_REGION", "us-east-1")
-        .set("AWS_ACCESS_KEY_ID", &m.key_id)
-        .set("AWS_SECRET_ACCESS_KEY", &m.secret)
+        .into_moto(prefix)
         .set("CHUNK_SIZE", "5")
         .set("SINK_CONCURRENCY", "1")
 }

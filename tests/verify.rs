@@ -312,14 +312,7 @@ fn buckets_are_checked_by_content() {
     let prefix = unique("vfy");
     let env = Env::new()
         .set("DATABASE_URL", &db.url)
-        .set("SINK", "file")
-        .set("OUTPUT_PATH", &format!("s3://{}/{prefix}/", m.bucket))
-        .set("AWS_ENDPOINT_URL", &m.endpoint)
-        .set("AWS_ALLOW_HTTP", "true")
-        .set("AWS_REGION", "us-east-1")
-        .set("AWS_ACCESS_KEY_ID", &m.key_id)
-        .set("AWS_SECRET_ACCESS_KEY", &m.secret)
-        .set("OUTPUT_GZIP", "true")
+        .into_moto(&prefix)
         .set("CHUNK_SIZE", "4");
     env.run(&["run"]).expect(0);
     env.run(&["verify"]).expect(0);

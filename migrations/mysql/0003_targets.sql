@@ -1,9 +1,11 @@
 -- TARGETS: which targets already hold a row that not every target holds yet, so the next run
--- sends it only to the others. Rows leave this table when the row is marked sent.
+-- sends it only to the others. Rows leave this table when the row is marked sent. `doc_id`, the
+-- row's document id, tells a row from a later one under the same id (a table reset).
 CREATE TABLE IF NOT EXISTS audit_transfer_target_rows (
     source       VARCHAR(191) NOT NULL,
     row_id       BIGINT       NOT NULL,
     target       VARCHAR(64)  NOT NULL,
+    doc_id       VARCHAR(191) NOT NULL,
     delivered_at DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (source, row_id, target)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -1,9 +1,11 @@
 -- TARGETS: which targets already hold a row that not every target holds yet, so the next run
--- sends it only to the others. Rows leave this table when the row is marked sent.
+-- sends it only to the others. Rows leave this table when the row is marked sent. `doc_id`, the
+-- row's document id, tells a row from a later one under the same id (a table reset).
 CREATE TABLE IF NOT EXISTS audit_transfer_target_rows (
     source       TEXT    NOT NULL,
     row_id       INTEGER NOT NULL,
     target       TEXT    NOT NULL,
+    doc_id       TEXT    NOT NULL,
     delivered_at TEXT    NOT NULL DEFAULT CURRENT_TIMESTAMP,
     PRIMARY KEY (source, row_id, target)
 );

@@ -105,8 +105,10 @@ pub struct Queue<S: Schema> {
     route_sql: Option<RouteSql>,
     /// `prepare` ran: our tables exist, so the run can be recorded.
     prepared: bool,
-    /// `verify`: where the last page of sent rows ended (the row address).
+    /// `verify`: where the last page of sent rows ended (the row address; PostgreSQL without
+    /// a key: the next block), and the address plan and block count found on the first page.
     sent_after: Option<i64>,
+    sent_plan: Option<(Addr, i64)>,
 }
 
 /// Row addresses read per ordered read of the backlog ([`Plan::Keys`]): 8 bytes each, so at
@@ -294,6 +296,7 @@ impl<S: Schema> Queue<S> {
             route_sql: None,
             prepared: false,
             sent_after: None,
+            sent_plan: None,
         }
     }
 
@@ -538,6 +541,14 @@ impl<S: Schema> Queue<S> {
             .bind(self.schema.source_key())
             .execute(&mut self.db.conn)
             .await?;
+        super::targets::forget_gone(
+            &mut self.db.conn,
+            d,
+            &self.schema.source_key(),
+            &d.table(self.schema.table()),
+            &self.schema.unsent(d),
+        )
+        .await?;
         Ok(())
     }
 
@@ -788,7 +799,12 @@ impl<S: Schema> Queue<S> {
         // well; without TARGETS nothing is read.
         let held = match fanout {
             true => {
-                let mut found = super::targets::held(&mut tx, d, &key, &ids).await?;
+                let rows: Vec<(i64, &str)> = ids
+                    .iter()
+                    .zip(&records)
+                    .filter_map(|(id, r)| Some((*id, r.doc.as_ref().ok()?.id.as_str())))
+                    .collect();
+                let mut found = super::targets::held(&mut tx, d, &key, &rows).await?;
                 ids.iter()
                     .map(|id| found.remove(id).unwrap_or_default())
                     .collect()
@@ -1245,6 +1261,7 @@ impl<S: Schema> Page for SqlPage<'_, S> {
             ids,
             by_address,
             held,
+            records,
             ..
         } = *self;
         let key = schema.source_key();
@@ -1332,10 +1349,12 @@ impl<S: Schema> Page for SqlPage<'_, S> {
             .map(|&i| ids[i])
             .collect();
         super::targets::forget(&mut tx, d, &key, &complete).await?;
-        let progress: Vec<(i64, Vec<String>)> = result
+        let progress: Vec<(i64, &str, Vec<String>)> = result
             .progress
             .into_iter()
-            .map(|(i, targets)| (ids[i], targets))
+            .filter_map(|(i, targets)| {
+                Some((ids[i], records[i].doc.as_ref().ok()?.id.as_str(), targets))
+            })
             .collect();
         super::targets::add(&mut tx, d, &key, &progress).await?;
         for chunk in result.failed.chunks(200) {

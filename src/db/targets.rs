@@ -12,20 +12,23 @@ use std::collections::HashMap;
 const HELD: &str = "audit_transfer_target_rows";
 const RUN_TARGETS: &str = "audit_transfer_run_targets";
 
-/// The targets that hold each of `ids`, for the rows that have any.
+/// The targets that hold each of `rows` (row id, document id), for the rows that have any.
+/// Entries of an earlier row under the same id (another document id) do not count.
 pub async fn held(
     conn: &mut AnyConnection,
     d: Dialect,
     source: &str,
-    ids: &[i64],
+    rows: &[(i64, &str)],
 ) -> Result<HashMap<i64, Vec<String>>> {
     let mut out: HashMap<i64, Vec<String>> = HashMap::new();
-    if ids.is_empty() {
+    if rows.is_empty() {
         return Ok(out);
     }
-    let set = IdSet::new(d, "row_id", 2, ids);
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    let docs: HashMap<i64, &str> = rows.iter().copied().collect();
+    let set = IdSet::new(d, "row_id", 2, &ids);
     let sql = format!(
-        "SELECT {}, target FROM {HELD} WHERE source = {} AND {}",
+        "SELECT {}, target, doc_id FROM {HELD} WHERE source = {} AND {}",
         d.as_bigint("row_id"),
         d.ph(1),
         set.sql
@@ -39,41 +42,55 @@ pub async fn held(
         .await
         .context("reading which targets hold the page's rows")?
     {
-        out.entry(row.try_get::<i64, _>(0)?)
-            .or_default()
-            .push(row.try_get::<String, _>(1)?);
+        let id = row.try_get::<i64, _>(0)?;
+        if docs.get(&id).copied() == Some(row.try_get::<String, _>(2)?.as_str()) {
+            out.entry(id)
+                .or_default()
+                .push(row.try_get::<String, _>(1)?);
+        }
     }
     Ok(out)
 }
 
-/// Records that each row is now held by its targets (those already recorded stay).
+/// Records that each row (row id, document id) is now held by its targets (those already
+/// recorded stay).
 pub async fn add(
     conn: &mut AnyConnection,
     d: Dialect,
     source: &str,
-    rows: &[(i64, Vec<String>)],
+    rows: &[(i64, &str, Vec<String>)],
 ) -> Result<()> {
-    let pairs: Vec<(i64, &String)> = rows
+    let pairs: Vec<(i64, &str, &String)> = rows
         .iter()
-        .flat_map(|(id, targets)| targets.iter().map(move |t| (*id, t)))
+        .flat_map(|(id, doc, targets)| targets.iter().map(move |t| (*id, *doc, t)))
         .collect();
     for chunk in pairs.chunks(200) {
         let values: Vec<String> = chunk
             .iter()
             .enumerate()
-            .map(|(k, (id, _))| format!("({}, {id}, {})", d.ph(2 * k + 1), d.ph(2 * k + 2)))
+            .map(|(k, (id, _, _))| {
+                format!(
+                    "({}, {id}, {}, {})",
+                    d.ph(3 * k + 1),
+                    d.ph(3 * k + 2),
+                    d.ph(3 * k + 3)
+                )
+            })
             .collect();
         let (insert, conflict) = match d {
             Dialect::MySql => ("INSERT IGNORE", ""),
             _ => ("INSERT", " ON CONFLICT (source, row_id, target) DO NOTHING"),
         };
         let sql = format!(
-            "{insert} INTO {HELD} (source, row_id, target) VALUES {}{conflict}",
+            "{insert} INTO {HELD} (source, row_id, target, doc_id) VALUES {}{conflict}",
             values.join(", ")
         );
         let mut q = sqlx::query(&sql);
-        for (_, target) in chunk {
-            q = q.bind(source.to_string()).bind((*target).clone());
+        for (_, doc, target) in chunk {
+            q = q
+                .bind(source.to_string())
+                .bind((*target).clone())
+                .bind(doc.to_string());
         }
         q.execute(&mut *conn)
             .await
@@ -100,6 +117,28 @@ pub async fn forget(conn: &mut AnyConnection, d: Dialect, source: &str, ids: &[i
     q.execute(conn)
         .await
         .context("forgetting target progress of sent rows")?;
+    Ok(())
+}
+
+/// Forgets entries of rows that are gone or sent (deleted by `monthly`, marked by a run without
+/// TARGETS).
+pub async fn forget_gone(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    source: &str,
+    table: &str,
+    unsent: &str,
+) -> Result<()> {
+    let sql = format!(
+        "DELETE FROM {HELD} WHERE source = {} AND NOT EXISTS \
+         (SELECT 1 FROM {table} t WHERE t.id = {HELD}.row_id AND {unsent})",
+        d.ph(1)
+    );
+    sqlx::query(&sql)
+        .bind(source.to_string())
+        .execute(conn)
+        .await
+        .context("forgetting target progress of rows no longer unsent")?;
     Ok(())
 }
 

@@ -221,6 +221,9 @@ pub async fn run(
     .await;
     if let Err(e) = retried {
         summary.duration = started.elapsed();
+        for (t, down) in summary.targets.iter_mut().zip(&targets.down) {
+            t.down = down.load(Ordering::Relaxed);
+        }
         return Err(e);
     }
     let runs = workers.iter_mut().map(|w| async move {
@@ -314,6 +317,9 @@ async fn transfer(
     let paging = source.paging();
     {
         let mut retry_left = chunk_size;
+        // With TARGETS, records kept only because a target lacked them wait in the retry lane
+        // of the API sources: it then goes on past one page, up to BATCH_SIZE records.
+        let mut retry_budget = budget.load(Ordering::Relaxed);
         // Units: the last page left its unit unfinished, which must be finished regardless of
         // the budget.
         let mut in_unit = false;
@@ -321,7 +327,11 @@ async fn transfer(
             let limit = match (lane, paging) {
                 // With TARGETS the retry lane also holds records that only lack a target (the
                 // API sources keep them with their failures): all of them get their turn.
-                (Lane::Retry, _) if targets.multi() => retry_left,
+                (Lane::Retry, _) if targets.multi() => {
+                    let take = chunk_size.min(retry_budget);
+                    retry_budget -= take;
+                    take
+                }
                 (Lane::Retry, _) => std::mem::take(&mut retry_left),
                 (Lane::Fresh, Paging::Queue) => reserve(budget, chunk_size),
                 (Lane::Fresh, Paging::Units) => {
@@ -517,6 +527,9 @@ async fn transfer(
                         .failed
                         .push((i, std::mem::take(&mut refused[k]).join("; ")));
                 }
+                if !targets.multi() {
+                    continue;
+                }
                 let first_time = targets
                     .lacking
                     .lock()
@@ -527,9 +540,9 @@ async fn transfer(
                         c.lacking += 1;
                     }
                 }
-                if holds != earlier[k] {
-                    result.progress.push((i, targets.names_of(holds)));
-                }
+                // Every record some target lacks, even one no target holds yet (all that take
+                // it are down): a source whose position moves past it must keep it.
+                result.progress.push((i, targets.names_of(holds)));
             }
             summary.rejected += result.failed.len() as u64;
             for (i, reason) in &result.failed {

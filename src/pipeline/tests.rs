@@ -657,3 +657,24 @@ async fn a_record_one_target_refuses_is_a_failure_kept_for_that_target_only() {
     );
     assert_eq!(summary.exit(), Exit::Partial);
 }
+
+#[tokio::test]
+async fn a_record_only_a_down_target_takes_is_kept_for_it() {
+    let mut store = queue(2);
+    store.units[0][1].doc = Ok(Document::new("r1".into(), br#"{"topic":"b"}"#.to_vec()));
+    let only = |v: &str| crate::routing::Selection {
+        topics: Some(Accept::parse("T", v).unwrap()),
+        keys: None,
+    };
+    let mut t = Setup::new(store, Paging::Queue)
+        .with_targets(&[("siem", only("b")), ("archive", only("a"))]);
+    t.routing.topic_field = Some(FieldPath::parse("ROUTING_TOPIC_FIELD", "topic").unwrap());
+    t.target(0).fail_call = Some(1);
+    let (result, summary) = t.run(100, 10).await;
+    result.unwrap();
+    assert_eq!(t.store().marked, ["r0"]);
+    // No target holds r1, but a source whose position moves on must still keep it.
+    assert_eq!(t.store().held["r1"], Vec::<String>::new());
+    assert_eq!(summary.targets[0].lacking, 1);
+    assert_eq!(summary.exit(), Exit::Partial);
+}

@@ -119,3 +119,18 @@ impl Moto {
             .unwrap_or_else(|e| panic!("delete {key}: {e}"));
     }
 }
+
+impl super::Env {
+    /// The file sink writing gzip objects under `prefix` of the moto bucket.
+    pub fn into_moto(self, prefix: &str) -> super::Env {
+        let m = moto();
+        self.set("SINK", "file")
+            .set("OUTPUT_PATH", &format!("s3://{}/{prefix}/", m.bucket))
+            .set("OUTPUT_GZIP", "true")
+            .set("AWS_ENDPOINT_URL", &m.endpoint)
+            .set("AWS_ALLOW_HTTP", "true")
+            .set("AWS_REGION", "us-east-1")
+            .set("AWS_ACCESS_KEY_ID", &m.key_id)
+            .set("AWS_SECRET_ACCESS_KEY", &m.secret)
+    }
+}

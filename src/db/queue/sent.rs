@@ -1,7 +1,9 @@
 //! `verify`'s side of the queue: the rows already marked sent, in pages, built into the
-//! documents they produce today. Pages follow the cheapest address the table has (the key on
-//! `id`, else PostgreSQL's `ctid` or SQLite's `rowid`), so reading a million rows costs one pass
-//! over them, whatever the table's shape; only a MySQL table without any key scans per page.
+//! documents they produce today. Pages follow the cheapest address the table has: the key on
+//! `id` or SQLite's `rowid` (a range read in key order), else on PostgreSQL ranges of blocks
+//! (`ctid`, unordered: a TID range gives no order, and sorting the rest of the table for every
+//! page would make the read quadratic). So reading a million rows costs one pass over them,
+//! whatever the table's shape; only a MySQL table without any key scans per page.
 
 use super::{choose_plan, db_time, routes_of, Addr, Plan, Queue, Schema};
 use crate::base::document::Record;
@@ -9,7 +11,92 @@ use crate::base::source::Window;
 use anyhow::{Context, Result};
 use sqlx::Row;
 
+/// Blocks per page of a table read by `ctid` ranges: about `limit` rows of 600 bytes.
+fn blocks_per_page(limit: usize) -> i64 {
+    (limit / 12).max(1) as i64
+}
+
 impl<S: Schema> Queue<S> {
+    /// The WHERE clause for sent rows in `window` that this selection takes, and its binds
+    /// before the accept lists' (numbered from 1 by `ph`).
+    fn sent_filter(
+        &self,
+        window: &Window,
+        ph: &mut dyn FnMut() -> String,
+    ) -> (String, Vec<String>) {
+        let d = self.db.dialect;
+        let ts = format!("t.{}", d.quote(self.schema.ts_column()));
+        let mut filter = format!("{} AND {ts} IS NOT NULL", self.schema.sent(d));
+        let mut binds = Vec::new();
+        for (bound, op) in [(window.since, ">="), (window.until, "<")] {
+            if let Some(t) = bound {
+                filter.push_str(&format!(" AND {ts} {op} {}", d.timestamp_param(&ph())));
+                binds.push(db_time(t));
+            }
+        }
+        let route_sql = self.route_sql.as_ref().expect("built before");
+        filter.push_str(&route_sql.predicate(ph));
+        (filter, binds)
+    }
+
+    /// The documents of `rows` (claim columns), with their routes.
+    async fn sent_records(&mut self, rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Record>> {
+        let d = self.db.dialect;
+        let route_at = 2 + self.schema.columns(d).len();
+        let routed = self.route_sql.as_ref().is_some_and(|r| r.columns.is_some());
+        let routes = routes_of(&rows, route_at, routed)?;
+        let records = self.schema.records(&mut self.db.conn, d, rows).await?;
+        for (record, route) in records.iter().zip(routes) {
+            if let Ok(doc) = &record.doc {
+                let _ = doc.route.set(route);
+            }
+        }
+        Ok(records)
+    }
+
+    /// PostgreSQL without a key: the next range of blocks that holds sent rows.
+    async fn sent_blocks(
+        &mut self,
+        window: &Window,
+        limit: usize,
+        blocks: i64,
+    ) -> Result<Option<Vec<Record>>> {
+        let d = self.db.dialect;
+        let step = blocks_per_page(limit);
+        loop {
+            let from = self.sent_after.unwrap_or(0);
+            if from >= blocks {
+                return Ok(None);
+            }
+            self.sent_after = Some(from + step);
+            let mut n = 2;
+            let (filter, binds) = self.sent_filter(window, &mut || {
+                n += 1;
+                d.ph(n)
+            });
+            let sql = format!(
+                "SELECT {} FROM {} t WHERE t.ctid >= CAST($1 AS tid) AND t.ctid < CAST($2 AS tid) AND {filter}",
+                self.select_list(d),
+                d.table(self.schema.table()),
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(format!("({from},0)"))
+                .bind(format!("({},0)", from + step));
+            for b in binds {
+                q = q.bind(b);
+            }
+            let route_sql = self.route_sql.clone().expect("built before");
+            let rows = route_sql
+                .bind(q)
+                .fetch_all(&mut self.db.conn)
+                .await
+                .context("reading a range of sent audit rows")?;
+            if !rows.is_empty() {
+                return self.sent_records(rows).await.map(Some);
+            }
+        }
+    }
+
     pub async fn sent_page(
         &mut self,
         window: &Window,
@@ -17,39 +104,48 @@ impl<S: Schema> Queue<S> {
     ) -> Result<Option<Vec<Record>>> {
         self.routes().await?;
         let d = self.db.dialect;
-        // The address alone: a queue index orders by time, which pages here do not need.
-        let indexes = self.indexes().await?;
-        let addr = match choose_plan(d, &indexes, "\u{0}", None) {
-            Plan::Keys(a) => a,
-            Plan::Indexed => Addr::Id,
+        let (addr, blocks) = match self.sent_plan {
+            Some(p) => p,
+            None => {
+                // The address alone: a queue index orders by time, which pages here do not need.
+                let indexes = self.indexes().await?;
+                let addr = match choose_plan(d, &indexes, "\u{0}", None) {
+                    Plan::Keys(a) => a,
+                    Plan::Indexed => Addr::Id,
+                };
+                let blocks = match addr {
+                    // The table's size when the check starts; rows written later are not its
+                    // business.
+                    Addr::Ctid => sqlx::query_scalar::<_, i64>(
+                        "SELECT CAST(pg_relation_size(CAST($1 AS regclass)) / \
+                         CAST(current_setting('block_size') AS bigint) AS bigint)",
+                    )
+                    .bind(d.table(self.schema.table()))
+                    .fetch_one(&mut self.db.conn)
+                    .await
+                    .context("reading the size of the audit table")?,
+                    _ => 0,
+                };
+                self.sent_plan = Some((addr, blocks));
+                (addr, blocks)
+            }
         };
+        if addr == Addr::Ctid {
+            return self.sent_blocks(window, limit, blocks).await;
+        }
         let column = match addr {
-            Addr::Ctid => "t.ctid",
             Addr::Rowid => "t.rowid",
-            Addr::Id | Addr::Unindexed => "t.id",
+            _ => "t.id",
         };
-        let ts = format!("t.{}", d.quote(self.schema.ts_column()));
         let mut n = 0;
         let mut ph = || {
             n += 1;
             d.ph(n)
         };
-        let mut filter = format!("{} AND {ts} IS NOT NULL", self.schema.sent(d));
-        let mut binds: Vec<String> = Vec::new();
-        for (bound, op) in [(window.since, ">="), (window.until, "<")] {
-            if let Some(t) = bound {
-                filter.push_str(&format!(" AND {ts} {op} {}", d.timestamp_param(&ph())));
-                binds.push(db_time(t));
-            }
-        }
+        let (filter, binds) = self.sent_filter(window, &mut ph);
         let route_sql = self.route_sql.clone().expect("built above");
-        let accept = route_sql.predicate(&mut ph);
-        filter.push_str(&accept);
         let after = match self.sent_after {
-            Some(_) => match addr {
-                Addr::Ctid => format!(" AND {column} > CAST({} AS tid)", ph()),
-                _ => format!(" AND {column} > {}", ph()),
-            },
+            Some(_) => format!(" AND {column} > {}", ph()),
             None => String::new(),
         };
         let sql = format!(
@@ -64,10 +160,7 @@ impl<S: Schema> Queue<S> {
         }
         q = route_sql.bind(q);
         if let Some(a) = self.sent_after {
-            q = match addr {
-                Addr::Ctid => q.bind(format!("({},{})", a >> 16, a & 0xffff)),
-                _ => q.bind(a),
-            };
+            q = q.bind(a);
         }
         let rows = q
             .fetch_all(&mut self.db.conn)
@@ -77,14 +170,7 @@ impl<S: Schema> Queue<S> {
             return Ok(None);
         };
         self.sent_after = Some(addr.read(last, last.len() - 1)?);
-        let route_at = 2 + self.schema.columns(d).len();
-        let routes = routes_of(&rows, route_at, route_sql.columns.is_some())?;
-        let records = self.schema.records(&mut self.db.conn, d, rows).await?;
-        for (record, route) in records.iter().zip(routes) {
-            if let Ok(doc) = &record.doc {
-                let _ = doc.route.set(route);
-            }
-        }
+        let records = self.sent_records(rows).await?;
         Ok(Some(records))
     }
 }

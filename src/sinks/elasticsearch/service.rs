@@ -205,7 +205,7 @@ impl Service {
         match status {
             200 => {}
             413 => return Ok(Answer::TooLarge),
-            _ => return Err(self.status_failure(response).await),
+            _ => return Err(self.status_failure(response, "the bulk request").await),
         }
         let bytes = response.bytes().await.map_err(|e| {
             Failure::transient(format!("reading the response failed: {}", chain_text(&e)))
@@ -248,7 +248,7 @@ impl Service {
             .await
             .map_err(|e| self.transport_failure(&e))?;
         if response.status_code().as_u16() != 200 {
-            return Err(self.status_failure(response).await);
+            return Err(self.status_failure(response, "_mget").await);
         }
         let bytes = response.bytes().await.map_err(|e| {
             Failure::transient(format!("reading the response failed: {}", chain_text(&e)))
@@ -278,8 +278,8 @@ impl Service {
             .collect())
     }
 
-    /// A bulk request answered with a status other than 200 or 413.
-    async fn status_failure(&self, response: Response) -> Failure {
+    /// A request (`what`) answered with a status other than 200 or 413.
+    async fn status_failure(&self, response: Response, what: &str) -> Failure {
         let status = response.status_code().as_u16();
         match retry::classify_status(status) {
             Class::Transient => {
@@ -297,7 +297,7 @@ impl Service {
                     Class::Permanent,
                     format!("HTTP {status}"),
                     anyhow!(
-                        "Elasticsearch at {} answered the bulk request with HTTP {status}: {}",
+                        "Elasticsearch at {} answered {what} with HTTP {status}: {}",
                         self.url,
                         excerpt(&text)
                     ),

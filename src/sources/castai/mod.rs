@@ -338,8 +338,9 @@ impl Castai {
             .collect();
         self.retried
             .extend(picked.iter().map(|f| f.record.key.clone()));
+        let keys: HashSet<&str> = picked.iter().map(|p| p.record.key.as_str()).collect();
         for f in state.failed.iter().filter(|f| !f.held_by.is_empty()) {
-            if picked.iter().any(|p| p.record.key == f.key) {
+            if keys.contains(f.key.as_str()) {
                 self.retry_held.insert(f.key.clone(), f.held_by.clone());
             }
         }

@@ -51,6 +51,10 @@ pub struct Pending {
     /// that hold them; the next run sends them to the others only.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub held: std::collections::BTreeMap<String, Vec<String>>,
+    /// With TARGETS: records of this file every target that takes them holds; reading the file
+    /// again passes them over.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub done: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +170,7 @@ mod tests {
             attempts: 2,
             last_error: Some("corrupt".into()),
             held: [("r1".to_string(), vec!["siem".to_string()])].into(),
+            done: ["r0".to_string()].into(),
         });
         save(&path, &c).unwrap();
         assert_eq!(load(&path, "b", "p", None).unwrap(), Some(c));

@@ -74,6 +74,8 @@ pub struct S3Cursor {
     current: Option<Current>,
     /// A file could not be completed: later files wait for the next run.
     stopped: bool,
+    /// TARGETS: the cursor file keeps per record which targets hold it while a file is open.
+    fanout: bool,
     /// What makes the run partial besides records: gaps, files outside the sequence.
     problems: Vec<String>,
     /// `Routing::accept_label`, kept in the cursor file.
@@ -109,6 +111,7 @@ impl S3Cursor {
             mode: Mode::Key,
             current: None,
             stopped: false,
+            fanout: cfg.routing.targets.len() > 1,
             problems: Vec::new(),
             accepts: cfg.routing.accept_label(),
         })
@@ -291,17 +294,18 @@ impl S3Cursor {
         let c = self.cursor()?;
         c.order = Some(mode);
         // Targets that hold records of this file from an earlier run (TARGETS) stay known.
-        let held = c
+        let (held, done) = c
             .next
             .take()
             .filter(|p| p.key == info.key)
-            .map(|p| p.held)
+            .map(|p| (p.held, p.done))
             .unwrap_or_default();
         c.next = Some(Pending {
             key: info.key.clone(),
             attempts: attempts + 1,
             last_error,
             held,
+            done,
         });
         self.save()?;
         let lines = reader::spawn(self.store.clone(), &info, self.cfg.zip_password.clone())
@@ -358,6 +362,7 @@ impl S3Cursor {
             attempts: 1,
             last_error: None,
             held: Default::default(),
+            done: Default::default(),
         });
         pending.last_error = Some(why.to_string());
         let attempts = pending.attempts;
@@ -377,6 +382,11 @@ impl S3Cursor {
             );
         }
         if cur.lacking > 0 && cur.sink_rejected == 0 {
+            // A target that was down is no fault of the file: this reading counts no attempt.
+            if let Some(p) = self.cursor()?.next.as_mut() {
+                p.attempts = p.attempts.saturating_sub(1);
+            }
+            self.save()?;
             tracing::warn!(
                 file = %url,
                 records = cur.lacking,
@@ -417,6 +427,13 @@ impl S3Cursor {
         let bucket = self.cfg.bucket.clone();
         let (format, output) = (self.cfg.format, self.cfg.output);
         let cur = self.current.as_mut().expect("a file being read");
+        // TARGETS: records every target already holds, from an earlier reading of this file.
+        let done = self
+            .cursor
+            .as_ref()
+            .and_then(|c| c.next.as_ref())
+            .filter(|p| p.key == cur.info.key)
+            .map(|p| &p.done);
         let mut records = Vec::new();
         let last = loop {
             let msg = match cur.ahead.take() {
@@ -436,6 +453,9 @@ impl S3Cursor {
                 Msg::Line { line, bytes } => {
                     let o = origin(&bucket, &cur.info, cur.entry.as_deref());
                     let built = document::build(&o, line, &bytes, format, output);
+                    if done.is_some_and(|d| d.contains(&built.record.key)) {
+                        continue;
+                    }
                     cur.unreadable_times += u64::from(built.unreadable_time);
                     records.push(built.record);
                 }
@@ -717,23 +737,26 @@ impl Page for FilePage<'_> {
         let FilePage { src, records, last } = *self;
         // TARGETS: who holds what is saved with each page, so neither a crash nor the next run
         // sends a record again to a target that has it.
-        let lacking = records.len()
-            - result.delivered.len()
-            - result.failed.len()
-            - result.not_accepted.len();
-        if lacking > 0 || !result.progress.is_empty() {
+        if src.fanout {
+            let lacking = result.progress.len() as u64;
             if let Some(cur) = src.current.as_mut() {
-                cur.lacking += lacking as u64;
+                cur.lacking += lacking;
             }
+            // Saved once some record of the file is incomplete (the file will be read again);
+            // a file that completes drops all of it.
+            let incomplete = lacking > 0 || src.current.as_ref().is_some_and(|c| c.lacking > 0);
             if let Some(p) = src.cursor()?.next.as_mut() {
                 for &i in &result.delivered {
                     p.held.remove(&records[i].key);
+                    p.done.insert(records[i].key.clone());
                 }
                 for (i, targets) in &result.progress {
                     p.held.insert(records[*i].key.clone(), targets.clone());
                 }
             }
-            src.save()?;
+            if incomplete {
+                src.save()?;
+            }
         }
         // Lines that could not be parsed were reported by the pipeline and do not hold up the
         // file; a record the sink refused does.
