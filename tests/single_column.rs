@@ -459,6 +459,40 @@ async fn drop_in_tables_without_the_queue_index(b: Backend) {
     }
 }
 
+/// Without the queue index the backlog's order is read once per run, not once per worker, and
+/// the workers still ship every row once, oldest first within each page.
+async fn the_order_is_read_once_for_all_workers(b: Backend) {
+    skip_unless!(b);
+    let db = TestDb::new(b).await;
+    db.create_audit_table(T).await;
+    db.insert_messages(T, &(0..50).map(message).collect::<Vec<_>>())
+        .await;
+    let run = Env::new()
+        .set("DATABASE_URL", &db.url)
+        .set("SINK", "stdout")
+        .set("CHUNK_SIZE", "5")
+        .set("SINK_CONCURRENCY", "2")
+        .set("RUST_LOG", "audit_transfer=debug")
+        .run(&["run"]);
+    run.expect(0);
+    let reads = run
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "read the order of the backlog" && v["lane"] == "Fresh")
+        .count();
+    assert_eq!(reads, 1, "{}", run.stderr);
+    let mut actors: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["audit_event"]["actor"].to_string())
+        .collect();
+    actors.sort();
+    actors.dedup();
+    assert_eq!(actors.len(), 50);
+    assert_eq!(db.unsent(T).await, 0);
+}
+
 /// Overlapping runs of two workers each on a table without any key: every row once.
 async fn overlapping_runs_on_a_table_without_a_key(b: Backend) {
     skip_unless!(b, Need::Osmem);
@@ -515,6 +549,7 @@ backend_tests!(
         config_and_connection_errors,
         drop_in_tables_without_the_queue_index,
         overlapping_runs_on_a_table_without_a_key,
+        the_order_is_read_once_for_all_workers,
     ]
 );
 
@@ -537,6 +572,7 @@ backend_tests!(
         config_and_connection_errors,
         drop_in_tables_without_the_queue_index,
         overlapping_runs_on_a_table_without_a_key,
+        the_order_is_read_once_for_all_workers,
     ]
 );
 

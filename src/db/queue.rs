@@ -94,12 +94,8 @@ pub struct Queue<S: Schema> {
     cursors: [Option<(String, i64)>; 2],
     /// How pages find their rows on this table; found on first use.
     plan: Option<Plan>,
-    /// [`Plan::Keys`]: each lane's row addresses still to claim, in order.
-    keys: [std::collections::VecDeque<i64>; 2],
-    /// [`Plan::Keys`]: the lane's last ordered read came back short of [`KEY_WINDOW`], so `keys`
-    /// held the whole backlog as it was then. Reading again would find only rows written since,
-    /// at the cost of one more scan of the table: the next run takes those.
-    drained: [bool; 2],
+    /// [`Plan::Keys`]: the backlog's order, read once and shared by the run's connections.
+    order: Order,
     routing: Routing,
     /// Built on first use (it needs the column's type), by every connection of a run.
     route_sql: Option<RouteSql>,
@@ -109,6 +105,24 @@ pub struct Queue<S: Schema> {
     /// a key: the next block), and the address plan and block count found on the first page.
     sent_after: Option<i64>,
     sent_plan: Option<(Addr, i64)>,
+}
+
+/// The order of the backlog ([`Plan::Keys`]), per lane: read once for the whole run and handed
+/// out to its connections (SINK_CONCURRENCY) page by page, instead of each connection reading
+/// all of it itself. The lock is held only while one connection reads the next window.
+#[derive(Debug, Clone, Default)]
+pub struct Order(std::sync::Arc<tokio::sync::Mutex<[LaneOrder; 2]>>);
+
+#[derive(Debug, Default)]
+struct LaneOrder {
+    /// Row addresses still to claim, in order.
+    keys: std::collections::VecDeque<i64>,
+    /// Where the last ordered read ended: (timestamp text, id).
+    cursor: Option<(String, i64)>,
+    /// The last ordered read came back short of [`KEY_WINDOW`], so `keys` held the whole
+    /// backlog as it was then. Reading again would find only rows written since, at the cost of
+    /// one more scan of the table: the next run takes those.
+    drained: bool,
 }
 
 /// Row addresses read per ordered read of the backlog ([`Plan::Keys`]): 8 bytes each, so at
@@ -283,15 +297,14 @@ impl RouteSql {
 }
 
 impl<S: Schema> Queue<S> {
-    pub fn new(db: Db, schema: S, max_attempts: u32, routing: &Routing) -> Self {
+    pub fn new(db: Db, schema: S, max_attempts: u32, routing: &Routing, order: Order) -> Self {
         Queue {
             db,
             schema,
             max_attempts,
             cursors: [None, None],
             plan: None,
-            keys: Default::default(),
-            drained: [false; 2],
+            order,
             routing: routing.clone(),
             route_sql: None,
             prepared: false,
@@ -574,8 +587,7 @@ impl<S: Schema> Queue<S> {
             db,
             schema,
             cursors,
-            keys,
-            drained,
+            order,
             max_attempts,
             route_sql,
             ..
@@ -587,8 +599,6 @@ impl<S: Schema> Queue<S> {
         let key = schema.source_key();
         let max = *max_attempts;
         let fanout = self.routing.targets.len() > 1;
-        let keys = &mut keys[lane as usize];
-        let drained = &mut drained[lane as usize];
 
         let mut tx = db
             .conn
@@ -667,7 +677,10 @@ impl<S: Schema> Queue<S> {
             } else {
                 // No index on the order: one ordered read of the backlog's addresses feeds the
                 // pages (sorting it again for every page made a run quadratic in the backlog).
-                if keys.is_empty() && !*drained {
+                let mut shared = order.0.lock().await;
+                let lane_order = &mut shared[lane as usize];
+                if lane_order.keys.is_empty() && !lane_order.drained {
+                    let cursor = lane_order.cursor.clone();
                     let filter = filters(schema, d, lane, cursor.is_some(), route_sql);
                     let sql = format!(
                         "SELECT {}, {}, {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {KEY_WINDOW}",
@@ -683,17 +696,19 @@ impl<S: Schema> Queue<S> {
                         .await
                         .context("reading the order of the unsent audit rows")?
                     {
-                        keys.push_back(addr.read(&r, 0)?);
+                        lane_order.keys.push_back(addr.read(&r, 0)?);
                         last = Some(r);
                         read += 1;
                     }
                     drop(stream);
-                    *drained = read < KEY_WINDOW;
+                    tracing::debug!(lane = ?lane, rows = read, "read the order of the backlog");
+                    lane_order.drained = read < KEY_WINDOW;
                     if let Some(last) = last {
-                        cursors[lane as usize] =
+                        lane_order.cursor =
                             Some((last.try_get::<String, _>(2)?, last.try_get::<i64, _>(1)?));
                     }
                 }
+                let keys = &mut lane_order.keys;
                 let take = want.min(keys.len());
                 let batch: Vec<i64> = keys.drain(..take).collect();
                 let none = batch.is_empty();

@@ -58,6 +58,8 @@ pub struct DjangoConfig {
 pub struct Settings {
     database: DatabaseConfig,
     django: DjangoConfig,
+    /// The backlog's order, shared by the connections of a run.
+    order: crate::db::queue::Order,
 }
 
 impl Settings {
@@ -85,6 +87,7 @@ impl Settings {
         Ok(Settings {
             database: DatabaseConfig::from_env(env)?,
             django,
+            order: Default::default(),
         })
     }
 }
@@ -115,6 +118,7 @@ impl super::Configured for Settings {
             },
             run.max_attempts,
             &run.routing,
+            self.order.clone(),
         )))
     }
 }

@@ -43,6 +43,8 @@ pub struct SingleColumnConfig {
 pub struct Settings {
     database: DatabaseConfig,
     table: SingleColumnConfig,
+    /// The backlog's order, shared by the connections of a run.
+    order: crate::db::queue::Order,
 }
 
 impl Settings {
@@ -70,6 +72,7 @@ impl Settings {
         Ok(Settings {
             database: DatabaseConfig::from_env(env)?,
             table,
+            order: Default::default(),
         })
     }
 }
@@ -96,6 +99,7 @@ impl super::Configured for Settings {
             layout,
             run.max_attempts,
             &run.routing,
+            self.order.clone(),
         )))
     }
 }
