@@ -853,16 +853,7 @@ fn shapes(
     full: bool,
     reps: usize,
 ) {
-    let es = |url: &str| -> Vec<(&'static str, String)> {
-        vec![
-            ("DATABASE_URL", url.to_string()),
-            ("BATCH_SIZE", "100000000".into()),
-            ("CHUNK_SIZE", CHUNK.to_string()),
-            ("LOG_FORMAT", "json".into()),
-            ("ELASTICSEARCH_HOST", format!("127.0.0.1:{port}")),
-            ("ELASTICSEARCH_SCHEME", "http".into()),
-        ]
-    };
+    let es = |url: &str| es_env(url, port);
     let measure = |label: &str, rows: usize, url: &str, reps: usize| -> f64 {
         let mut secs = Vec::new();
         let mut rss = 0;
