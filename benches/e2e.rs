@@ -15,6 +15,9 @@
 //! - (g) the Kafka sink into librdkafka's mock cluster started in this process;
 //! - (h) `verify` of N/10 and N rows, read back from the bench endpoint, with peak RSS.
 //!
+//! BENCH_SHAPES_ONLY=1 runs only the table shapes (BENCH_SHAPES_DB=sqlite: of one database),
+//! BENCH_VERIFY_ONLY=1 only (h).
+//!
 //! Needs PostgreSQL and MariaDB as in the tests, the release binary (`make bench` builds it), GNU
 //! time for peak RSS, and OSMEM_SERVER_BIN for (b).
 
@@ -340,7 +343,8 @@ async fn sqlite_shaped(path: &std::path::Path, rows: usize, shape: Shape) -> Str
             .await
             .unwrap();
     }
-    format!("sqlite://{}", path.display())
+    // As dj-database-url reads it: `sqlite:///` then the path, so an absolute path has four.
+    format!("sqlite:///{}", path.display())
 }
 
 async fn reset(url: &str) {
@@ -874,8 +878,11 @@ fn shapes(
         rows as f64 / s.0
     };
     let (small_n, large_n) = if full { (n / 10, n) } else { (n, n * 10) };
+    // BENCH_SHAPES_DB narrows the databases, e.g. `sqlite` (default: all three).
+    let dbs = env_or("BENCH_SHAPES_DB", "postgres,mariadb,sqlite");
+    let on = |db: &str| dbs.split(',').any(|d| d.trim() == db);
     println!("\ntable shapes (the original's tables), SINK_CONCURRENCY=2:");
-    for shape in Shape::ALL {
+    for shape in Shape::ALL.into_iter().filter(|_| on("postgres")) {
         let mut rates = Vec::new();
         for rows in [small_n, large_n] {
             let u = rt.block_on(pg_shaped(admin, "at_bench_shape", rows, 600, shape));
@@ -894,7 +901,7 @@ fn shapes(
     }
     rt.block_on(admin.execute("DROP DATABASE IF EXISTS at_bench_shape WITH (FORCE)"))
         .ok();
-    for shape in Shape::ALL {
+    for shape in Shape::ALL.into_iter().filter(|_| on("mariadb")) {
         let sizes = if shape == Shape::NoKey {
             vec![small_n / 20, small_n / 10]
         } else {
@@ -910,7 +917,7 @@ fn shapes(
         }
     }
     let dir = tempfile_dir();
-    for shape in Shape::ALL {
+    for shape in Shape::ALL.into_iter().filter(|_| on("sqlite")) {
         let path = std::path::Path::new(&dir).join("shape.sqlite3");
         let u = rt.block_on(sqlite_shaped(&path, small_n, shape));
         measure(&format!("SQLite, {}", shape.label()), small_n, &u, reps);

@@ -9,7 +9,6 @@ use super::{choose_plan, db_time, routes_of, Addr, Plan, Queue, Schema};
 use crate::base::document::Record;
 use crate::base::source::Window;
 use anyhow::{Context, Result};
-use sqlx::Row;
 
 /// Blocks per page of a table read by `ctid` ranges: about `limit` rows of 600 bytes.
 fn blocks_per_page(limit: usize) -> i64 {
@@ -137,41 +136,63 @@ impl<S: Schema> Queue<S> {
             Addr::Rowid => "t.rowid",
             _ => "t.id",
         };
-        let mut n = 0;
-        let mut ph = || {
-            n += 1;
-            d.ph(n)
-        };
-        let (filter, binds) = self.sent_filter(window, &mut ph);
-        let route_sql = self.route_sql.clone().expect("built above");
-        let after = match self.sent_after {
-            Some(_) => format!(" AND {column} > {}", ph()),
-            None => String::new(),
-        };
-        let sql = format!(
-            "SELECT {}, {} FROM {} t WHERE {filter}{after} ORDER BY {column} LIMIT {limit}",
-            self.select_list(d),
-            addr.select(d),
-            d.table(self.schema.table()),
-        );
-        let mut q = sqlx::query(&sql);
-        for b in binds {
-            q = q.bind(b);
+        let table = d.table(self.schema.table());
+        loop {
+            // The next addresses in key order, by the key alone: with the other conditions in
+            // the same statement the planner, misled by statistics from before the rows were
+            // marked, sorted the whole rest of the table for every page.
+            let after = match self.sent_after {
+                Some(_) => format!(" WHERE {column} > {}", d.ph(1)),
+                None => String::new(),
+            };
+            let sql = format!(
+                "SELECT {} FROM {table} t{after} ORDER BY {column} LIMIT {limit}",
+                addr.select(d)
+            );
+            let mut q = sqlx::query(&sql);
+            if let Some(a) = self.sent_after {
+                q = q.bind(a);
+            }
+            let candidates = q
+                .fetch_all(&mut self.db.conn)
+                .await
+                .context("reading the next keys of the audit table")?
+                .iter()
+                .map(|r| addr.read(r, 0))
+                .collect::<Result<Vec<i64>>>()?;
+            let Some(&last) = candidates.last() else {
+                return Ok(None);
+            };
+            self.sent_after = Some(last);
+            // Then those of them that are sent, in the window and accepted.
+            let mut n = 0;
+            let (filter, binds) = self.sent_filter(window, &mut || {
+                n += 1;
+                d.ph(n)
+            });
+            let set = addr.set(d, "t.", n + 1, &candidates);
+            let sql = format!(
+                "SELECT {} FROM {table} t WHERE {} AND {filter} ORDER BY {column}",
+                self.select_list(d),
+                set.sql,
+            );
+            let mut q = sqlx::query(&sql);
+            for b in binds {
+                q = q.bind(b);
+            }
+            let route_sql = self.route_sql.clone().expect("built above");
+            q = route_sql.bind(q);
+            if let Some(p) = set.param {
+                q = q.bind(p);
+            }
+            let rows = q
+                .fetch_all(&mut self.db.conn)
+                .await
+                .context("reading a page of sent audit rows")?;
+            if !rows.is_empty() {
+                return self.sent_records(rows).await.map(Some);
+            }
         }
-        q = route_sql.bind(q);
-        if let Some(a) = self.sent_after {
-            q = q.bind(a);
-        }
-        let rows = q
-            .fetch_all(&mut self.db.conn)
-            .await
-            .context("reading a page of sent audit rows")?;
-        let Some(last) = rows.last() else {
-            return Ok(None);
-        };
-        self.sent_after = Some(addr.read(last, last.len() - 1)?);
-        let records = self.sent_records(rows).await?;
-        Ok(Some(records))
     }
 }
 
