@@ -441,19 +441,22 @@ async fn init_queue(setup: &Setup) -> Result<Exit> {
 /// `init-index`: creates the index with the audit mapping unless it exists.
 async fn init_index(setup: &Setup) -> Result<Exit> {
     let targets = setup.targets()?;
-    // With TARGETS: every Elasticsearch target; the others have no index.
-    let mut done = 0;
-    for t in targets {
-        match t.sink.init_index().await {
-            Ok(()) => done += 1,
-            Err(e) if t.name.is_some() && crate::base::exit::exit_for(&e) == Exit::Config => {}
-            Err(e) => return Err(e),
+    // Without TARGETS the one sink answers (with the error naming the fix if it has no index);
+    // with TARGETS every Elasticsearch target, the others have none.
+    if targets.iter().all(|t| t.name.is_none()) {
+        for t in targets {
+            t.sink.init_index().await?;
         }
+        return Ok(Exit::Ok);
     }
-    if done == 0 {
+    let indexed: Vec<_> = targets.iter().filter(|t| t.sink.has_index()).collect();
+    if indexed.is_empty() {
         return Err(config_error(
             "init-index needs an elasticsearch target: none of TARGETS is one",
         ));
+    }
+    for t in indexed {
+        t.sink.init_index().await?;
     }
     Ok(Exit::Ok)
 }

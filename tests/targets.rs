@@ -565,6 +565,30 @@ fn s3_a_target_down_for_a_run_then_completed() {
     );
 }
 
+/// `init-index` sets up every Elasticsearch target and leaves the others alone.
+#[test]
+fn init_index_sets_up_the_elasticsearch_targets() {
+    skip_unless!(Need::Osmem);
+    let dir = tempfile::tempdir().unwrap();
+    let index = unique("tgt");
+    let env = Env::new()
+        .set("DATABASE_URL", "sqlite:///never-opened.db")
+        .with_targets(osmem().port(), &index, dir.path());
+    env.run(&["init-index"]).expect(0);
+    assert!(
+        osmem().mapping(&index)[&index]["mappings"].is_object(),
+        "{}",
+        osmem().mapping(&index)
+    );
+    let files_only = env.clone().set("TARGETS", "archive").run(&["init-index"]);
+    files_only.expect(2);
+    assert!(
+        files_only.stderr.contains("none of TARGETS is one"),
+        "{}",
+        files_only.stderr
+    );
+}
+
 /// Configuration mistakes: exit 2, one line naming the variable, nothing touched.
 #[test]
 fn target_settings_are_checked() {

@@ -66,6 +66,15 @@ impl Env {
         }
     }
 
+    /// The names of the set variables that start with `prefix`.
+    pub fn names_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.vars
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     /// The name a variable of this view has in the environment.
     pub fn full_name(&self, var: &str) -> String {
         format!("{}{var}", self.prefix)

@@ -120,6 +120,11 @@ impl Setup {
                 }
             }
             run.routing.targets = declared.iter().map(|d| d.accept.clone()).collect();
+            for var in targets::undeclared_target_variables(env, &declared) {
+                run.warnings.push(format!(
+                    "{var} is set but its target is not in TARGETS: it is read by nothing"
+                ));
+            }
             for var in targets::ignored_plain_variables(env, &declared) {
                 run.warnings.push(format!(
                     "{var} is set but not read: with TARGETS each target's sink reads TARGET_<NAME>_{var}"

@@ -159,6 +159,20 @@ fn distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// `TARGET_<NAME>_` variables of a name TARGETS does not list (left over, or a target
+/// forgotten in TARGETS): read by nothing.
+pub fn undeclared_target_variables(env: &Env, declared: &[Declared]) -> Vec<String> {
+    let prefixes: Vec<String> = declared
+        .iter()
+        .filter(|d| d.name.is_some())
+        .map(|d| d.env.full_name(""))
+        .collect();
+    env.names_with_prefix("TARGET_")
+        .into_iter()
+        .filter(|v| !prefixes.iter().any(|p| v.starts_with(p.as_str())))
+        .collect()
+}
+
 /// Variables set without prefix that some target's sink reads under its prefix: left over from
 /// a single-sink setup, and read by nothing now.
 pub fn ignored_plain_variables(env: &Env, declared: &[Declared]) -> Vec<String> {
@@ -218,6 +232,20 @@ mod tests {
         assert!(
             e.starts_with("invalid TARGET_SIEM_ACCEPT_ROUTING_KEYS"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn variables_of_an_undeclared_target_are_found() {
+        let env = Env::from_pairs([
+            ("TARGETS", "siem"),
+            ("TARGET_SIEM_SINK", "stdout"),
+            ("TARGET_ARCHIVE_SINK", "file"),
+        ]);
+        let d = declare(&env).unwrap();
+        assert_eq!(
+            undeclared_target_variables(&env, &d),
+            vec!["TARGET_ARCHIVE_SINK".to_string()]
         );
     }
 

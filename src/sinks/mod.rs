@@ -53,6 +53,10 @@ pub trait Configured: Send + Sync + std::fmt::Debug {
     async fn prepare(&self) -> Result<()> {
         Ok(())
     }
+    /// It has an index that `init-index` sets up.
+    fn has_index(&self) -> bool {
+        false
+    }
     /// `init-index`.
     async fn init_index(&self) -> Result<()> {
         Err(crate::base::exit::config_error(

@@ -69,6 +69,9 @@ impl super::Configured for Configured {
         }
         Ok(())
     }
+    fn has_index(&self) -> bool {
+        true
+    }
     async fn init_index(&self) -> Result<()> {
         index::ensure(&self.settings, &*self.service()?)
             .await
