@@ -369,11 +369,11 @@ async fn verify(setup: &Setup, window: crate::base::source::Window, json: bool) 
             return Err(config_error("verify --since must be before --until"));
         }
     }
+    // Refused before connecting: an API source would start calling its API.
     if !setup.source()?.traits().sql {
-        return Err(config_error(format!(
-            "verify compares the destination with the rows of the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG); {} keeps nothing of what it sent",
-            setup.source()?.label()
-        )));
+        return Err(crate::base::source::nothing_to_verify(
+            &setup.source()?.label(),
+        ));
     }
     let mut source = setup.source()?.connect(&setup.run).await?;
     source.check().await?;

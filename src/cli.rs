@@ -25,7 +25,7 @@ Configuration is read from environment variables; .env.example lists every one."
 #[command(
     name = "audit-transfer",
     version = VERSION,
-    about = "Moves audit logs from a database or audit API to Elasticsearch/OpenSearch or JSON-lines files, one pass per invocation.",
+    about = "Moves audit logs from a database, an audit API or a bucket to Elasticsearch/OpenSearch, Splunk, OpenTelemetry, Kafka or files, one pass per invocation.",
     after_help = EXIT_CODES
 )]
 pub struct Cli {

@@ -138,38 +138,29 @@ impl RunMetrics {
             ],
         );
         if !s.targets.is_empty() {
-            let per_target = |f: &dyn Fn(&crate::pipeline::TargetSummary) -> f64| {
-                s.targets
-                    .iter()
-                    .map(|t| (format!("target=\"{}\"", escape(&t.name)), f(t)))
-                    .collect::<Vec<_>>()
-            };
             let mut records = Vec::new();
-            for (outcome, f) in [
-                (
-                    "delivered",
-                    (|t| t.delivered as f64) as fn(&crate::pipeline::TargetSummary) -> f64,
-                ),
-                ("already_present", |t| t.already_present as f64),
-                ("rejected", |t| t.rejected as f64),
-                ("lacking", |t| t.lacking as f64),
-            ] {
-                for (label, v) in per_target(&f) {
-                    records.push((format!("{label},outcome=\"{outcome}\""), v));
+            let mut down = Vec::new();
+            for t in &s.targets {
+                let target = format!("target=\"{}\"", escape(&t.name));
+                for (outcome, n) in [
+                    ("delivered", t.delivered),
+                    ("already_present", t.already_present),
+                    ("rejected", t.rejected),
+                    ("lacking", t.lacking),
+                ] {
+                    records.push((format!("{target},outcome=\"{outcome}\""), n as f64));
                 }
+                down.push((target, if t.down { 1.0 } else { 0.0 }));
             }
-            let records: Vec<(&str, f64)> = records.iter().map(|(l, v)| (l.as_str(), *v)).collect();
             gauge(
                 "target_records",
                 "With TARGETS, each target's records in the last run: delivered, already_present, rejected, lacking (accepted but not held at the end: they stay unmarked).",
-                &records,
+                &borrow(&records),
             );
-            let down = per_target(&|t| if t.down { 1.0 } else { 0.0 });
-            let down: Vec<(&str, f64)> = down.iter().map(|(l, v)| (l.as_str(), *v)).collect();
             gauge(
                 "target_down",
                 "With TARGETS, 1 if the target failed during the last run and was sent nothing more.",
-                &down,
+                &borrow(&down),
             );
         }
         gauge(
@@ -222,6 +213,11 @@ impl RunMetrics {
         }
         out
     }
+}
+
+/// Owned label sets as the `gauge` samples borrow them.
+fn borrow(v: &[(String, f64)]) -> Vec<(&str, f64)> {
+    v.iter().map(|(l, n)| (l.as_str(), *n)).collect()
 }
 
 fn unix(t: DateTime<Utc>) -> f64 {

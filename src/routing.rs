@@ -143,15 +143,15 @@ pub struct Selection {
     pub keys: Option<Accept>,
 }
 
+/// Whether a record with route `r` passes a topic list and a key list (`None`: any value).
+fn passes(topics: Option<&Accept>, keys: Option<&Accept>, r: &Route) -> bool {
+    topics.is_none_or(|a| a.accepts(r.topic.as_deref()))
+        && keys.is_none_or(|a| a.accepts(r.key.as_deref()))
+}
+
 impl Selection {
     pub fn accepts(&self, r: &Route) -> bool {
-        self.topics
-            .as_ref()
-            .is_none_or(|a| a.accepts(r.topic.as_deref()))
-            && self
-                .keys
-                .as_ref()
-                .is_none_or(|a| a.accepts(r.key.as_deref()))
+        passes(self.topics.as_ref(), self.keys.as_ref(), r)
     }
 
     /// Accepts every record.
@@ -197,41 +197,56 @@ impl Routing {
                 "S3_OUTPUT=original ships lines as they are, without @timestamp, so the index name template or OUTPUT_LAYOUT=routed has no date to place them by: use S3_OUTPUT=document".into(),
             ));
         }
-        if let Some(a) = &routing.accept_topics {
-            routing.check_accept("ACCEPT_TOPICS", Some(a), None, source)?;
-        }
-        if let Some(a) = &routing.accept_keys {
-            routing.check_accept("ACCEPT_ROUTING_KEYS", None, Some(a), source)?;
-        }
+        let run = Selection {
+            topics: routing.accept_topics.clone(),
+            keys: routing.accept_keys.clone(),
+        };
+        routing.check_selection(["ACCEPT_TOPICS", "ACCEPT_ROUTING_KEYS"], &run, source)?;
         Ok(routing)
     }
 }
 
 impl Routing {
-    /// An accept list (`var`, of topics or of keys) fits this source and has its field.
-    pub fn check_accept(
+    /// The accept lists of a selection (named by `vars`: topics, keys) fit this source, and
+    /// each has the field it selects by.
+    pub fn check_selection(
         &self,
-        var: &str,
-        topics: Option<&Accept>,
-        keys: Option<&Accept>,
+        vars: [&str; 2],
+        selection: &Selection,
         source: &SourceTraits,
     ) -> Result<(), ConfigError> {
-        let (field, field_var, example) = match (topics, keys) {
-            (Some(_), _) => (&self.topic_field, "ROUTING_TOPIC_FIELD", "topic"),
-            (None, Some(_)) => (&self.key_field, "ROUTING_KEY_FIELD", "routing_key"),
-            (None, None) => return Ok(()),
-        };
-        if source.whole_units {
-            // A unit (CDP archive batch) is acknowledged whole: marking it would lose the
-            // records this run does not accept for every other run.
-            return Err(ConfigError(format!(
-                "{var} cannot be used with AUDIT_LOGGER_TYPE=CDP_ARCHIVE: an archive batch is marked as a whole, so events this run skipped would be lost to other runs; route them with the index name template or OUTPUT_LAYOUT=routed instead"
-            )));
-        }
-        if field.is_none() {
-            return Err(ConfigError(format!(
-                "{var} is set but {field_var} is not: name the message field that holds it, e.g. {field_var}=audit_event.{example}"
-            )));
+        let [topics_var, keys_var] = vars;
+        for (var, list, field, field_var, example) in [
+            (
+                topics_var,
+                &selection.topics,
+                &self.topic_field,
+                "ROUTING_TOPIC_FIELD",
+                "topic",
+            ),
+            (
+                keys_var,
+                &selection.keys,
+                &self.key_field,
+                "ROUTING_KEY_FIELD",
+                "routing_key",
+            ),
+        ] {
+            if list.is_none() {
+                continue;
+            }
+            if source.whole_units {
+                // A unit (CDP archive batch) is acknowledged whole: marking it would lose the
+                // records this run does not accept for every other run.
+                return Err(ConfigError(format!(
+                    "{var} cannot be used with AUDIT_LOGGER_TYPE=CDP_ARCHIVE: an archive batch is marked as a whole, so events this run skipped would be lost to other runs; route them with the index name template or OUTPUT_LAYOUT=routed instead"
+                )));
+            }
+            if field.is_none() {
+                return Err(ConfigError(format!(
+                    "{var} is set but {field_var} is not: name the message field that holds it, e.g. {field_var}=audit_event.{example}"
+                )));
+            }
         }
         Ok(())
     }
@@ -244,6 +259,11 @@ impl Routing {
             || self.targets.iter().any(|t| !t.is_all())
     }
 
+    /// Several targets: sources keep which of them hold a record whose fan-out is incomplete.
+    pub fn fans_out(&self) -> bool {
+        self.targets.len() > 1
+    }
+
     /// With TARGETS, whether some record could be accepted by no target.
     pub fn targets_restricted(&self) -> bool {
         !self.targets.is_empty() && self.targets.iter().all(|t| !t.is_all())
@@ -251,15 +271,8 @@ impl Routing {
 
     /// The run takes the record: ACCEPT_*, or with TARGETS some target accepts it.
     pub fn accepts(&self, r: &Route) -> bool {
-        let run = self
-            .accept_topics
-            .as_ref()
-            .is_none_or(|a| a.accepts(r.topic.as_deref()))
-            && self
-                .accept_keys
-                .as_ref()
-                .is_none_or(|a| a.accepts(r.key.as_deref()));
-        run && (!self.targets_restricted() || self.targets.iter().any(|t| t.accepts(r)))
+        passes(self.accept_topics.as_ref(), self.accept_keys.as_ref(), r)
+            && (!self.targets_restricted() || self.targets.iter().any(|t| t.accepts(r)))
     }
 
     /// What this run accepts, for the cursor and state files of the API sources: a file written

@@ -91,7 +91,7 @@ impl Env {
     }
 
     /// The names this view was asked for.
-    pub fn read(&self) -> Vec<String> {
+    pub fn asked(&self) -> Vec<String> {
         let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
         asked.iter().cloned().collect()
     }

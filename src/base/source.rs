@@ -77,6 +77,13 @@ pub enum Paging {
     Units,
 }
 
+/// `verify` on a source that keeps nothing of what it sent (the API sources).
+pub fn nothing_to_verify(source: &str) -> anyhow::Error {
+    crate::base::exit::config_error(format!(
+        "verify compares the destination with the rows of the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG); {source} keeps nothing of what it sent"
+    ))
+}
+
 /// `verify`: the records whose time (`created_at`) falls in `[since, until)`; `None`: open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Window {
@@ -216,10 +223,7 @@ pub trait Source: Send {
     /// Sources that keep nothing of what they sent refuse.
     async fn sent_page(&mut self, window: &Window, limit: usize) -> Result<Option<Vec<Record>>> {
         let _ = (window, limit);
-        Err(crate::base::exit::config_error(format!(
-            "verify compares the destination with the rows of the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG); {} keeps nothing of what it sent",
-            self.name()
-        )))
+        Err(nothing_to_verify(&self.name()))
     }
     /// `init-queue`: creates the index the SQL sources' claims read in order, if missing.
     async fn init_queue(&mut self) -> Result<()> {

@@ -598,7 +598,7 @@ impl<S: Schema> Queue<S> {
         let ts = format!("t.{}", d.quote(schema.ts_column()));
         let key = schema.source_key();
         let max = *max_attempts;
-        let fanout = self.routing.targets.len() > 1;
+        let fanout = self.routing.fans_out();
 
         let mut tx = db
             .conn

@@ -107,17 +107,12 @@ impl Setup {
         run.routing = Routing::from_env(env, &source_traits, needs_route)?;
         if named {
             for d in &declared {
-                for (var, topics, keys) in [
-                    ("ACCEPT_TOPICS", d.accept.topics.as_ref(), None),
-                    ("ACCEPT_ROUTING_KEYS", None, d.accept.keys.as_ref()),
-                ] {
-                    run.routing.check_accept(
-                        &d.env.full_name(var),
-                        topics,
-                        keys,
-                        &source_traits,
-                    )?;
-                }
+                let vars = ["ACCEPT_TOPICS", "ACCEPT_ROUTING_KEYS"].map(|v| d.env.full_name(v));
+                run.routing.check_selection(
+                    [vars[0].as_str(), vars[1].as_str()],
+                    &d.accept,
+                    &source_traits,
+                )?;
             }
             run.routing.targets = declared.iter().map(|d| d.accept.clone()).collect();
             for var in targets::undeclared_target_variables(env, &declared) {

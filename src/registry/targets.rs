@@ -123,7 +123,7 @@ impl Declared {
         let Some(first) = unread.first() else {
             return Ok(());
         };
-        let read = self.env.read();
+        let read = self.env.asked();
         let near = read
             .iter()
             .filter(|known| distance(known, first) <= 2)
@@ -179,10 +179,10 @@ pub fn ignored_plain_variables(env: &Env, declared: &[Declared]) -> Vec<String> 
     if declared.iter().all(|d| d.name.is_none()) {
         return Vec::new();
     }
-    let top_read = env.read();
+    let top_read = env.asked();
     let mut out: Vec<String> = declared
         .iter()
-        .flat_map(|d| d.env.read())
+        .flat_map(|d| d.env.asked())
         .filter(|v| env.get(v).is_some() && !top_read.contains(v))
         .collect();
     out.sort();

@@ -111,7 +111,7 @@ impl S3Cursor {
             mode: Mode::Key,
             current: None,
             stopped: false,
-            fanout: cfg.routing.targets.len() > 1,
+            fanout: cfg.routing.fans_out(),
             problems: Vec::new(),
             accepts: cfg.routing.accept_label(),
         })
