@@ -86,9 +86,15 @@ pub fn main(command: Command, dry_run: bool) -> Exit {
             } => status(&setup, json, max_age, max_since_success).await,
             Command::InitIndex => init_index(&setup).await,
             Command::InitQueue => init_queue(&setup).await,
-            Command::Verify { since, until, json } => {
-                verify(&setup, crate::base::source::Window { since, until }, json).await
-            }
+            Command::Verify {
+                chain: true,
+                json,
+                public_key,
+                ..
+            } => verify_chain(&setup, json, public_key.as_deref()).await,
+            Command::Verify {
+                since, until, json, ..
+            } => verify(&setup, crate::base::source::Window { since, until }, json).await,
             // Handled in main before any configuration is read.
             Command::Completions { .. } | Command::Man => Ok(Exit::Ok),
         }
@@ -147,6 +153,10 @@ async fn transfer(
     for t in targets {
         t.sink.prepare().await?;
     }
+    let chain = match setup.integrity.chain {
+        true => Some(workers[0].source.keep_chain().await?),
+        false => None,
+    };
     let concurrency = if workers[0].source.parallel_safe() {
         cfg.concurrency
     } else {
@@ -158,6 +168,16 @@ async fn transfer(
             source: setup.source()?.connect(cfg).await?,
             sinks: sinks()?,
         });
+    }
+    if chain.is_some() {
+        for (k, w) in workers.iter_mut().enumerate() {
+            if k > 0 {
+                w.source.keep_chain().await?;
+            }
+            for sink in &mut w.sinks {
+                sink.replace_existing();
+            }
+        }
     }
     let sink_names: Vec<String> = targets
         .iter()
@@ -186,6 +206,7 @@ async fn transfer(
     let result = pipeline::run(
         workers,
         &setup.target_names,
+        chain.as_deref(),
         cfg.batch_size,
         cfg.chunk_size,
         &cfg.routing,
@@ -194,7 +215,19 @@ async fn transfer(
     .await;
     crate::progress::finish();
     summary.log(result.is_err());
-    result.map(|()| summary.exit())
+    result?;
+    if let Some(chain) = &chain {
+        let w = &mut workers[0];
+        crate::integrity::checkpoint(
+            &setup.integrity,
+            chain,
+            w.source.as_mut(),
+            &mut w.sinks,
+            summary.delivered + summary.already_present,
+        )
+        .await?;
+    }
+    Ok(summary.exit())
 }
 
 /// After the pass, whatever its outcome: the run is recorded in the source's state (the SQL
@@ -429,6 +462,47 @@ async fn verify(setup: &Setup, window: crate::base::source::Window, json: bool) 
     } else {
         Exit::Failed
     })
+}
+
+/// `verify --chain`: the integrity chain in every destination that can be listed.
+async fn verify_chain(setup: &Setup, json: bool, public_key: Option<&str>) -> Result<Exit> {
+    let key = match public_key {
+        Some(text) => Some(
+            crate::base::chain::verifying_key(text)
+                .map_err(|why| config_error(format!("invalid --public-key: {why}")))?,
+        ),
+        None => setup
+            .integrity
+            .signing_key
+            .as_ref()
+            .map(|k| k.verifying_key()),
+    };
+    if !setup.source()?.traits().sql {
+        return Err(crate::base::source::nothing_to_verify(
+            &setup.source()?.label(),
+        ));
+    }
+    let mut source = setup.source()?.connect(&setup.run).await?;
+    source.check().await?;
+    let chain = source.name();
+    let state = source.chain_state().await?;
+    let mut reports = Vec::new();
+    for t in setup.targets()? {
+        let mut sink = t.sink.build()?;
+        reports.push(
+            crate::integrity::walk::verify_chain(&chain, &state, sink.as_mut(), key.as_ref())
+                .await?,
+        );
+    }
+    let clean = reports.iter().all(|r| r.clean());
+    if json {
+        println!("{}", serde_json::json!({"clean": clean, "chains": reports}));
+    } else {
+        for r in &reports {
+            print!("{}", r.text());
+        }
+    }
+    Ok(if clean { Exit::Ok } else { Exit::Failed })
 }
 
 /// `init-queue`: creates the SQL source's queue index unless the table has one.

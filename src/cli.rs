@@ -37,7 +37,7 @@ pub struct Cli {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Transfer one batch (at most BATCH_SIZE records, CHUNK_SIZE per page) and exit. The default.
     #[command(after_help = EXIT_CODES)]
@@ -81,6 +81,14 @@ pub enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Walk the integrity chain (INTEGRITY_CHAIN) in the destination instead: every link
+        /// from the first to the source's head, and every checkpoint.
+        #[arg(long, conflicts_with_all = ["since", "until"])]
+        chain: bool,
+        /// With --chain: the Ed25519 public key checkpoints must be signed with (base64, a PEM
+        /// block, or a file holding either). Default: the public half of INTEGRITY_SIGNING_KEY.
+        #[arg(long, value_name = "KEY", requires = "chain")]
+        public_key: Option<String>,
     },
     /// Create the Elasticsearch/OpenSearch index with the audit mapping, if it does not exist
     /// (an index template instead when the index name has placeholders, e.g. {topic}).

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod db;
 mod http;
+mod integrity;
 mod logging;
 mod metrics;
 mod pipeline;

@@ -335,8 +335,28 @@ async fn secrets_stay_out_of_failing_runs_at_debug_level() {
                 "http://u:db-url-secret@127.0.0.1:1",
             )
             .set("TARGET_ALERTS_SPLUNK_HEC_TOKEN", "splunk-token-secret"),
+        // INTEGRITY_SIGNING_KEY: a key that is not one (33 bytes of base64), and a good one
+        // (the seed is the secret) on a run that fails at its sink.
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("SINK", "stdout")
+            .set("INTEGRITY_CHAIN", "true")
+            .set(
+                "INTEGRITY_SIGNING_KEY",
+                "aW50ZWdyaXR5LWtleS1zZWNyZXQtc2VjcmV0LXNlY3JldA==",
+            ),
+        Env::new()
+            .set("DATABASE_URL", &db.url)
+            .set("ELASTICSEARCH_HOST", "127.0.0.1:1")
+            .set("ELASTICSEARCH_MAX_RETRIES", "0")
+            .set("INTEGRITY_CHAIN", "true")
+            .set(
+                "INTEGRITY_SIGNING_KEY",
+                "aW50ZWdyaXR5LWtleS1zZWNyZXQtc2VjcmV0LXNlY3I=",
+            ),
     ];
     let secrets = [
+        "aW50ZWdyaXR5LWtleS1zZWNyZXQtc2VjcmV0",
         "db-url-secret",
         "db-env-secret",
         "es-pw-secret",

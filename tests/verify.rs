@@ -203,23 +203,6 @@ async fn targets_that_cannot_be_read_back_are_named(b: Backend) {
     );
 }
 
-/// The archive files as a map from path to lines, and written back.
-fn lines_of(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<String>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            (p, text.lines().map(String::from).collect())
-        })
-        .collect()
-}
-
 async fn files_are_checked_by_content(b: Backend) {
     skip_unless!(b);
     let db = TestDb::new(b).await;
@@ -243,7 +226,7 @@ async fn files_are_checked_by_content(b: Backend) {
         clean.stdout
     );
     // One line deleted, one field of another changed, one forged line added.
-    let files = lines_of(dir.path());
+    let files = archive_lines(dir.path());
     assert_eq!(files.len(), 3);
     let (p0, mut l0) = files[0].clone();
     let removed: Value = serde_json::from_str(&l0.remove(1)).unwrap();

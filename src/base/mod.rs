@@ -3,6 +3,7 @@
 //! this crate outside `base`.
 
 pub mod atomic;
+pub mod chain;
 pub mod document;
 pub mod env;
 pub mod exit;

@@ -30,6 +30,12 @@ pub trait Sink: Send {
         let _ = name;
         self.ship(docs).await
     }
+    /// INTEGRITY_CHAIN: from now on a document already stored under the same id is replaced,
+    /// not kept (a re-ship after a crash may carry another link). False where the sink cannot
+    /// (files: a re-shipped page is written again whole, under the same name when unchanged).
+    fn replace_existing(&mut self) -> bool {
+        false
+    }
     /// How `verify` can read this destination back.
     fn read_back_mode(&self) -> ReadBack {
         ReadBack::No

@@ -1,6 +1,7 @@
 //! What a source is to the pipeline: pages of records, each page committed with what the sink
 //! acknowledged. Sources implement [`Source`]; the pipeline drives it.
 
+use crate::base::chain::{Checkpoint, Head, Void};
 use crate::base::document::Record;
 use anyhow::Result;
 use async_trait::async_trait;
@@ -30,6 +31,30 @@ pub struct PageResult {
     /// only to the others. A record delivered to all is in `delivered`, and its progress is
     /// forgotten.
     pub progress: Vec<(usize, Vec<String>)>,
+    /// INTEGRITY_CHAIN: where this page's links moved the chain's head, kept with the marks.
+    pub chain: Option<ChainAdvance>,
+}
+
+/// INTEGRITY_CHAIN: the head after a page's links, and the links of its documents the
+/// destination refused.
+#[derive(Debug, Clone, Default)]
+pub struct ChainAdvance {
+    pub head: Head,
+    pub voids: Vec<Void>,
+}
+
+/// A source's chain as it keeps it: the head, every void, and the checkpoints written.
+#[derive(Debug, Clone, Default)]
+pub struct ChainState {
+    pub head: Head,
+    pub voids: Vec<Void>,
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+fn no_chain(source: &str) -> anyhow::Error {
+    crate::base::exit::config_error(format!(
+        "INTEGRITY_CHAIN is kept by the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG), not by {source}"
+    ))
 }
 
 /// A claimed page. Its records stay claimed (locked) until `commit` or drop; a dropped page
@@ -60,6 +85,11 @@ pub trait Page: Send {
     /// pipeline may stop after it. A source without units: every page ends one.
     fn ends_unit(&self) -> bool {
         true
+    }
+    /// INTEGRITY_CHAIN ([`Source::keep_chain`]): the chain's head, held by this page until it
+    /// commits, so that pages are linked one after another.
+    fn chain_head(&self) -> Option<&Head> {
+        None
     }
 }
 
@@ -224,6 +254,25 @@ pub trait Source: Send {
     async fn sent_page(&mut self, window: &Window, limit: usize) -> Result<Option<Vec<Record>>> {
         let _ = (window, limit);
         Err(nothing_to_verify(&self.name()))
+    }
+    /// After a page failed: ends at once what the dropped page left open. A dropped database
+    /// transaction is rolled back only when its connection is next used, and until then it
+    /// holds its locks (INTEGRITY_CHAIN's head, which the other workers wait for).
+    async fn settle(&mut self) {}
+    /// INTEGRITY_CHAIN: from now on each page holds the chain's head ([`Page::chain_head`])
+    /// and its commit keeps where the page moved it ([`PageResult::chain`]). Returns the
+    /// chain's name. Sources that keep no chain refuse.
+    async fn keep_chain(&mut self) -> Result<String> {
+        Err(no_chain(&self.name()))
+    }
+    /// The chain as the source keeps it (after [`Source::keep_chain`]).
+    async fn chain_state(&mut self) -> Result<ChainState> {
+        Err(no_chain(&self.name()))
+    }
+    /// Keeps a checkpoint written to the destination, for `verify --chain` to find there.
+    async fn save_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let _ = checkpoint;
+        Err(no_chain(&self.name()))
     }
     /// `init-queue`: creates the index the SQL sources' claims read in order, if missing.
     async fn init_queue(&mut self) -> Result<()> {

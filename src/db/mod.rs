@@ -3,6 +3,7 @@
 //! We use sqlx's `Any` driver with one dedicated connection: the job is sequential (one page
 //! at a time), and the three dialects differ only in a handful of spellings kept in [`Dialect`].
 
+pub mod chain;
 pub mod queue;
 pub mod routing;
 pub mod settings;
@@ -298,6 +299,9 @@ const MIGRATIONS: &[Migration] = &[
     migration!("postgres", 3, "0003_targets"),
     migration!("mysql", 3, "0003_targets"),
     migration!("sqlite", 3, "0003_targets"),
+    migration!("postgres", 4, "0004_chain"),
+    migration!("mysql", 4, "0004_chain"),
+    migration!("sqlite", 4, "0004_chain"),
 ];
 
 /// Parses a timestamp as the three databases print it (`as_text`), assuming UTC without offset.

@@ -13,8 +13,11 @@
 //!   they never block the queue; a retry lane gives them `MAX_ATTEMPTS` tries in total.
 
 use super::{id_list, Db, Dialect, IdSet};
+use crate::base::chain::{Checkpoint, Head};
 use crate::base::document::Record;
-use crate::base::source::{Backlog, Lane, LastRuns, Page, PageResult, Parked, RunRecord, Source};
+use crate::base::source::{
+    Backlog, ChainState, Lane, LastRuns, Page, PageResult, Parked, RunRecord, Source,
+};
 use crate::db::TableName;
 use crate::routing::{Accept, FieldPath, Route, Routing};
 use anyhow::{Context, Result};
@@ -105,6 +108,8 @@ pub struct Queue<S: Schema> {
     /// a key: the next block), and the address plan and block count found on the first page.
     sent_after: Option<i64>,
     sent_plan: Option<(Addr, i64)>,
+    /// INTEGRITY_CHAIN is on: every page locks the head first ([`super::chain`]).
+    chain: bool,
 }
 
 /// The order of the backlog ([`Plan::Keys`]), per lane: read once for the whole run and handed
@@ -310,7 +315,39 @@ impl<S: Schema> Queue<S> {
             prepared: false,
             sent_after: None,
             sent_plan: None,
+            chain: false,
         }
+    }
+
+    /// INTEGRITY_CHAIN: starts the chain if need be; from now on every page holds its head.
+    pub async fn keep_chain(&mut self) -> Result<String> {
+        if !self.prepared {
+            self.prepare().await?;
+        }
+        let d = self.db.dialect;
+        let key = self.schema.source_key();
+        super::chain::ensure(&mut self.db.conn, d, &key).await?;
+        if d == Dialect::MySql {
+            // A page waits for the head while another one ships, which may take as long as
+            // the sink's retries: longer than InnoDB's default 50 s wait.
+            sqlx::query("SET SESSION innodb_lock_wait_timeout = 3600")
+                .execute(&mut self.db.conn)
+                .await
+                .context("setting the lock wait for the integrity chain")?;
+        }
+        self.chain = true;
+        Ok(key)
+    }
+
+    pub async fn chain_state(&mut self) -> Result<ChainState> {
+        self.db.migrate().await?;
+        let key = self.schema.source_key();
+        super::chain::state(&mut self.db.conn, self.db.dialect, &key).await
+    }
+
+    pub async fn save_checkpoint(&mut self, cp: &Checkpoint) -> Result<()> {
+        let key = self.schema.source_key();
+        super::chain::save_checkpoint(&mut self.db.conn, self.db.dialect, &key, cp).await
     }
 
     async fn routes(&mut self) -> Result<&RouteSql> {
@@ -590,6 +627,7 @@ impl<S: Schema> Queue<S> {
             order,
             max_attempts,
             route_sql,
+            chain,
             ..
         } = self;
         let route_sql: &RouteSql = route_sql.as_ref().expect("built above");
@@ -605,6 +643,12 @@ impl<S: Schema> Queue<S> {
             .begin_with(d.begin())
             .await
             .context("starting a page transaction")?;
+        // The chain's head first, before any row: pages are linked one at a time, and no page
+        // waits for the head while holding rows another one wants.
+        let head = match *chain {
+            true => Some(super::chain::lock(&mut tx, d, &key).await?),
+            false => None,
+        };
         let mut rows = Vec::new();
         let addr = match plan {
             Plan::Keys(a) => a,
@@ -844,6 +888,7 @@ impl<S: Schema> Queue<S> {
             records,
             held,
             exhausted,
+            head,
         })))
     }
 
@@ -1183,6 +1228,8 @@ struct SqlPage<'a, S: Schema> {
     /// With TARGETS: the targets that held each record when it was claimed. Empty without.
     held: Vec<Vec<String>>,
     exhausted: bool,
+    /// INTEGRITY_CHAIN: the head, locked by this transaction.
+    head: Option<Head>,
 }
 
 /// The WHERE clause of a claim: unsent, orderable, in `lane`, after the cursor. Binds, in
@@ -1265,6 +1312,10 @@ impl<S: Schema> Page for SqlPage<'_, S> {
 
     fn held_by(&self, i: usize) -> &[String] {
         self.held.get(i).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    fn chain_head(&self) -> Option<&Head> {
+        self.head.as_ref()
     }
 
     async fn commit(self: Box<Self>, result: PageResult) -> Result<u64> {
@@ -1381,6 +1432,9 @@ impl<S: Schema> Page for SqlPage<'_, S> {
             }
             q.execute(&mut *tx).await.context("recording failed rows")?;
         }
+        if let Some(to) = &result.chain {
+            super::chain::advance(&mut tx, d, &key, to).await?;
+        }
         crate::base::failpoint::hit("before_commit");
         tx.commit().await.context("committing the page")?;
         Ok(marked)
@@ -1467,6 +1521,19 @@ impl<S: Schema> Source for Queue<S> {
     }
     async fn record_run(&mut self, run: &RunRecord) -> Result<()> {
         Queue::record_run(self, run).await
+    }
+    async fn keep_chain(&mut self) -> Result<String> {
+        Queue::keep_chain(self).await
+    }
+    async fn settle(&mut self) {
+        // Any statement first sends the rollback sqlx queued when the page was dropped.
+        let _ = sqlx::query("SELECT 1").execute(&mut self.db.conn).await;
+    }
+    async fn chain_state(&mut self) -> Result<ChainState> {
+        Queue::chain_state(self).await
+    }
+    async fn save_checkpoint(&mut self, cp: &Checkpoint) -> Result<()> {
+        Queue::save_checkpoint(self, cp).await
     }
     async fn last_runs(&mut self) -> Result<Option<LastRuns>> {
         Queue::last_runs(self).await.map(Some)

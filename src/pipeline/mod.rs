@@ -129,6 +129,8 @@ pub struct Worker {
 /// accepts (`Routing::targets`), and which of them failed in this run.
 struct Targets<'a> {
     names: &'a [String],
+    /// INTEGRITY_CHAIN: the chain's name (the source's, see `Source::keep_chain`).
+    chain: Option<&'a str>,
     routing: &'a Routing,
     down: Vec<AtomicBool>,
     /// Records counted as lacking a target in this run. Another worker may claim such a record
@@ -182,6 +184,7 @@ impl Targets<'_> {
 pub async fn run(
     workers: &mut [Worker],
     names: &[String],
+    chain: Option<&str>,
     batch_size: usize,
     chunk_size: usize,
     routing: &Routing,
@@ -190,6 +193,7 @@ pub async fn run(
     let started = Instant::now();
     let targets = &Targets {
         names,
+        chain,
         routing,
         down: names.iter().map(|_| AtomicBool::new(false)).collect(),
         lacking: Default::default(),
@@ -220,6 +224,7 @@ pub async fn run(
     )
     .await;
     if let Err(e) = retried {
+        first.source.settle().await;
         summary.duration = started.elapsed();
         for (t, down) in summary.targets.iter_mut().zip(&targets.down) {
             t.down = down.load(Ordering::Relaxed);
@@ -241,6 +246,10 @@ pub async fn run(
             &mut mine,
         )
         .await;
+        if result.is_err() {
+            // Before the other workers finish: they may wait for what this one's page holds.
+            w.source.settle().await;
+        }
         (result, mine)
     });
     let mut first_error = None;
@@ -414,6 +423,18 @@ async fn transfer(
                     Err(reason) => result.failed.push((i, reason.clone())),
                 }
             }
+            // INTEGRITY_CHAIN: the documents get the links after the head this page holds.
+            let linked = match (targets.chain, page.chain_head()) {
+                (Some(chain), Some(head)) => Some(chain::link(chain, head, &docs)),
+                _ => None,
+            };
+            if let Some(linked) = &linked {
+                for (k, why) in &linked.refused {
+                    result.failed.push((doc_index[*k], why.clone()));
+                }
+                doc_index = linked.at.iter().map(|&k| doc_index[k]).collect();
+                docs = linked.docs.iter().collect();
+            }
             let file_name = page.file_name();
             // Which targets take each document, and which of those hold it from earlier runs.
             let wanted: Vec<u32> = docs.iter().map(|d| targets.wanted(d)).collect();
@@ -505,6 +526,13 @@ async fn transfer(
                 }
             }
             crate::base::failpoint::hit("after_ship");
+            if let Some(linked) = &linked {
+                result.chain = chain::advance(
+                    &linked.links,
+                    |k| acked[k] != 0,
+                    |k| records[doc_index[k]].key.clone(),
+                );
+            }
             for (k, &i) in doc_index.iter().enumerate() {
                 if wanted[k] == 0 {
                     // No target takes it (the SQL sources never claim such a record).
@@ -559,5 +587,6 @@ async fn transfer(
     Ok(())
 }
 
+mod chain;
 #[cfg(test)]
 mod tests;

@@ -338,6 +338,7 @@ impl Setup {
         let result = run(
             &mut workers,
             &names,
+            None,
             batch_size,
             chunk_size,
             &self.routing,

@@ -48,6 +48,8 @@ pub struct Setup {
     /// TARGETS' names, also for commands without sinks (`status` reports per target).
     pub target_names: Vec<String>,
     pub metrics: MetricsConfig,
+    /// INTEGRITY_CHAIN and its signing key.
+    pub integrity: crate::integrity::Settings,
 }
 
 impl Setup {
@@ -88,6 +90,18 @@ impl Setup {
         if named && source.is_some() && !source_traits.fanout {
             return Err(ConfigError(format!(
                 "TARGETS works with SINGLE_COLUMN_JSON, DJANGO_AUDITLOG, CASTAI, CATO and S3_CURSOR so far: AUDIT_LOGGER_TYPE={} keeps no per-target progress yet; run one job per destination",
+                env.get("AUDIT_LOGGER_TYPE").unwrap_or_default()
+            )));
+        }
+        let integrity = crate::integrity::Settings::from_env(env)?;
+        if integrity.chain && named {
+            return Err(ConfigError(
+                "INTEGRITY_CHAIN does not work with TARGETS yet: each target would need a chain of its own; run one job per destination".into(),
+            ));
+        }
+        if integrity.chain && source.is_some() && !source_traits.sql {
+            return Err(ConfigError(format!(
+                "INTEGRITY_CHAIN is kept by the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG) so far, not by AUDIT_LOGGER_TYPE={}",
                 env.get("AUDIT_LOGGER_TYPE").unwrap_or_default()
             )));
         }
@@ -133,6 +147,7 @@ impl Setup {
             target_names: declared.iter().filter_map(|d| d.name.clone()).collect(),
             targets: configured,
             metrics: MetricsConfig::from_env(env)?,
+            integrity,
         })
     }
 

@@ -673,6 +673,23 @@ impl Run {
     }
 }
 
+/// The `.jsonl` archive files of a file sink's directory, in name order, with their lines.
+pub fn archive_lines(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<String>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text.lines().map(String::from).collect())
+        })
+        .collect()
+}
+
 /// Waits for `cond` up to `timeout`, polling.
 pub async fn wait_for<F, Fut>(timeout: Duration, mut cond: F) -> bool
 where

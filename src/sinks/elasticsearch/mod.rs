@@ -58,6 +58,7 @@ impl super::Configured for Configured {
             service: self.service()?,
             settings: self.settings.clone(),
             max_bytes: request::MAX_BULK_BYTES,
+            replace: false,
         }))
     }
     fn needs_route(&self) -> bool {
@@ -79,11 +80,16 @@ impl super::Configured for Configured {
     }
 }
 
+/// Documents per page of a scan (`verify --chain`).
+const SCAN_PAGE: usize = 1000;
+
 pub struct ElasticsearchSink {
     service: Arc<Service>,
     settings: Settings,
     /// Largest body sent; halved for good when the cluster answers 413.
     max_bytes: usize,
+    /// INTEGRITY_CHAIN: `index` instead of `create` ([`request::actions`]).
+    replace: bool,
 }
 
 /// Where a page stands between attempts.
@@ -112,7 +118,7 @@ impl ElasticsearchSink {
                     Some(_) => BulkParts::None,
                     None => BulkParts::Index(&self.settings.index),
                 };
-                let actions = request::actions(docs, index, &group);
+                let actions = request::actions(docs, index, &group, self.replace);
                 let body = request::body(&actions, docs, &group);
                 match self.service.bulk(parts, body, group.len()).await {
                     Ok(Answer::Items(items)) => {
@@ -173,6 +179,37 @@ impl Sink for ElasticsearchSink {
 
     async fn read_back(&mut self, docs: &[&Document]) -> Result<Vec<Option<Vec<u8>>>> {
         self.mget(docs).await
+    }
+
+    fn replace_existing(&mut self) -> bool {
+        self.replace = true;
+        true
+    }
+
+    /// Every document of the index (or of every index the name template makes), by scroll.
+    async fn scan(&mut self, each: &mut dyn crate::base::sink::Found) -> Result<()> {
+        let pattern = match &self.settings.index_template {
+            Some(t) => t.pattern(),
+            None => self.settings.index.clone(),
+        };
+        let mut scroll: Option<String> = None;
+        loop {
+            let (hits, next) = self
+                .settings
+                .retry
+                .run("Elasticsearch", || {
+                    self.service.scroll(&pattern, scroll.as_deref(), SCAN_PAGE)
+                })
+                .await
+                .map_err(|f| self.service.error(f))?;
+            for (at, source) in &hits {
+                each.found(at, source);
+            }
+            match next {
+                Some(id) => scroll = Some(id),
+                None => return Ok(()),
+            }
+        }
     }
 
     async fn ship(&mut self, docs: &[&Document]) -> Result<Vec<Outcome>> {

@@ -29,13 +29,24 @@ pub fn index_per_document(template: &Template, docs: &[&Document]) -> Vec<Result
 
 /// The action lines of one request for `group` (indices into `docs`). `index` holds each
 /// document's index when the name is a template; empty otherwise (the request's path names the
-/// index). `create` with our deterministic id: a document already there answers 409.
-pub fn actions(docs: &[&Document], index: &[String], group: &[usize]) -> Vec<String> {
+/// index). `create` with our deterministic id: a document already there answers 409. With
+/// `replace` (INTEGRITY_CHAIN), `index`: a re-ship after a crash replaces what is there, since
+/// its link may differ.
+pub fn actions(
+    docs: &[&Document],
+    index: &[String],
+    group: &[usize],
+    replace: bool,
+) -> Vec<String> {
+    let op = match replace {
+        true => "index",
+        false => "create",
+    };
     group
         .iter()
         .map(|&i| match index.get(i) {
-            Some(name) => serde_json::json!({"create": {"_index": name, "_id": docs[i].id}}),
-            None => serde_json::json!({"create": {"_id": docs[i].id}}),
+            Some(name) => serde_json::json!({op: {"_index": name, "_id": docs[i].id}}),
+            None => serde_json::json!({op: {"_id": docs[i].id}}),
         })
         .map(|a| a.to_string())
         .collect()
@@ -97,7 +108,7 @@ mod tests {
         ];
         let docs: Vec<&Document> = docs.iter().collect();
         let group = [0, 2];
-        let fixed = actions(&docs, &[], &group);
+        let fixed = actions(&docs, &[], &group, false);
         let lines: Vec<&str> = body(&fixed, &docs, &group)
             .into_iter()
             .map(|l| std::str::from_utf8(l).unwrap())
@@ -111,8 +122,10 @@ mod tests {
                 r#"{"n":3}"#
             ]
         );
-        let named = actions(&docs, &["i0".into(), "i1".into(), "i2".into()], &[1]);
+        let named = actions(&docs, &["i0".into(), "i1".into(), "i2".into()], &[1], false);
         assert_eq!(named, [r#"{"create":{"_id":"b","_index":"i1"}}"#]);
+        let replacing = actions(&docs, &[], &[1], true);
+        assert_eq!(replacing, [r#"{"index":{"_id":"b"}}"#]);
     }
 
     #[test]

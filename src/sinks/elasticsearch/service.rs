@@ -247,19 +247,7 @@ impl Service {
             .send()
             .await
             .map_err(|e| self.transport_failure(&e))?;
-        if response.status_code().as_u16() != 200 {
-            return Err(self.status_failure(response, "_mget").await);
-        }
-        let bytes = response.bytes().await.map_err(|e| {
-            Failure::transient(format!("reading the response failed: {}", chain_text(&e)))
-        })?;
-        let parsed: MgetResponse = serde_json::from_slice(&bytes).map_err(|e| {
-            let error = anyhow!(e).context(format!(
-                "unexpected _mget response: {}",
-                excerpt(&String::from_utf8_lossy(&bytes))
-            ));
-            Failure::new(Class::Permanent, "unexpected _mget response", error)
-        })?;
+        let parsed: MgetResponse = self.answer(response, "_mget").await?;
         if parsed.docs.len() != wanted.len() {
             let error = anyhow!(
                 "_mget response has {} documents for {} ids",
@@ -276,6 +264,89 @@ impl Service {
                 _ => None,
             })
             .collect())
+    }
+
+    /// One page of every document under `pattern` (a scroll, in no particular order): where
+    /// each is (`index/id`) with its `_source`, and the scroll to go on with (`None`: that was
+    /// the last page). `scroll`: the id the previous page returned.
+    pub async fn scroll(
+        &self,
+        pattern: &str,
+        scroll: Option<&str>,
+        size: usize,
+    ) -> Result<(Vec<(String, Vec<u8>)>, Option<String>), Failure> {
+        let response = match scroll {
+            None => {
+                self.client
+                    .search(elasticsearch::SearchParts::Index(&[pattern]))
+                    .scroll("5m")
+                    .ignore_unavailable(true)
+                    .allow_no_indices(true)
+                    .body(serde_json::json!({"size": size, "sort": ["_doc"]}))
+                    .send()
+                    .await
+            }
+            Some(id) => {
+                self.client
+                    .scroll(elasticsearch::ScrollParts::None)
+                    .body(serde_json::json!({"scroll": "5m", "scroll_id": id}))
+                    .send()
+                    .await
+            }
+        }
+        .map_err(|e| self.transport_failure(&e))?;
+        let parsed: ScrollResponse = self.answer(response, "search").await?;
+        let hits: Vec<(String, Vec<u8>)> = parsed
+            .hits
+            .hits
+            .into_iter()
+            .filter_map(|h| {
+                let source = serde_json::to_vec(&h.source?).ok()?;
+                Some((format!("{}/{}", h.index, h.id), source))
+            })
+            .collect();
+        let next = match hits.len() < size {
+            true => {
+                if let Some(id) = &parsed.scroll_id {
+                    // Frees the server's context now rather than when it times out.
+                    let _ = self
+                        .client
+                        .clear_scroll(elasticsearch::ClearScrollParts::None)
+                        .body(serde_json::json!({"scroll_id": id}))
+                        .send()
+                        .await;
+                }
+                None
+            }
+            false => parsed.scroll_id,
+        };
+        Ok((hits, next))
+    }
+
+    /// The JSON body of a 200 answer to a read request (`what`); any other status or body is a
+    /// failure the retry policy can judge.
+    async fn answer<T: serde::de::DeserializeOwned>(
+        &self,
+        response: Response,
+        what: &str,
+    ) -> Result<T, Failure> {
+        if response.status_code().as_u16() != 200 {
+            return Err(self.status_failure(response, what).await);
+        }
+        let bytes = response.bytes().await.map_err(|e| {
+            Failure::transient(format!("reading the response failed: {}", chain_text(&e)))
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            let error = anyhow!(e).context(format!(
+                "unexpected {what} response: {}",
+                excerpt(&String::from_utf8_lossy(&bytes))
+            ));
+            Failure::new(
+                Class::Permanent,
+                format!("unexpected {what} response"),
+                error,
+            )
+        })
     }
 
     /// A request (`what`) answered with a status other than 200 or 413.
@@ -320,6 +391,28 @@ pub enum ItemAnswer {
 }
 
 #[derive(Deserialize)]
+struct ScrollResponse {
+    #[serde(rename = "_scroll_id")]
+    scroll_id: Option<String>,
+    hits: ScrollHits,
+}
+
+#[derive(Deserialize)]
+struct ScrollHits {
+    hits: Vec<ScrollHit>,
+}
+
+#[derive(Deserialize)]
+struct ScrollHit {
+    #[serde(rename = "_index")]
+    index: String,
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(rename = "_source")]
+    source: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
 struct MgetResponse {
     docs: Vec<MgetDoc>,
 }
@@ -342,6 +435,9 @@ struct BulkItem {
     status: u16,
     #[serde(default)]
     error: Option<serde_json::Value>,
+    /// `created`, or `updated` where an `index` action replaced a document.
+    #[serde(default)]
+    result: Option<String>,
 }
 
 trait IntoResult {
@@ -354,6 +450,7 @@ impl IntoResult for std::collections::HashMap<String, BulkItem> {
         self.into_values().next().unwrap_or(BulkItem {
             status: 0,
             error: None,
+            result: None,
         })
     }
 }
@@ -383,6 +480,10 @@ fn classify(item: BulkItem) -> ItemAnswer {
         None => format!("status {}", item.status),
     };
     match item.status {
+        // `index` (INTEGRITY_CHAIN) replaced what an earlier run delivered under this id.
+        200 | 201 if item.result.as_deref() == Some("updated") => {
+            ItemAnswer::Final(Outcome::AlreadyPresent)
+        }
         200 | 201 => ItemAnswer::Final(Outcome::Delivered),
         // `create` with our deterministic id: an earlier run delivered it.
         409 => ItemAnswer::Final(Outcome::AlreadyPresent),
@@ -400,7 +501,11 @@ mod tests {
     use super::*;
 
     fn item(status: u16, error: Option<serde_json::Value>) -> BulkItem {
-        BulkItem { status, error }
+        BulkItem {
+            status,
+            error,
+            result: None,
+        }
     }
 
     #[test]
