@@ -13,10 +13,12 @@
 //!   a receiver that parses every event and answers at once (`support/sink_endpoints.rs`);
 //! - (f) the gzip file sink into S3 (moto's server, `tests/common/moto_s3.py`);
 //! - (g) the Kafka sink into librdkafka's mock cluster started in this process;
-//! - (h) `verify` of N/10 and N rows, read back from the bench endpoint, with peak RSS.
+//! - (h) `verify` of N/10 and N rows, read back from the bench endpoint, with peak RSS;
+//! - (i) (a) with INTEGRITY_CHAIN=true, and (a) with one page in flight (what the chain's
+//!   serialised pages are compared with).
 //!
 //! BENCH_SHAPES_ONLY=1 runs only the table shapes (BENCH_SHAPES_DB=sqlite: of one database),
-//! BENCH_VERIFY_ONLY=1 only (h).
+//! BENCH_VERIFY_ONLY=1 only (h), BENCH_CHAIN_ONLY=1 stops after (i).
 //!
 //! Needs PostgreSQL and MariaDB as in the tests, the release binary (`make bench` builds it), GNU
 //! time for peak RSS, and OSMEM_SERVER_BIN for (b).
@@ -650,6 +652,26 @@ fn main() {
         es(&url, port),
     );
     println!("    ratio ours / floor: {:.2}", ours / floor_total);
+    // (i) INTEGRITY_CHAIN: one page of the source in flight at a time, every document hashed,
+    // and a signed checkpoint at the end.
+    let mut chained = es(&url, port);
+    chained.push(("INTEGRITY_CHAIN", "true".into()));
+    chained.push((
+        "INTEGRITY_SIGNING_KEY",
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".into(),
+    ));
+    let (chain, _) = measure("(i) same, INTEGRITY_CHAIN=true, signed", n, &url, chained);
+    println!("    ratio chain / plain: {:.2}", chain / ours);
+    let mut one = es(&url, port);
+    one.push(("SINK_CONCURRENCY", "1".into()));
+    let (single, _) = measure("(i) same, no chain, SINK_CONCURRENCY=1", n, &url, one);
+    println!(
+        "    ratio chain / one page in flight: {:.2}",
+        chain / single
+    );
+    if std::env::var("BENCH_CHAIN_ONLY").is_ok_and(|v| v == "1") {
+        return;
+    }
     verify_lines(&rt, &url, port, n, reps);
 
     let mut gz = es(&url, port);

@@ -564,6 +564,62 @@ fn killed_after_shipping_before_saving_reships_only_that_page() {
     assert_eq!(c.ids(), ids_of(&events, "id"));
 }
 
+/// INTEGRITY_CHAIN with an API source: the head lives in the state file and moves with each
+/// page's acknowledgement, so a run killed after shipping links the same events the same way
+/// again; `verify --chain` then finds the chain whole, and a deleted document is named.
+#[test]
+fn the_integrity_chain_lives_in_the_state_file_and_survives_a_crash() {
+    skip_unless!(Need::Osmem);
+    let c = Case::new();
+    c.v1_events("g", 30, c.start + chrono::Duration::minutes(5), 3);
+    let env = c.env().set("INTEGRITY_CHAIN", "true").set(
+        "INTEGRITY_SIGNING_KEY",
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+    );
+    env.paused_at("after_ship", 2, &["run"]).kill();
+    assert_eq!(c.state()["chain"]["head"]["seq"], 10);
+    let run = env.run(&["run"]);
+    run.expect(0);
+    assert_eq!(run.n("already_present"), 10, "page 2 again, same links");
+    assert_eq!(c.state()["chain"]["head"]["seq"], 30);
+    assert_eq!(
+        c.state()["chain"]["checkpoints"].as_array().unwrap().len(),
+        1
+    );
+    let clean = env.run(&["verify", "--chain"]);
+    clean.expect(0);
+    assert!(
+        clean
+            .stdout
+            .contains("30 linked documents, 0 voids, 1 checkpoints"),
+        "{}",
+        clean.stdout
+    );
+    let docs = osmem().docs(&c.index);
+    let (gone, doc) = docs
+        .iter()
+        .find(|(_, d)| d["integrity"]["seq"] == 17)
+        .unwrap();
+    assert!(doc["integrity"]["chain"]
+        .as_str()
+        .unwrap()
+        .starts_with("castai:"));
+    ureq::delete(&format!(
+        "{}/{}/_doc/{gone}?refresh=true",
+        osmem().url,
+        c.index
+    ))
+    .call()
+    .unwrap();
+    let broken = env.run(&["verify", "--chain"]);
+    broken.expect(1);
+    assert!(
+        broken.stdout.contains("first break: missing: seq 17"),
+        "{}",
+        broken.stdout
+    );
+}
+
 /// Routing: a run takes only the topics it accepts (the event type by default) and names the
 /// index after topic and routing key (the cluster); the rest is left for a run with its own
 /// state file, and a state file of one selection is refused to another.

@@ -359,23 +359,24 @@ fn the_chain_in_a_bucket() {
 #[test]
 fn chain_settings_are_checked_before_anything_moves() {
     let dir = tempfile::tempdir().unwrap();
-    let castai = Env::new()
+    let cato = Env::new()
         .set("INTEGRITY_CHAIN", "true")
-        .set("AUDIT_LOGGER_TYPE", "CASTAI")
-        .set("CASTAI_API_KEY", "k")
+        .set("AUDIT_LOGGER_TYPE", "CATO")
+        .set("CATO_API_KEY", "k")
+        .set("CATO_ACCOUNT_ID", "1")
+        .set("CATO_FEED", "audit")
         .set(
-            "CASTAI_STATE_FILE",
+            "CATO_STATE_FILE",
             dir.path().join("s.json").to_str().unwrap(),
         )
         .set("ELASTICSEARCH_HOST", "127.0.0.1:1")
         .run(&["run"]);
-    castai.expect(2);
+    cato.expect(2);
     assert!(
-        castai
-            .stderr
+        cato.stderr
             .contains("INTEGRITY_CHAIN is kept by the SQL sources"),
         "{}",
-        castai.stderr
+        cato.stderr
     );
     let targets = Env::new()
         .set("INTEGRITY_CHAIN", "true")

@@ -140,7 +140,7 @@ pub fn attach(body: &[u8], chain: &str, seq: u64, prev: &str) -> Result<(Vec<u8>
 }
 
 /// The last link of a chain as its source keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Head {
     pub seq: u64,
     pub hash: String,

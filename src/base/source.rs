@@ -43,17 +43,39 @@ pub struct ChainAdvance {
     pub voids: Vec<Void>,
 }
 
-/// A source's chain as it keeps it: the head, every void, and the checkpoints written.
-#[derive(Debug, Clone, Default)]
+/// A source's chain as it keeps it: the head, every void, and the checkpoints written (a
+/// state file keeps the last [`KEPT_CHECKPOINTS`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChainState {
     pub head: Head,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub voids: Vec<Void>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<Checkpoint>,
+}
+
+/// Checkpoints a state file keeps (one per run): `verify --chain` checks that these are still
+/// in the destination.
+pub const KEPT_CHECKPOINTS: usize = 100;
+
+impl ChainState {
+    /// Where a page moved the head, with its voids.
+    pub fn advance(&mut self, to: ChainAdvance) {
+        self.head = to.head;
+        self.voids.extend(to.voids);
+    }
+
+    /// Keeps a checkpoint, forgetting the oldest beyond [`KEPT_CHECKPOINTS`].
+    pub fn keep(&mut self, cp: &Checkpoint) {
+        self.checkpoints.push(cp.clone());
+        let over = self.checkpoints.len().saturating_sub(KEPT_CHECKPOINTS);
+        self.checkpoints.drain(..over);
+    }
 }
 
 fn no_chain(source: &str) -> anyhow::Error {
     crate::base::exit::config_error(format!(
-        "INTEGRITY_CHAIN is kept by the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG), not by {source}"
+        "INTEGRITY_CHAIN is kept by the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG) and CASTAI, not by {source}"
     ))
 }
 
@@ -312,4 +334,7 @@ pub struct SourceTraits {
     /// It keeps which targets hold a record whose fan-out is incomplete
     /// ([`Page::held_by`], [`PageResult::progress`]), so TARGETS may be used with it.
     pub fanout: bool,
+    /// It keeps an integrity chain's head ([`Source::keep_chain`]), so INTEGRITY_CHAIN may be
+    /// used with it.
+    pub chain: bool,
 }

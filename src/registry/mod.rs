@@ -99,9 +99,9 @@ impl Setup {
                 "INTEGRITY_CHAIN does not work with TARGETS yet: each target would need a chain of its own; run one job per destination".into(),
             ));
         }
-        if integrity.chain && source.is_some() && !source_traits.sql {
+        if integrity.chain && source.is_some() && !source_traits.chain {
             return Err(ConfigError(format!(
-                "INTEGRITY_CHAIN is kept by the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG) so far, not by AUDIT_LOGGER_TYPE={}",
+                "INTEGRITY_CHAIN is kept by the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG) and CASTAI so far, not by AUDIT_LOGGER_TYPE={}",
                 env.get("AUDIT_LOGGER_TYPE").unwrap_or_default()
             )));
         }

@@ -100,6 +100,7 @@ impl super::Configured for Settings {
     fn traits(&self) -> SourceTraits {
         SourceTraits {
             sql: true,
+            chain: true,
             fanout: true,
             ..SourceTraits::default()
         }

@@ -85,6 +85,7 @@ impl super::Configured for Settings {
     fn traits(&self) -> SourceTraits {
         SourceTraits {
             sql: true,
+            chain: true,
             fanout: true,
             ..SourceTraits::default()
         }

@@ -84,6 +84,8 @@ pub struct Castai {
     retried: HashSet<String>,
     /// With TARGETS: the targets that hold the retry lane's items, by key.
     retry_held: std::collections::HashMap<String, Vec<String>>,
+    /// INTEGRITY_CHAIN is on: pages hand out the chain's head kept in the state file.
+    chain: bool,
     /// Held from `prepare` to exit (the OS releases it even after SIGKILL).
     _lock: Option<std::fs::File>,
 }
@@ -132,6 +134,7 @@ impl Castai {
             duplicates: 0,
             retried: HashSet::new(),
             retry_held: Default::default(),
+            chain: false,
             _lock: None,
         })
     }
@@ -477,6 +480,32 @@ impl Source for Castai {
         }))
     }
 
+    /// The head lives in the state file and moves with each page's acknowledgements: a run
+    /// cut short (crash) left it where the next run reads the same events again.
+    async fn keep_chain(&mut self) -> Result<String> {
+        let state = self.state()?;
+        if state.chain.is_none() {
+            state.chain = Some(Default::default());
+            self.save_state()?;
+        }
+        self.chain = true;
+        Ok(self.name())
+    }
+
+    async fn chain_state(&mut self) -> Result<crate::base::source::ChainState> {
+        // `verify --chain` reads the file without taking the run's lock.
+        let loaded = match &self.state {
+            Some(s) => s.chain.clone(),
+            None => self.file.load()?.and_then(|s| s.chain),
+        };
+        Ok(loaded.unwrap_or_default())
+    }
+
+    async fn save_checkpoint(&mut self, cp: &crate::base::chain::Checkpoint) -> Result<()> {
+        self.state()?.chain.get_or_insert_default().keep(cp);
+        self.save_state()
+    }
+
     async fn retry_failed(&mut self) -> Result<u64> {
         let n = self.state()?.reset_attempts();
         if n > 0 {
@@ -508,6 +537,13 @@ struct CastaiPage<'a> {
 impl Page for CastaiPage<'_> {
     fn records(&self) -> &[Record] {
         &self.records
+    }
+
+    fn chain_head(&self) -> Option<&crate::base::chain::Head> {
+        match self.src.chain {
+            true => self.src.state.as_ref()?.chain.as_ref().map(|c| &c.head),
+            false => None,
+        }
     }
 
     fn held_by(&self, i: usize) -> &[String] {
@@ -561,6 +597,10 @@ impl Page for CastaiPage<'_> {
             state.record_held(&records[i].key, held_by, item);
             changed = true;
         }
+        if let Some(to) = result.chain {
+            state.chain.get_or_insert_default().advance(to);
+            changed = true;
+        }
         changed |= src.complete(done);
         if lane == Lane::Fresh {
             changed |= src.shrink_if_stuck();
@@ -591,6 +631,7 @@ impl super::Configured for Configured {
             topic_field: Some("topic"),
             key_field: Some("labels.clusterId"),
             fanout: true,
+            chain: true,
             ..Default::default()
         }
     }

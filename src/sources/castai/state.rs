@@ -36,6 +36,9 @@ pub(super) struct State {
     /// For `status`: how the last runs ended.
     #[serde(default, skip_serializing_if = "LastRuns::is_empty")]
     pub runs: LastRuns,
+    /// INTEGRITY_CHAIN: the chain's head, voids and last checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<crate::base::source::ChainState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +157,7 @@ impl StateFile {
             failed: Vec::new(),
             accepts: self.accepts.clone(),
             runs: LastRuns::default(),
+            chain: None,
         }
     }
 
