@@ -480,7 +480,7 @@ async fn verify_chain(setup: &Setup, json: bool, public_key: Option<&str>) -> Re
     let traits = setup.source()?.traits();
     if !traits.chain {
         return Err(config_error(format!(
-            "verify --chain walks the chain INTEGRITY_CHAIN keeps with the SQL sources and CASTAI; {} keeps none",
+            "verify --chain walks the chain INTEGRITY_CHAIN keeps with the SQL sources, CASTAI and CATO; {} keeps none",
             setup.source()?.label()
         )));
     }

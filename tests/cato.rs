@@ -415,6 +415,29 @@ fn killed_between_ship_and_save_reships_only_that_page_harmlessly() {
     assert_ne!(c.state()["marker"], first_marker.as_str());
 }
 
+/// INTEGRITY_CHAIN with the Cato feed: a feed page is linked from the head saved with the
+/// marker before it, so a run killed in the middle of a feed page links it again the same way.
+#[test]
+fn the_integrity_chain_survives_a_crash_in_the_middle_of_a_feed_page() {
+    skip_unless!(Need::Osmem);
+    let c = Case::new();
+    c.events(0, 6000);
+    let env = c.env("events").set("INTEGRITY_CHAIN", "true").set(
+        "INTEGRITY_SIGNING_KEY",
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+    );
+    // The second feed page's second piece shipped; the file holds the first page's head.
+    env.paused_at("after_ship", 5, &["run"]).kill();
+    let head = c.state()["chain"]["head"]["seq"].as_u64().unwrap();
+    assert!(head > 0 && head < 5000, "{head}");
+    env.run(&["run"]).expect(0);
+    assert_eq!(c.state()["chain"]["head"]["seq"], 6000);
+    let clean = env.run(&["verify", "--chain", "--json"]);
+    assert_eq!(clean.code, 0, "{}", clean.stdout);
+    let report: Value = serde_json::from_str(&clean.stdout).unwrap();
+    assert_eq!(report["chains"][0]["documents"], 6000);
+}
+
 #[test]
 fn refused_key_is_exit_2_naming_the_variable_never_the_key() {
     skip_unless!(Need::Osmem);

@@ -359,24 +359,24 @@ fn the_chain_in_a_bucket() {
 #[test]
 fn chain_settings_are_checked_before_anything_moves() {
     let dir = tempfile::tempdir().unwrap();
-    let cato = Env::new()
+    let s3 = Env::new()
         .set("INTEGRITY_CHAIN", "true")
-        .set("AUDIT_LOGGER_TYPE", "CATO")
-        .set("CATO_API_KEY", "k")
-        .set("CATO_ACCOUNT_ID", "1")
-        .set("CATO_FEED", "audit")
+        .set("AUDIT_LOGGER_TYPE", "S3_CURSOR")
+        .set("S3_BUCKET", "b")
+        .set("AWS_ACCESS_KEY_ID", "id")
+        .set("AWS_SECRET_ACCESS_KEY", "secret")
         .set(
-            "CATO_STATE_FILE",
+            "S3_CURSOR_FILE",
             dir.path().join("s.json").to_str().unwrap(),
         )
         .set("ELASTICSEARCH_HOST", "127.0.0.1:1")
         .run(&["run"]);
-    cato.expect(2);
+    s3.expect(2);
     assert!(
-        cato.stderr
+        s3.stderr
             .contains("INTEGRITY_CHAIN is kept by the SQL sources"),
         "{}",
-        cato.stderr
+        s3.stderr
     );
     let targets = Env::new()
         .set("INTEGRITY_CHAIN", "true")

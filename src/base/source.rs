@@ -75,7 +75,7 @@ impl ChainState {
 
 fn no_chain(source: &str) -> anyhow::Error {
     crate::base::exit::config_error(format!(
-        "INTEGRITY_CHAIN is kept by the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG) and CASTAI, not by {source}"
+        "INTEGRITY_CHAIN is kept by the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG), CASTAI and CATO, not by {source}"
     ))
 }
 

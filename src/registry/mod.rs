@@ -101,7 +101,7 @@ impl Setup {
         }
         if integrity.chain && source.is_some() && !source_traits.chain {
             return Err(ConfigError(format!(
-                "INTEGRITY_CHAIN is kept by the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG) and CASTAI so far, not by AUDIT_LOGGER_TYPE={}",
+                "INTEGRITY_CHAIN is kept by the SQL sources (SINGLE_COLUMN_JSON, DJANGO_AUDITLOG), CASTAI and CATO so far, not by AUDIT_LOGGER_TYPE={}",
                 env.get("AUDIT_LOGGER_TYPE").unwrap_or_default()
             )));
         }

@@ -36,6 +36,7 @@ mod settings;
 mod state;
 
 use super::{Lane, LastRuns, Page, PageResult, Paging, Parked, Record, RunRecord, Source};
+use crate::base::source::{ChainAdvance, ChainState};
 use crate::config::Config;
 use anyhow::{anyhow, Result};
 use async_trait::async_trait;
@@ -77,6 +78,8 @@ pub struct Cato {
     retry_held: std::collections::HashMap<String, Vec<String>>,
     /// A refused marker was started over once in this run.
     restarted: bool,
+    /// INTEGRITY_CHAIN is on: pages hand out the chain's head kept in the state file.
+    chain: bool,
     gaps: Vec<String>,
     duplicates: u64,
     /// Events before `not_before`, passed over.
@@ -100,6 +103,10 @@ struct Unit {
     drained: bool,
     /// Records of this page acknowledged so far (and the repeats skipped).
     acked: Vec<Acked>,
+    /// INTEGRITY_CHAIN: where this feed page's pieces moved the head. Kept with the marker
+    /// when the last piece commits: a run cut short reads the whole feed page again, and must
+    /// link it again from the same head.
+    chain: Option<ChainAdvance>,
 }
 
 impl Cato {
@@ -118,6 +125,7 @@ impl Cato {
             retried: HashSet::new(),
             retry_held: Default::default(),
             restarted: false,
+            chain: false,
             gaps: Vec::new(),
             duplicates: 0,
             too_old: 0,
@@ -258,6 +266,7 @@ impl Cato {
             window,
             drained,
             acked: Vec::new(),
+            chain: None,
         };
         let n = page.records.len();
         for (account, item) in page.records {
@@ -552,6 +561,30 @@ impl Source for Cato {
         }))
     }
 
+    async fn keep_chain(&mut self) -> Result<String> {
+        let state = self.state()?;
+        if state.chain.is_none() {
+            state.chain = Some(Default::default());
+            self.save_state()?;
+        }
+        self.chain = true;
+        Ok(self.name())
+    }
+
+    async fn chain_state(&mut self) -> Result<ChainState> {
+        // `verify --chain` reads the file without taking the run's lock.
+        let loaded = match &self.state {
+            Some(s) => s.chain.clone(),
+            None => self.file.load()?.and_then(|s| s.chain),
+        };
+        Ok(loaded.unwrap_or_default())
+    }
+
+    async fn save_checkpoint(&mut self, cp: &crate::base::chain::Checkpoint) -> Result<()> {
+        self.state()?.chain.get_or_insert_default().keep(cp);
+        self.save_state()
+    }
+
     async fn retry_failed(&mut self) -> Result<u64> {
         let n = self.state()?.reset_attempts();
         if n > 0 {
@@ -593,6 +626,20 @@ impl Page for CatoPage<'_> {
 
     fn ends_unit(&self) -> bool {
         self.lane == Lane::Retry || self.last
+    }
+
+    fn chain_head(&self) -> Option<&crate::base::chain::Head> {
+        if !self.src.chain {
+            return None;
+        }
+        let pending = match self.lane {
+            Lane::Fresh => self.src.unit.as_ref().and_then(|u| u.chain.as_ref()),
+            Lane::Retry => None,
+        };
+        match pending {
+            Some(p) => Some(&p.head),
+            None => self.src.state.as_ref()?.chain.as_ref().map(|c| &c.head),
+        }
     }
 
     fn held_by(&self, i: usize) -> &[String] {
@@ -641,11 +688,23 @@ impl Page for CatoPage<'_> {
             state.record_held(&records[i].key, &meta[i].account, held_by, item);
             changed = true;
         }
+        if let (Lane::Retry, Some(to)) = (lane, &result.chain) {
+            state.chain.get_or_insert_default().advance(to.clone());
+            changed = true;
+        }
         if lane == Lane::Fresh {
             let unit = src.unit.as_mut().expect("a page belongs to a unit");
             unit.acked.extend(acked);
+            if let Some(to) = result.chain {
+                let pending = unit.chain.get_or_insert_default();
+                pending.head = to.head;
+                pending.voids.extend(to.voids);
+            }
             if last {
-                let unit = src.unit.take().expect("unit");
+                let mut unit = src.unit.take().expect("unit");
+                if let Some(to) = unit.chain.take() {
+                    src.state()?.chain.get_or_insert_default().advance(to);
+                }
                 src.apply(unit)?;
                 changed = true;
             }
@@ -682,6 +741,7 @@ impl super::Configured for Configured {
                 Feed::Audit => "fieldsMap.model_type",
             }),
             fanout: true,
+            chain: true,
             ..Default::default()
         }
     }

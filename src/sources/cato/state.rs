@@ -53,6 +53,9 @@ pub(super) struct State {
     pub failed: Vec<FailedItem>,
     #[serde(default, skip_serializing_if = "LastRuns::is_empty")]
     pub runs: LastRuns,
+    /// INTEGRITY_CHAIN: the chain's head, voids and last checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<crate::base::source::ChainState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +174,7 @@ impl StateFile {
             acked: Vec::new(),
             failed: Vec::new(),
             runs: LastRuns::default(),
+            chain: None,
         }
     }
 
