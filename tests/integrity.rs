@@ -326,34 +326,66 @@ fn the_chain_in_a_bucket() {
         chained(Env::new().set("DATABASE_URL", &db.url).into_moto(&prefix)).set("CHUNK_SIZE", "4");
     env.run(&["run"]).expect(0);
     env.run(&["verify", "--chain"]).expect(0);
-    // An object of documents replaced by one without its second line.
+    // In the bucket: a line deleted, a field of another changed, a forged line carrying a real
+    // link, and the checkpoint altered.
     let keys = m.list(&prefix);
     assert_eq!(keys.len(), 4, "three pages and a checkpoint: {keys:?}");
     let gunzip = |k: &str| {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&m.get(k)[..]), &mut text)
             .unwrap();
-        text
+        text.lines().map(String::from).collect::<Vec<_>>()
     };
-    let key = keys
+    let put = |k: &str, lines: &[String]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, (lines.join("\n") + "\n").as_bytes()).unwrap();
+        m.put(k, gz.finish().unwrap());
+    };
+    let (cps, mut pages): (Vec<_>, Vec<_>) = keys
         .iter()
-        .find(|k| gunzip(k).lines().count() >= 2)
-        .unwrap()
-        .clone();
-    let text = gunzip(&key);
-    let mut lines: Vec<&str> = text.lines().collect();
-    let removed: Value = serde_json::from_str(lines.remove(1)).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut gz, (lines.join("\n") + "\n").as_bytes()).unwrap();
-    m.put(&key, gz.finish().unwrap());
+        .map(|k| (k.clone(), gunzip(k)))
+        .partition(|(_, lines)| lines[0].contains("audit_transfer_checkpoint"));
+    pages.sort_by_key(|(_, lines)| std::cmp::Reverse(lines.len()));
+    let removed: Value = serde_json::from_str(&pages[0].1.remove(1)).unwrap();
+    let mut changed: Value = serde_json::from_str(&pages[1].1[0]).unwrap();
+    changed["audit_event"]["operation"] = json!("DELETE");
+    pages[1].1[0] = changed.to_string();
+    let mut forged: Value = serde_json::from_str(&pages[2].1[0]).unwrap();
+    forged["audit_event"]["actor"] = json!("forger");
+    pages[2].1.push(forged.to_string());
+    for (k, lines) in &pages {
+        put(k, lines);
+    }
+    let (cp_key, cp_lines) = &cps[0];
+    let mut cp: Value = serde_json::from_str(&cp_lines[0]).unwrap();
+    cp["audit_transfer_checkpoint"]["shipped"] = json!(999);
+    put(cp_key, &[cp.to_string()]);
     let run = env.run(&["verify", "--chain", "--json"]);
     run.expect(1);
-    assert_eq!(
-        problems(&run),
-        [("missing".to_string(), seq_of(&removed))]
-            .into_iter()
-            .collect()
-    );
+    let want: BTreeSet<(String, u64)> = [
+        ("missing", seq_of(&removed)),
+        ("modified", seq_of(&changed)),
+        ("duplicate", seq_of(&forged)),
+        ("checkpoint signature", 9),
+        ("checkpoint altered", 9),
+    ]
+    .into_iter()
+    .map(|(k, s)| (k.to_string(), s))
+    .collect();
+    assert_eq!(problems(&run), want, "{}", run.stdout);
+    env.run(&["verify"]).expect(1);
+    // The checkpoint put back: only another key now fails it.
+    put(cp_key, cp_lines);
+    let other = env.run(&[
+        "verify",
+        "--chain",
+        "--json",
+        "--public-key",
+        &public_key(3),
+    ]);
+    other.expect(1);
+    assert!(problems(&other).contains(&("checkpoint signature".to_string(), 9)));
+    assert!(!problems(&other).contains(&("checkpoint altered".to_string(), 9)));
 }
 
 #[test]
