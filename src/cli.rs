@@ -68,8 +68,10 @@ pub enum Command {
     },
     /// Read back the documents of the records the source marked sent (SQL sources): from
     /// Elasticsearch/OpenSearch by id, from files and buckets by content; compare each with the
-    /// document the record produces today. Exit 0 when every one is there unchanged, 1 when any
-    /// is missing, altered or unexpected, 2 on configuration errors.
+    /// document the record produces today. With --chain, walk the integrity chain there instead
+    /// (SQL sources, CASTAI, CATO). Exit 0 when every one is there unchanged (the chain whole),
+    /// 1 when any is missing, altered or unexpected (a link or checkpoint broken), 2 on
+    /// configuration errors.
     Verify {
         /// Only records created at or after WHEN: a time (2024-05-01T10:00:00Z), a date
         /// (2024-05-01, midnight UTC) or an age (7d: seven days ago).

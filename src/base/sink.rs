@@ -31,11 +31,9 @@ pub trait Sink: Send {
         self.ship(docs).await
     }
     /// INTEGRITY_CHAIN: from now on a document already stored under the same id is replaced,
-    /// not kept (a re-ship after a crash may carry another link). False where the sink cannot
+    /// not kept (a re-ship after a crash may carry another link). Sinks without ids do nothing
     /// (files: a re-shipped page is written again whole, under the same name when unchanged).
-    fn replace_existing(&mut self) -> bool {
-        false
-    }
+    fn replace_existing(&mut self) {}
     /// How `verify` can read this destination back.
     fn read_back_mode(&self) -> ReadBack {
         ReadBack::No

@@ -43,8 +43,8 @@ pub struct ChainAdvance {
     pub voids: Vec<Void>,
 }
 
-/// A source's chain as it keeps it: the head, every void, and the checkpoints written (a
-/// state file keeps the last [`KEPT_CHECKPOINTS`]).
+/// A source's chain as it keeps it: the head, every void, and the last [`KEPT_CHECKPOINTS`]
+/// checkpoints written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChainState {
     pub head: Head,
@@ -54,8 +54,8 @@ pub struct ChainState {
     pub checkpoints: Vec<Checkpoint>,
 }
 
-/// Checkpoints a state file keeps (one per run): `verify --chain` checks that these are still
-/// in the destination.
+/// Checkpoints a source keeps (one per run, in its table or state file): `verify --chain`
+/// checks that these are still in the destination, and each run reads them.
 pub const KEPT_CHECKPOINTS: usize = 100;
 
 impl ChainState {

@@ -9,7 +9,7 @@
 
 use super::Dialect;
 use crate::base::chain::{Checkpoint, Head, Void};
-use crate::base::source::{ChainAdvance, ChainState};
+use crate::base::source::{ChainAdvance, ChainState, KEPT_CHECKPOINTS};
 use anyhow::{Context, Result};
 use sqlx::{AnyConnection, Row};
 
@@ -47,20 +47,35 @@ pub async fn lock(conn: &mut AnyConnection, d: Dialect, source: &str) -> Result<
         Dialect::Sqlite => "",
         _ => " FOR UPDATE",
     };
+    head(conn, d, source, lock)
+        .await
+        .context("locking the head of the integrity chain")?
+        .ok_or_else(|| anyhow::anyhow!("the integrity chain of {source} was not started"))
+}
+
+/// The head as stored, with `lock` appended to the statement; `None` before the chain started.
+async fn head(
+    conn: &mut AnyConnection,
+    d: Dialect,
+    source: &str,
+    lock: &str,
+) -> Result<Option<Head>> {
     let sql = format!(
         "SELECT {}, hash FROM {HEAD} WHERE source = {}{lock}",
         d.as_bigint("seq"),
         d.ph(1)
     );
-    let row = sqlx::query(&sql)
+    let Some(row) = sqlx::query(&sql)
         .bind(source.to_string())
-        .fetch_one(conn)
-        .await
-        .context("locking the head of the integrity chain")?;
-    Ok(Head {
+        .fetch_optional(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Head {
         seq: row.try_get::<i64, _>(0)? as u64,
         hash: row.try_get(1)?,
-    })
+    }))
 }
 
 /// Moves the head and keeps the page's voids, in the page's transaction.
@@ -105,24 +120,12 @@ pub async fn advance(
     Ok(())
 }
 
-/// The head, every void and every checkpoint, in sequence order.
+/// The head, every void and the checkpoints kept, in sequence order.
 pub async fn state(conn: &mut AnyConnection, d: Dialect, source: &str) -> Result<ChainState> {
-    let head = sqlx::query(&format!(
-        "SELECT {}, hash FROM {HEAD} WHERE source = {}",
-        d.as_bigint("seq"),
-        d.ph(1)
-    ))
-    .bind(source.to_string())
-    .fetch_optional(&mut *conn)
-    .await
-    .context("reading the head of the integrity chain")?;
-    let head = match head {
-        Some(row) => Head {
-            seq: row.try_get::<i64, _>(0)? as u64,
-            hash: row.try_get(1)?,
-        },
-        None => Head::default(),
-    };
+    let head = head(conn, d, source, "")
+        .await
+        .context("reading the head of the integrity chain")?
+        .unwrap_or_default();
     let voids = sqlx::query(&format!(
         "SELECT {}, prev, hash, record FROM {VOIDS} WHERE source = {} ORDER BY seq",
         d.as_bigint("seq"),
@@ -172,7 +175,8 @@ pub async fn state(conn: &mut AnyConnection, d: Dialect, source: &str) -> Result
     })
 }
 
-/// Keeps a checkpoint the destination acknowledged. Two runs that end at the same head keep the
+/// Keeps a checkpoint the destination acknowledged, and forgets those older than the last
+/// [`KEPT_CHECKPOINTS`] (one is written per run). Two runs that end at the same head keep the
 /// first one's.
 pub async fn save_checkpoint(
     conn: &mut AnyConnection,
@@ -191,8 +195,31 @@ pub async fn save_checkpoint(
         .bind(source.to_string())
         .bind(cp.seq as i64)
         .bind(serde_json::to_string(cp)?)
-        .execute(conn)
+        .execute(&mut *conn)
         .await
         .context("keeping the checkpoint")?;
+    // The oldest seq still kept; MySQL cannot read the table it deletes from in one statement.
+    let oldest: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT {} FROM {CHECKPOINTS} WHERE source = {} ORDER BY seq DESC LIMIT 1 OFFSET {}",
+        d.as_bigint("seq"),
+        d.ph(1),
+        KEPT_CHECKPOINTS - 1
+    ))
+    .bind(source.to_string())
+    .fetch_optional(&mut *conn)
+    .await
+    .context("reading the checkpoints of the integrity chain")?;
+    if let Some(oldest) = oldest {
+        sqlx::query(&format!(
+            "DELETE FROM {CHECKPOINTS} WHERE source = {} AND seq < {}",
+            d.ph(1),
+            d.ph(2)
+        ))
+        .bind(source.to_string())
+        .bind(oldest)
+        .execute(conn)
+        .await
+        .context("forgetting old checkpoints")?;
+    }
     Ok(())
 }

@@ -321,9 +321,8 @@ impl<S: Schema> Queue<S> {
 
     /// INTEGRITY_CHAIN: starts the chain if need be; from now on every page holds its head.
     pub async fn keep_chain(&mut self) -> Result<String> {
-        if !self.prepared {
-            self.prepare().await?;
-        }
+        // The run's first connection prepared the tables; the others only need them there.
+        self.db.migrate().await?;
         let d = self.db.dialect;
         let key = self.schema.source_key();
         super::chain::ensure(&mut self.db.conn, d, &key).await?;

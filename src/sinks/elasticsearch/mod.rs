@@ -181,9 +181,8 @@ impl Sink for ElasticsearchSink {
         self.mget(docs).await
     }
 
-    fn replace_existing(&mut self) -> bool {
+    fn replace_existing(&mut self) {
         self.replace = true;
-        true
     }
 
     /// Every document of the index (or of every index the name template makes), by scroll.
