@@ -83,6 +83,32 @@ async fn documents_match_what_django_wrote(b: Backend) {
     for (id, want) in &expected {
         let doc = doc_of(&docs, id);
         let event = &doc["audit_event"];
+        // The original's member order (readers diff `_source` on switching).
+        let doc_id = &docs
+            .iter()
+            .find(|(d, _)| d.starts_with(&format!("{id}-")))
+            .unwrap()
+            .0;
+        let text = osmem().source_text(&index, doc_id);
+        let at = |key: &str| {
+            text.find(&format!("\"{key}\":"))
+                .unwrap_or_else(|| panic!("entry {id}: no {key} in {text}"))
+        };
+        let order = [
+            "@timestamp",
+            "audit_event",
+            "actor",
+            "date_time",
+            "operation",
+            "origin",
+            "target",
+            "environment",
+            "message",
+        ];
+        assert!(
+            order.windows(2).all(|w| at(w[0]) < at(w[1])),
+            "entry {id}: {text}"
+        );
         assert_eq!(doc["@timestamp"], want["timestamp"], "entry {id}");
         assert_eq!(event["date_time"], want["timestamp"], "entry {id}");
         assert_eq!(event["actor"], want["actor"], "entry {id}");

@@ -88,6 +88,32 @@ async fn timestamp_at_the_root(b: Backend) {
     );
 }
 
+/// As the original: the message's members in the order the database returns them, numbers as
+/// serde_json writes them, `@timestamp` appended last. PostgreSQL's jsonb keeps
+/// its own order (shorter keys first), MariaDB's JSON and SQLite's TEXT keep the text's.
+async fn documents_keep_the_stored_key_order(b: Backend) {
+    skip_unless!(b, Need::Osmem);
+    let db = TestDb::new(b).await;
+    db.create_audit_table(T).await;
+    let stored =
+        r#"{"zeta": 1.50, "audit_event": {"date_time": "2024-05-01T10:00:00.000Z", "actor": "u"}}"#;
+    let start = chrono::DateTime::parse_from_rfc3339("2024-05-01T10:00:00Z").unwrap();
+    db.insert_rows(T, std::iter::once((stored.to_string(), start, false)))
+        .await;
+    let index = unique("idx");
+    Env::es(&db, &index).run(&[]).expect(0);
+    let id = &osmem().docs(&index)[0].0;
+    let want = match b {
+        Backend::Postgres => {
+            r#"{"zeta":1.5,"audit_event":{"actor":"u","date_time":"2024-05-01T10:00:00.000Z"},"@timestamp":"2024-05-01T10:00:00.000Z"}"#
+        }
+        _ => {
+            r#"{"zeta":1.5,"audit_event":{"date_time":"2024-05-01T10:00:00.000Z","actor":"u"},"@timestamp":"2024-05-01T10:00:00.000Z"}"#
+        }
+    };
+    assert_eq!(osmem().source_text(&index, id), want);
+}
+
 async fn chunk_size_two_over_three_rows_reads_twice(b: Backend) {
     skip_unless!(b, Need::Osmem);
     let (db, index) = setup(b, 3).await;
@@ -503,6 +529,52 @@ async fn the_order_is_read_once_for_all_workers(b: Backend) {
     assert_eq!(db.unsent(T).await, 0);
 }
 
+/// PostgreSQL without a key: the order of a backlog larger than one fetch (50,000 addresses)
+/// comes from one cursor, sorted once, and the pages keep it across the fetches.
+async fn a_backlog_larger_than_one_fetch_keeps_its_order(b: Backend) {
+    skip_unless!(b);
+    let db = TestDb::new(b).await;
+    let n = 50_010;
+    db.exec(&format!(
+        "CREATE TABLE {T} (id BIGINT NOT NULL, is_sent BOOLEAN NOT NULL DEFAULT false, \
+         message JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL)"
+    ))
+    .await;
+    // Written out of time order (7919 is prime to n), so the table's order is not the queue's.
+    db.exec(&format!(
+        "INSERT INTO {T} (id, message, created_at) SELECT k, jsonb_build_object('audit_event', \
+         jsonb_build_object('date_time', to_char(ts AT TIME ZONE 'UTC', \
+         'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), 'actor', 'user' || k)), ts FROM (SELECT k, \
+         timestamptz '2024-05-01 10:00:00+00' + ((k * 7919) % {n} || ' ms')::interval AS ts \
+         FROM generate_series(1, {n}) k) s"
+    ))
+    .await;
+    let run = Env::new()
+        .set("DATABASE_URL", &db.url)
+        .set("SINK", "stdout")
+        .set("BATCH_SIZE", "100000")
+        .set("SINK_CONCURRENCY", "1")
+        .set("RUST_LOG", "audit_transfer=debug")
+        .run(&["run"]);
+    run.expect(0);
+    let reads: Vec<u64> = run
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "read the order of the backlog" && v["lane"] == "Fresh")
+        .map(|v| v["rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(reads, [50_000, 10]);
+    let stamps: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["@timestamp"].to_string())
+        .collect();
+    assert_eq!(stamps.len(), n);
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "out of order");
+    assert_eq!(db.unsent(T).await, 0);
+}
+
 /// Overlapping runs of two workers each on a table without any key: every row once.
 async fn overlapping_runs_on_a_table_without_a_key(b: Backend) {
     skip_unless!(b, Need::Osmem);
@@ -545,6 +617,7 @@ backend_tests!(
     Backend::Postgres,
     [
         three_rows_are_delivered_and_marked,
+        documents_keep_the_stored_key_order,
         custom_date_time_fields,
         timestamp_at_the_root,
         chunk_size_two_over_three_rows_reads_twice,
@@ -560,6 +633,7 @@ backend_tests!(
         drop_in_tables_without_the_queue_index,
         overlapping_runs_on_a_table_without_a_key,
         the_order_is_read_once_for_all_workers,
+        a_backlog_larger_than_one_fetch_keeps_its_order,
     ]
 );
 
@@ -568,6 +642,7 @@ backend_tests!(
     Backend::MySql,
     [
         three_rows_are_delivered_and_marked,
+        documents_keep_the_stored_key_order,
         custom_date_time_fields,
         timestamp_at_the_root,
         chunk_size_two_over_three_rows_reads_twice,
@@ -591,6 +666,7 @@ backend_tests!(
     Backend::Sqlite,
     [
         three_rows_are_delivered_and_marked,
+        documents_keep_the_stored_key_order,
         chunk_size_two_over_three_rows_reads_twice,
         batch_limit_two_of_three,
         monthly_deletes_only_old_sent_rows,

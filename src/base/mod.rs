@@ -9,6 +9,7 @@ pub mod env;
 pub mod exit;
 pub mod failpoint;
 pub mod hash;
+pub mod json;
 pub mod secret;
 pub mod sink;
 pub mod source;

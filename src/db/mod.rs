@@ -114,6 +114,8 @@ impl Dialect {
 pub struct Db {
     pub conn: AnyConnection,
     pub dialect: Dialect,
+    /// Where it came from: a run opens one more connection to read the backlog's order.
+    pub cfg: DatabaseConfig,
 }
 
 impl Db {
@@ -152,7 +154,11 @@ impl Db {
                 .await
                 .with_context(|| format!("{stmt} failed"))?;
         }
-        Ok(Db { conn, dialect })
+        Ok(Db {
+            conn,
+            dialect,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Applies our own migrations (state tables) once, safely under concurrent runs.

@@ -114,9 +114,16 @@ pub struct Queue<S: Schema> {
 
 /// The order of the backlog ([`Plan::Keys`]), per lane: read once for the whole run and handed
 /// out to its connections (SINK_CONCURRENCY) page by page, instead of each connection reading
-/// all of it itself. The lock is held only while one connection reads the next window.
+/// all of it itself. The lock is held only while one connection reads the next part.
 #[derive(Debug, Clone, Default)]
-pub struct Order(std::sync::Arc<tokio::sync::Mutex<[LaneOrder; 2]>>);
+pub struct Order(std::sync::Arc<tokio::sync::Mutex<OrderState>>);
+
+#[derive(Debug, Default)]
+struct OrderState {
+    lanes: [LaneOrder; 2],
+    /// PostgreSQL: a connection of its own that holds each lane's ordered cursor.
+    conn: Option<AnyConnection>,
+}
 
 #[derive(Debug, Default)]
 struct LaneOrder {
@@ -128,11 +135,17 @@ struct LaneOrder {
     /// backlog as it was then. Reading again would find only rows written since, at the cost of
     /// one more scan of the table: the next run takes those.
     drained: bool,
+    /// PostgreSQL: the lane's cursor is declared on [`OrderState::conn`].
+    declared: bool,
 }
 
-/// Row addresses read per ordered read of the backlog ([`Plan::Keys`]): 8 bytes each, so at
-/// most 4 MB per connection; a larger backlog costs one more scan per window.
+/// Row addresses read per ordered read of the backlog ([`Plan::Keys`]) on MySQL and SQLite:
+/// 8 bytes each, so at most 4 MB; a larger backlog costs one more scan and sort per window.
 const KEY_WINDOW: usize = 500_000;
+
+/// PostgreSQL sorts the backlog once per run, into a cursor held by a connection of its own;
+/// the run fetches this many addresses at a time (400 KB).
+const ORDER_FETCH: usize = 50_000;
 
 /// How a page's rows are found. Chosen from the table's indexes, never by creating one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,8 +519,8 @@ impl<S: Schema> Queue<S> {
                  the whole table, so a run's cost grows with the square of the backlog"
             }
             Plan::Keys(_) => {
-                "no index on the order: each run reads the order of the whole backlog once \
-                 (one scan per 500,000 rows) instead of from an index"
+                "no index on the order: each run sorts the whole backlog (on PostgreSQL once, \
+                 elsewhere once per 500,000 rows) instead of reading it from an index"
             }
         };
         Ok(Some(format!(
@@ -721,7 +734,56 @@ impl<S: Schema> Queue<S> {
                 // No index on the order: one ordered read of the backlog's addresses feeds the
                 // pages (sorting it again for every page made a run quadratic in the backlog).
                 let mut shared = order.0.lock().await;
-                let lane_order = &mut shared[lane as usize];
+                let OrderState { lanes, conn } = &mut *shared;
+                let lane_order = &mut lanes[lane as usize];
+                if lane_order.keys.is_empty() && !lane_order.drained && d == Dialect::Postgres {
+                    // One sort per run, linear in the backlog (a window per 500,000 rows sorted
+                    // the rest of the backlog again for each window). WITH HOLD: the cursor is
+                    // materialised when its statement commits, so it keeps no snapshot open
+                    // that would stop vacuum during the run.
+                    let started = std::time::Instant::now();
+                    if conn.is_none() {
+                        *conn = Some(super::Db::connect(&db.cfg).await?.conn);
+                    }
+                    let conn = conn.as_mut().expect("connected above");
+                    let name = format!("audit_transfer_order_{}", lane as usize);
+                    if !lane_order.declared {
+                        let filter = filters(schema, d, lane, false, route_sql);
+                        let sql = format!(
+                            "DECLARE {name} NO SCROLL CURSOR WITH HOLD FOR SELECT {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id",
+                            addr.select(d)
+                        );
+                        bind_claim(&sql, key.clone(), lane, max, &None, route_sql)
+                            .execute(&mut *conn)
+                            .await
+                            .context("reading the order of the unsent audit rows")?;
+                        lane_order.declared = true;
+                    }
+                    let fetch = format!("FETCH FORWARD {ORDER_FETCH} FROM {name}");
+                    let mut stream = sqlx::query(&fetch).fetch(&mut *conn);
+                    let mut read = 0;
+                    while let Some(r) = futures_util::TryStreamExt::try_next(&mut stream)
+                        .await
+                        .context("reading the order of the unsent audit rows")?
+                    {
+                        lane_order.keys.push_back(addr.read(&r, 0)?);
+                        read += 1;
+                    }
+                    drop(stream);
+                    lane_order.drained = read < ORDER_FETCH;
+                    if lane_order.drained {
+                        sqlx::query(&format!("CLOSE {name}"))
+                            .execute(&mut *conn)
+                            .await
+                            .context("closing the order of the unsent audit rows")?;
+                    }
+                    tracing::debug!(
+                        lane = ?lane,
+                        rows = read,
+                        ms = started.elapsed().as_millis() as u64,
+                        "read the order of the backlog"
+                    );
+                }
                 if lane_order.keys.is_empty() && !lane_order.drained {
                     let cursor = lane_order.cursor.clone();
                     let filter = filters(schema, d, lane, cursor.is_some(), route_sql);
@@ -731,6 +793,7 @@ impl<S: Schema> Queue<S> {
                         d.as_bigint("t.id"),
                         d.as_text(&ts)
                     );
+                    let started = std::time::Instant::now();
                     let mut stream = bind_claim(&sql, key.clone(), lane, max, &cursor, route_sql)
                         .fetch(&mut *tx);
                     let mut last = None;
@@ -744,7 +807,12 @@ impl<S: Schema> Queue<S> {
                         read += 1;
                     }
                     drop(stream);
-                    tracing::debug!(lane = ?lane, rows = read, "read the order of the backlog");
+                    tracing::debug!(
+                        lane = ?lane,
+                        rows = read,
+                        ms = started.elapsed().as_millis() as u64,
+                        "read the order of the backlog"
+                    );
                     lane_order.drained = read < KEY_WINDOW;
                     if let Some(last) = last {
                         lane_order.cursor =

@@ -23,7 +23,7 @@ use crate::db::{DatabaseConfig, TableName};
 use anyhow::Result;
 use async_trait::async_trait;
 use chrono::{DateTime, Timelike, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use std::collections::HashMap;
@@ -181,27 +181,43 @@ impl Layout {
                 None => "unknown".to_string(),
             };
             let target = text(object_repr, "object_repr")?;
-            let message = match changes {
-                None => Value::Null,
-                Some(raw) => Value::String(changes_text(&raw)?),
-            };
+            let message = changes.map(|raw| changes_text(&raw)).transpose()?;
             let stamp = python_isoformat(when);
-            let doc = json!({
-                "@timestamp": stamp,
-                "audit_event": {
-                    "actor": actor,
-                    "date_time": stamp,
-                    "operation": operation,
-                    "origin": self.cfg.origin,
-                    "target": target,
-                    "environment": self.cfg.environment,
-                    "message": message,
-                }
-            });
+            let doc = Doc {
+                timestamp: &stamp,
+                audit_event: Event {
+                    actor: &actor,
+                    date_time: &stamp,
+                    operation: &operation,
+                    origin: &self.cfg.origin,
+                    target: &target,
+                    environment: &self.cfg.environment,
+                    message: message.as_deref(),
+                },
+            };
             let body = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
             Ok(Document::new(crate::base::document::row_id(id, when), body))
         })())
     }
+}
+
+/// The original's document, members in its order (a struct keeps them as declared).
+#[derive(serde::Serialize)]
+struct Doc<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: &'a str,
+    audit_event: Event<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Event<'a> {
+    actor: &'a str,
+    date_time: &'a str,
+    operation: &'a str,
+    origin: &'a str,
+    target: &'a str,
+    environment: &'a str,
+    message: Option<&'a str>,
 }
 
 struct User {
@@ -246,12 +262,15 @@ fn text(raw: Option<Vec<u8>>, column: &str) -> Result<String, String> {
 }
 
 /// `changes` as JSON text: a JSON string column value is already that text (older versions
-/// stored the encoded dict); an object is encoded.
+/// stored the encoded dict); an object is sent as stored, members in their order.
 fn changes_text(raw: &[u8]) -> Result<String, String> {
     let s = std::str::from_utf8(raw).map_err(|_| "changes is not valid UTF-8".to_string())?;
     match serde_json::from_str::<Value>(s) {
         Ok(Value::String(inner)) => Ok(inner),
-        Ok(other) => Ok(other.to_string()),
+        Ok(_) => Ok(String::from_utf8(
+            crate::base::json::rewrite(s).map_err(|e| format!("changes: {e}"))?,
+        )
+        .expect("serde_json writes UTF-8")),
         // A text column holding something that is not JSON: send it as it is.
         Err(_) => Ok(s.to_string()),
     }
@@ -395,6 +414,10 @@ mod tests {
             r#"{"a":["1","2"]}"#
         );
         assert_eq!(changes_text(br#""{\"a\": 1}""#).unwrap(), r#"{"a": 1}"#);
+        assert_eq!(
+            changes_text(br#"{"z": ["1", "2"], "a": {"y b": 1, "x": 2}}"#).unwrap(),
+            r#"{"z":["1","2"],"a":{"y b":1,"x":2}}"#
+        );
         assert_eq!(changes_text(b"plain").unwrap(), "plain");
     }
 

@@ -9,6 +9,7 @@
 use super::Record;
 use crate::base::env::Env;
 use crate::base::exit::ConfigError;
+use crate::base::json::{kind, Object};
 use crate::base::source::{Source, SourceTraits};
 use crate::config::Config;
 use crate::db::queue::{Queue, Schema};
@@ -16,7 +17,7 @@ use crate::db::{bytes_at, parse_db_timestamp, Db, Dialect};
 use crate::db::{DatabaseConfig, TableName};
 use anyhow::Result;
 use async_trait::async_trait;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 use sqlx::Row;
@@ -185,64 +186,61 @@ impl Layout {
         let created = parse_db_timestamp(created_at)
             .ok_or_else(|| format!("created_at {created_at:?} is not a timestamp"))?;
         let message = message.ok_or("message is NULL")?;
-        let mut object = parse_message(&message)?;
-        let ts = timestamp(
-            &object,
-            &self.cfg.date_time_parent_field,
-            &self.cfg.date_time_field,
-        )?;
-        object.insert("@timestamp".into(), ts);
-        let body = serde_json::to_vec(&object).map_err(|e| format!("cannot serialize: {e}"))?;
+        let text = std::str::from_utf8(&message)
+            .map_err(|e| format!("message is not valid UTF-8 (byte {})", e.valid_up_to()))?;
+        let body = match Object::parse(text, &self.path()) {
+            Ok(object) => self.body(object)?,
+            // Some writers store the JSON document as a JSON string (double-encoded).
+            Err(_) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::String(inner)) => match Object::parse(&inner, &self.path()) {
+                    Ok(object) => self.body(object)?,
+                    Err(_) => return Err("message is a JSON string, not an object".into()),
+                },
+                Ok(other) => {
+                    let other = other.to_string();
+                    return Err(format!(
+                        "message is a JSON {}, not an object",
+                        kind(other.as_bytes())
+                    ));
+                }
+                Err(e) => return Err(format!("message is not valid JSON: {e}")),
+            },
+        };
         Ok(super::Document::new(
             crate::base::document::row_id(id, created),
             body,
         ))
     }
-}
 
-fn parse_message(bytes: &[u8]) -> Result<Map<String, Value>, String> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| format!("message is not valid UTF-8 (byte {})", e.valid_up_to()))?;
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        // Some writers store the JSON document as a JSON string (double-encoded).
-        Ok(Value::String(inner)) => match serde_json::from_str::<Value>(&inner) {
-            Ok(Value::Object(m)) => Ok(m),
-            _ => Err("message is a JSON string, not an object".into()),
-        },
-        Ok(other) => Err(format!("message is a JSON {}, not an object", kind(&other))),
-        Err(e) => Err(format!("message is not valid JSON: {e}")),
+    /// Where the timestamp is: `[parent, field]`, or `[field]` when the parent is empty.
+    fn path(&self) -> Vec<&str> {
+        let cfg = &self.cfg;
+        match cfg.date_time_parent_field.is_empty() {
+            true => vec![cfg.date_time_field.as_str()],
+            false => vec![
+                cfg.date_time_parent_field.as_str(),
+                cfg.date_time_field.as_str(),
+            ],
+        }
     }
-}
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// The timestamp copied verbatim, as the original does; it must be a string or a number.
-fn timestamp(object: &Map<String, Value>, parent: &str, field: &str) -> Result<Value, String> {
-    let (container, path) = if parent.is_empty() {
-        (Some(object), field.to_string())
-    } else {
-        (
-            object.get(parent).and_then(Value::as_object),
-            format!("{parent}.{field}"),
-        )
-    };
-    match container.and_then(|c| c.get(field)) {
-        Some(v @ (Value::String(_) | Value::Number(_))) => Ok(v.clone()),
-        Some(Value::Null) | None => Err(format!("message has no timestamp at {path}")),
-        Some(other) => Err(format!(
-            "timestamp at {path} is a JSON {}, expected a string",
-            kind(other)
-        )),
+    /// The message as stored (members in their order) with `@timestamp` appended, as the
+    /// original writes it.
+    fn body(&self, object: Object) -> Result<Vec<u8>, String> {
+        let path = self.path().join(".");
+        let ts = match object.found() {
+            None => return Err(format!("message has no timestamp at {path}")),
+            Some(v) => match kind(v) {
+                "string" | "number" => v.to_vec(),
+                "null" => return Err(format!("message has no timestamp at {path}")),
+                other => {
+                    return Err(format!(
+                        "timestamp at {path} is a JSON {other}, expected a string"
+                    ))
+                }
+            },
+        };
+        Ok(object.with("@timestamp", &ts))
     }
 }
 
@@ -293,6 +291,24 @@ mod tests {
             )
             .unwrap();
         assert_eq!(d.id, "7-1704164645000006");
+    }
+
+    /// As the original: the stored members in their order, `@timestamp` appended last, so a
+    /// reader diffing `_source` across the switch sees no change.
+    #[test]
+    fn document_keeps_the_stored_key_order_and_appends_the_timestamp() {
+        let l = layout("audit_event", "date_time");
+        let d = l
+            .document(
+                7,
+                "2024-01-02 03:04:05.000006+00",
+                Some(br#"{"zeta":1,"audit_event":{"status":"S","date_time":"t","actor":{"role":"USER","id":2}},"alpha":[3]}"#.to_vec()),
+            )
+            .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&d.body).unwrap(),
+            r#"{"zeta":1,"audit_event":{"status":"S","date_time":"t","actor":{"role":"USER","id":2}},"alpha":[3],"@timestamp":"t"}"#
+        );
     }
 
     #[test]

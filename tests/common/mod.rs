@@ -243,6 +243,15 @@ impl Osmem {
     }
 
     /// Every document of the index: (id, source), paged by `_id` with search_after.
+    /// A document's `_source` as the server returns it: the text, members in their order.
+    pub fn source_text(&self, index: &str, id: &str) -> String {
+        ureq::get(&format!("{}/{index}/_source/{id}", self.url))
+            .call()
+            .unwrap_or_else(|e| panic!("_source of {id} in {index}: {e}"))
+            .into_string()
+            .unwrap()
+    }
+
     pub fn docs(&self, index: &str) -> Vec<(String, Value)> {
         let mut out = Vec::new();
         let mut after: Option<Value> = None;
