@@ -529,26 +529,50 @@ async fn the_order_is_read_once_for_all_workers(b: Backend) {
     assert_eq!(db.unsent(T).await, 0);
 }
 
-/// PostgreSQL without a key: the order of a backlog larger than one fetch (50,000 addresses)
-/// comes from one cursor, sorted once, and the pages keep it across the fetches.
+/// Without a queue index the order of a backlog larger than one fetch (50,000 addresses) is
+/// sorted once, and the pages keep it across the fetches. Rows are written out of time order
+/// (7919 is prime to n), so the table's order is not the queue's. PostgreSQL and SQLite have
+/// no key (ctid, rowid), MariaDB the Django migration's primary key.
 async fn a_backlog_larger_than_one_fetch_keeps_its_order(b: Backend) {
     skip_unless!(b);
     let db = TestDb::new(b).await;
     let n = 50_010;
-    db.exec(&format!(
-        "CREATE TABLE {T} (id BIGINT NOT NULL, is_sent BOOLEAN NOT NULL DEFAULT false, \
-         message JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL)"
-    ))
-    .await;
-    // Written out of time order (7919 is prime to n), so the table's order is not the queue's.
-    db.exec(&format!(
-        "INSERT INTO {T} (id, message, created_at) SELECT k, jsonb_build_object('audit_event', \
-         jsonb_build_object('date_time', to_char(ts AT TIME ZONE 'UTC', \
-         'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), 'actor', 'user' || k)), ts FROM (SELECT k, \
-         timestamptz '2024-05-01 10:00:00+00' + ((k * 7919) % {n} || ' ms')::interval AS ts \
-         FROM generate_series(1, {n}) k) s"
-    ))
-    .await;
+    let (table, insert) = match b {
+        Backend::Postgres => (
+            "id BIGINT NOT NULL, is_sent BOOLEAN NOT NULL DEFAULT false, message JSONB NOT NULL, \
+             created_at TIMESTAMPTZ NOT NULL",
+            format!(
+                "INSERT INTO {T} (id, message, created_at) SELECT k, jsonb_build_object('audit_event', \
+                 jsonb_build_object('date_time', to_char(ts AT TIME ZONE 'UTC', \
+                 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), 'actor', 'user' || k)), ts FROM (SELECT k, \
+                 timestamptz '2024-05-01 10:00:00+00' + ((k * 7919) % {n} || ' ms')::interval AS ts \
+                 FROM generate_series(1, {n}) k) s"
+            ),
+        ),
+        Backend::MySql => (
+            "id BIGINT PRIMARY KEY, is_sent TINYINT(1) NOT NULL DEFAULT 0, message JSON NOT NULL, \
+             created_at DATETIME(6) NOT NULL",
+            format!(
+                "INSERT INTO {T} (id, message, created_at) SELECT seq, JSON_OBJECT('audit_event', \
+                 JSON_OBJECT('date_time', DATE_FORMAT(ts, '%Y-%m-%dT%H:%i:%s.%fZ'), 'actor', \
+                 CONCAT('user', seq))), ts FROM (SELECT seq, TIMESTAMP '2024-05-01 10:00:00' + \
+                 INTERVAL ((seq * 7919) % {n}) * 1000 MICROSECOND AS ts FROM seq_1_to_{n}) s"
+            ),
+        ),
+        Backend::Sqlite => (
+            "id INTEGER NOT NULL, is_sent BOOL NOT NULL DEFAULT 0, message TEXT NOT NULL, \
+             created_at TEXT NOT NULL",
+            format!(
+                "WITH RECURSIVE s(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM s WHERE k < {n}) \
+                 INSERT INTO {T} (id, message, created_at) SELECT k, json_object('audit_event', \
+                 json_object('date_time', strftime('%Y-%m-%dT%H:%M:%fZ', ts), 'actor', 'user' || k)), \
+                 ts FROM (SELECT k, strftime('%Y-%m-%d %H:%M:%f', '2024-05-01 10:00:00', \
+                 '+' || (((k * 7919) % {n}) / 1000.0) || ' seconds') AS ts FROM s)"
+            ),
+        ),
+    };
+    db.exec(&format!("CREATE TABLE {T} ({table})")).await;
+    db.exec(&insert).await;
     let run = Env::new()
         .set("DATABASE_URL", &db.url)
         .set("SINK", "stdout")
@@ -658,6 +682,7 @@ backend_tests!(
         drop_in_tables_without_the_queue_index,
         overlapping_runs_on_a_table_without_a_key,
         the_order_is_read_once_for_all_workers,
+        a_backlog_larger_than_one_fetch_keeps_its_order,
     ]
 );
 
@@ -676,5 +701,6 @@ backend_tests!(
         poison_rows_do_not_stall_the_queue,
         config_and_connection_errors,
         drop_in_tables_without_the_queue_index,
+        a_backlog_larger_than_one_fetch_keeps_its_order,
     ]
 );

@@ -97,6 +97,8 @@ pub struct Queue<S: Schema> {
     cursors: [Option<(String, i64)>; 2],
     /// How pages find their rows on this table; found on first use.
     plan: Option<Plan>,
+    /// MySQL: the index that leads with `id`, named in claims by id.
+    id_index: Option<String>,
     /// [`Plan::Keys`]: the backlog's order, read once and shared by the run's connections.
     order: Order,
     routing: Routing,
@@ -129,23 +131,80 @@ struct OrderState {
 struct LaneOrder {
     /// Row addresses still to claim, in order.
     keys: std::collections::VecDeque<i64>,
-    /// Where the last ordered read ended: (timestamp text, id).
-    cursor: Option<(String, i64)>,
-    /// The last ordered read came back short of [`KEY_WINDOW`], so `keys` held the whole
-    /// backlog as it was then. Reading again would find only rows written since, at the cost of
-    /// one more scan of the table: the next run takes those.
-    drained: bool,
-    /// PostgreSQL: the lane's cursor is declared on [`OrderState::conn`].
+    /// The lane's sorted order exists on [`OrderState::conn`].
     declared: bool,
+    /// MySQL and SQLite: the position in the sorted table of the last address read.
+    last_seq: i64,
+    /// The sorted order is read to its end: it held the whole backlog as it was when sorted.
+    /// Rows written since are the next run's.
+    drained: bool,
 }
 
-/// Row addresses read per ordered read of the backlog ([`Plan::Keys`]) on MySQL and SQLite:
-/// 8 bytes each, so at most 4 MB; a larger backlog costs one more scan and sort per window.
-const KEY_WINDOW: usize = 500_000;
-
-/// PostgreSQL sorts the backlog once per run, into a cursor held by a connection of its own;
-/// the run fetches this many addresses at a time (400 KB).
+/// The backlog's addresses are fetched from the sorted order this many at a time (400 KB).
 const ORDER_FETCH: usize = 50_000;
+
+/// The backlog's order sorted once per run, linear in the backlog, held by the order's own
+/// connection without keeping a snapshot open that would stop vacuum or purge during the run:
+/// a cursor WITH HOLD on PostgreSQL (materialised when its statement commits), a temporary
+/// table numbered in order elsewhere. (Windows of 500,000 rows sorted the rest of the backlog
+/// again for every window.)
+struct SortedOrder {
+    d: Dialect,
+    name: String,
+}
+
+impl SortedOrder {
+    fn new(d: Dialect, lane: Lane) -> Self {
+        SortedOrder {
+            d,
+            name: format!("audit_transfer_order_{}", lane as usize),
+        }
+    }
+
+    /// The statement that creates the container, if any, and the one that sorts `select` (a
+    /// query of one column, the address) into it.
+    fn create(&self, select: &str) -> (Option<String>, String) {
+        let name = &self.name;
+        match self.d {
+            Dialect::Postgres => (
+                None,
+                format!("DECLARE {name} NO SCROLL CURSOR WITH HOLD FOR {select}"),
+            ),
+            Dialect::MySql => (
+                Some(format!("CREATE TEMPORARY TABLE {name} (seq BIGINT AUTO_INCREMENT PRIMARY KEY, addr BIGINT NOT NULL)")),
+                format!("INSERT INTO {name} (addr) {select}"),
+            ),
+            Dialect::Sqlite => (
+                Some(format!("CREATE TEMP TABLE {name} (seq INTEGER PRIMARY KEY, addr INTEGER NOT NULL)")),
+                format!("INSERT INTO temp.{name} (addr) {select}"),
+            ),
+        }
+    }
+
+    /// The next [`ORDER_FETCH`] addresses after position `after`: the address, then (tables)
+    /// its position.
+    fn fetch(&self, after: i64) -> String {
+        let name = &self.name;
+        match self.d {
+            Dialect::Postgres => format!("FETCH FORWARD {ORDER_FETCH} FROM {name}"),
+            Dialect::MySql => format!(
+                "SELECT addr, seq FROM {name} WHERE seq > {after} ORDER BY seq LIMIT {ORDER_FETCH}"
+            ),
+            Dialect::Sqlite => format!(
+                "SELECT addr, seq FROM temp.{name} WHERE seq > {after} ORDER BY seq LIMIT {ORDER_FETCH}"
+            ),
+        }
+    }
+
+    fn close(&self) -> String {
+        let name = &self.name;
+        match self.d {
+            Dialect::Postgres => format!("CLOSE {name}"),
+            Dialect::MySql => format!("DROP TEMPORARY TABLE {name}"),
+            Dialect::Sqlite => format!("DROP TABLE temp.{name}"),
+        }
+    }
+}
 
 /// How a page's rows are found. Chosen from the table's indexes, never by creating one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +212,7 @@ enum Plan {
     /// An index leads with the timestamp (after the sent flag): each page's claim reads from
     /// the cursor on in the index.
     Indexed,
-    /// No such index: one ordered read of the backlog's keys (per [`KEY_WINDOW`] rows) instead of
+    /// No such index: one sorted read of the backlog's keys per run ([`SortedOrder`]) instead of
     /// one sort per page; pages are claimed by these addresses, which must be cheap to look up.
     Keys(Addr),
 }
@@ -216,6 +275,14 @@ impl Addr {
             },
             Addr::Id | Addr::Unindexed => IdSet::new(d, &format!("{alias}id"), n, addrs),
         }
+    }
+}
+
+/// How a plan's claims address rows: the indexed plan claims its candidates by id.
+fn addr_of(plan: Plan) -> Addr {
+    match plan {
+        Plan::Keys(a) => a,
+        Plan::Indexed => Addr::Id,
     }
 }
 
@@ -322,6 +389,7 @@ impl<S: Schema> Queue<S> {
             max_attempts,
             cursors: [None, None],
             plan: None,
+            id_index: None,
             order,
             routing: routing.clone(),
             route_sql: None,
@@ -449,8 +517,8 @@ impl<S: Schema> Queue<S> {
         &self.schema
     }
 
-    /// The table's indexes as lists of column names, from the catalog.
-    async fn indexes(&mut self) -> Result<Vec<Vec<String>>> {
+    /// The table's indexes (name, column names), from the catalog.
+    async fn indexes(&mut self) -> Result<Vec<(String, Vec<String>)>> {
         let d = self.db.dialect;
         let t = self.schema.table();
         let q = match d {
@@ -490,7 +558,7 @@ impl<S: Schema> Queue<S> {
                 _ => out.push((index, vec![column])),
             }
         }
-        Ok(out.into_iter().map(|(_, cols)| cols).collect())
+        Ok(out)
     }
 
     async fn plan(&mut self) -> Result<Plan> {
@@ -498,12 +566,23 @@ impl<S: Schema> Queue<S> {
             return Ok(p);
         }
         let indexes = self.indexes().await?;
+        let columns: Vec<Vec<String>> = indexes.iter().map(|(_, c)| c.clone()).collect();
         let p = choose_plan(
             self.db.dialect,
-            &indexes,
+            &columns,
             self.schema.ts_column(),
             self.schema.flag_column(),
         );
+        // MySQL: a claim by id names the index. On a small table the optimizer prefers a full
+        // scan, which locks every row it passes for a moment, so another worker's claim (SKIP
+        // LOCKED) could pass over one of its own rows and leave it to the next run.
+        if self.db.dialect == Dialect::MySql {
+            self.id_index = indexes
+                .iter()
+                .filter(|(_, cols)| cols.first().is_some_and(|c| c == "id"))
+                .map(|(name, _)| name.clone())
+                .min_by_key(|name| name != "PRIMARY");
+        }
         tracing::debug!(plan = ?p, "claim plan");
         self.plan = Some(p);
         Ok(p)
@@ -519,8 +598,8 @@ impl<S: Schema> Queue<S> {
                  the whole table, so a run's cost grows with the square of the backlog"
             }
             Plan::Keys(_) => {
-                "no index on the order: each run sorts the whole backlog (on PostgreSQL once, \
-                 elsewhere once per 500,000 rows) instead of reading it from an index"
+                "no index on the order: each run sorts the whole backlog once instead of \
+                 reading it in order from an index"
             }
         };
         Ok(Some(format!(
@@ -640,8 +719,15 @@ impl<S: Schema> Queue<S> {
             max_attempts,
             route_sql,
             chain,
+            id_index,
             ..
         } = self;
+        let hint = match id_index {
+            Some(name) if matches!(addr_of(plan), Addr::Id) => {
+                format!(" FORCE INDEX ({})", d.quote(name))
+            }
+            _ => String::new(),
+        };
         let route_sql: &RouteSql = route_sql.as_ref().expect("built above");
         let schema: &S = schema;
         let table = d.table(schema.table());
@@ -662,10 +748,7 @@ impl<S: Schema> Queue<S> {
             false => None,
         };
         let mut rows = Vec::new();
-        let addr = match plan {
-            Plan::Keys(a) => a,
-            Plan::Indexed => Addr::Id,
-        };
+        let addr = addr_of(plan);
         let by_address = matches!(addr, Addr::Ctid | Addr::Rowid);
         if addr == Addr::Unindexed {
             // Without any key InnoDB locks every row a claim or a mark scans, so two page
@@ -736,30 +819,33 @@ impl<S: Schema> Queue<S> {
                 let mut shared = order.0.lock().await;
                 let OrderState { lanes, conn } = &mut *shared;
                 let lane_order = &mut lanes[lane as usize];
-                if lane_order.keys.is_empty() && !lane_order.drained && d == Dialect::Postgres {
-                    // One sort per run, linear in the backlog (a window per 500,000 rows sorted
-                    // the rest of the backlog again for each window). WITH HOLD: the cursor is
-                    // materialised when its statement commits, so it keeps no snapshot open
-                    // that would stop vacuum during the run.
+                if lane_order.keys.is_empty() && !lane_order.drained {
                     let started = std::time::Instant::now();
                     if conn.is_none() {
                         *conn = Some(super::Db::connect(&db.cfg).await?.conn);
                     }
                     let conn = conn.as_mut().expect("connected above");
-                    let name = format!("audit_transfer_order_{}", lane as usize);
+                    let sorted = SortedOrder::new(d, lane);
                     if !lane_order.declared {
                         let filter = filters(schema, d, lane, false, route_sql);
-                        let sql = format!(
-                            "DECLARE {name} NO SCROLL CURSOR WITH HOLD FOR SELECT {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id",
+                        let select = format!(
+                            "SELECT {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id",
                             addr.select(d)
                         );
-                        bind_claim(&sql, key.clone(), lane, max, &None, route_sql)
+                        let (prepare, fill) = sorted.create(&select);
+                        if let Some(prepare) = prepare {
+                            sqlx::query(&prepare)
+                                .execute(&mut *conn)
+                                .await
+                                .context("preparing the order of the unsent audit rows")?;
+                        }
+                        bind_claim(&fill, key.clone(), lane, max, &None, route_sql)
                             .execute(&mut *conn)
                             .await
                             .context("reading the order of the unsent audit rows")?;
                         lane_order.declared = true;
                     }
-                    let fetch = format!("FETCH FORWARD {ORDER_FETCH} FROM {name}");
+                    let fetch = sorted.fetch(lane_order.last_seq);
                     let mut stream = sqlx::query(&fetch).fetch(&mut *conn);
                     let mut read = 0;
                     while let Some(r) = futures_util::TryStreamExt::try_next(&mut stream)
@@ -767,12 +853,15 @@ impl<S: Schema> Queue<S> {
                         .context("reading the order of the unsent audit rows")?
                     {
                         lane_order.keys.push_back(addr.read(&r, 0)?);
+                        if d != Dialect::Postgres {
+                            lane_order.last_seq = r.try_get::<i64, _>(1)?;
+                        }
                         read += 1;
                     }
                     drop(stream);
                     lane_order.drained = read < ORDER_FETCH;
                     if lane_order.drained {
-                        sqlx::query(&format!("CLOSE {name}"))
+                        sqlx::query(&sorted.close())
                             .execute(&mut *conn)
                             .await
                             .context("closing the order of the unsent audit rows")?;
@@ -783,41 +872,6 @@ impl<S: Schema> Queue<S> {
                         ms = started.elapsed().as_millis() as u64,
                         "read the order of the backlog"
                     );
-                }
-                if lane_order.keys.is_empty() && !lane_order.drained {
-                    let cursor = lane_order.cursor.clone();
-                    let filter = filters(schema, d, lane, cursor.is_some(), route_sql);
-                    let sql = format!(
-                        "SELECT {}, {}, {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id LIMIT {KEY_WINDOW}",
-                        addr.select(d),
-                        d.as_bigint("t.id"),
-                        d.as_text(&ts)
-                    );
-                    let started = std::time::Instant::now();
-                    let mut stream = bind_claim(&sql, key.clone(), lane, max, &cursor, route_sql)
-                        .fetch(&mut *tx);
-                    let mut last = None;
-                    let mut read = 0;
-                    while let Some(r) = futures_util::TryStreamExt::try_next(&mut stream)
-                        .await
-                        .context("reading the order of the unsent audit rows")?
-                    {
-                        lane_order.keys.push_back(addr.read(&r, 0)?);
-                        last = Some(r);
-                        read += 1;
-                    }
-                    drop(stream);
-                    tracing::debug!(
-                        lane = ?lane,
-                        rows = read,
-                        ms = started.elapsed().as_millis() as u64,
-                        "read the order of the backlog"
-                    );
-                    lane_order.drained = read < KEY_WINDOW;
-                    if let Some(last) = last {
-                        lane_order.cursor =
-                            Some((last.try_get::<String, _>(2)?, last.try_get::<i64, _>(1)?));
-                    }
                 }
                 let keys = &mut lane_order.keys;
                 let take = want.min(keys.len());
@@ -837,7 +891,7 @@ impl<S: Schema> Queue<S> {
                 false => String::new(),
             };
             let sql = format!(
-                "SELECT {select_list}{address} FROM {table} t WHERE {} AND {} ORDER BY {ts}, t.id{}",
+                "SELECT {select_list}{address} FROM {table} t{hint} WHERE {} AND {} ORDER BY {ts}, t.id{}",
                 filters(schema, d, lane, false, route_sql),
                 set.sql,
                 d.claim_lock()

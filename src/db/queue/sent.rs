@@ -5,7 +5,7 @@
 //! page would make the read quadratic). So reading a million rows costs one pass over them,
 //! whatever the table's shape; only a MySQL table without any key scans per page.
 
-use super::{choose_plan, db_time, routes_of, Addr, Plan, Queue, Schema};
+use super::{addr_of, choose_plan, db_time, routes_of, Addr, Queue, Schema};
 use crate::base::document::Record;
 use crate::base::source::Window;
 use anyhow::{Context, Result};
@@ -107,11 +107,9 @@ impl<S: Schema> Queue<S> {
             Some(p) => p,
             None => {
                 // The address alone: a queue index orders by time, which pages here do not need.
-                let indexes = self.indexes().await?;
-                let addr = match choose_plan(d, &indexes, "\u{0}", None) {
-                    Plan::Keys(a) => a,
-                    Plan::Indexed => Addr::Id,
-                };
+                let indexes: Vec<Vec<String>> =
+                    self.indexes().await?.into_iter().map(|(_, c)| c).collect();
+                let addr = addr_of(choose_plan(d, &indexes, "\u{0}", None));
                 let blocks = match addr {
                     // The table's size when the check starts; rows written later are not its
                     // business.
@@ -199,6 +197,7 @@ impl<S: Schema> Queue<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::queue::Plan;
     use crate::db::Dialect;
 
     #[test]
