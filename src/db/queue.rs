@@ -93,7 +93,7 @@ pub struct Queue<S: Schema> {
     db: Db,
     schema: S,
     max_attempts: u32,
-    /// Where each lane's previous page (or ordered read) ended: (timestamp text, id).
+    /// Where each lane's previous page ended (the indexed plan): (timestamp text, id).
     cursors: [Option<(String, i64)>; 2],
     /// How pages find their rows on this table; found on first use.
     plan: Option<Plan>,
@@ -225,7 +225,7 @@ enum Addr {
     /// PostgreSQL without a key on `id`: the tuple's physical address. It moves when the row
     /// is updated; a claim by a stale address finds another row or none, and every claim
     /// re-checks "unsent, not failed, accepted" under the row lock, so it is only ever a miss
-    /// (picked up by the next ordered read or the next run), never a wrong row shipped.
+    /// (picked up by the next run), never a wrong row shipped.
     Ctid,
     /// SQLite: the rowid, which every ordinary table has.
     Rowid,
