@@ -207,6 +207,8 @@ impl<'de> Visitor<'de> for Writer<'_> {
         self.out.push(b'{');
         let mut members: Vec<Member> = Vec::with_capacity(map.size_hint().unwrap_or(8));
         let mut repeated = false;
+        // Large objects: the keys seen so far, so finding a repeat stays linear.
+        let mut seen: Option<std::collections::HashSet<Vec<u8>>> = None;
         loop {
             let at = self.out.len();
             if !members.is_empty() {
@@ -242,7 +244,21 @@ impl<'de> Visitor<'de> for Writer<'_> {
                 *self.found = Some(self.out[value_start..].to_vec());
             }
             let this = &self.out[key.0..key.1];
-            repeated = repeated || members.iter().any(|m| self.out[m.key.0..m.key.1] == *this);
+            repeated = repeated
+                || match &mut seen {
+                    // Small objects, the usual: compare with the keys before.
+                    None => members.iter().any(|m| self.out[m.key.0..m.key.1] == *this),
+                    Some(seen) => !seen.insert(this.to_vec()),
+                };
+            if seen.is_none() && members.len() == 32 {
+                seen = Some(
+                    members
+                        .iter()
+                        .map(|m| self.out[m.key.0..m.key.1].to_vec())
+                        .chain(std::iter::once(self.out[key.0..key.1].to_vec()))
+                        .collect(),
+                );
+            }
             members.push(Member {
                 key,
                 value: (value_start, self.out.len()),
@@ -265,17 +281,16 @@ fn keep_each_key_once(out: &mut Vec<u8>, start: usize, members: &[Member]) -> Ve
     let old = out.split_off(start + 1);
     let base = start + 1;
     let bytes = |r: (usize, usize)| &old[r.0 - base..r.1 - base];
-    let mut kept: Vec<Member> = Vec::with_capacity(members.len());
-    for (i, m) in members.iter().enumerate() {
+    let last: std::collections::HashMap<&[u8], &Member> =
+        members.iter().map(|m| (bytes(m.key), m)).collect();
+    let mut written = std::collections::HashSet::with_capacity(last.len());
+    let mut kept: Vec<Member> = Vec::with_capacity(last.len());
+    for m in members {
         let key = bytes(m.key);
-        if members[..i].iter().any(|p| bytes(p.key) == key) {
+        if !written.insert(key) {
             continue;
         }
-        let last = members
-            .iter()
-            .rev()
-            .find(|l| bytes(l.key) == key)
-            .expect("the member itself");
+        let last = last[key];
         if !kept.is_empty() {
             out.push(b',');
         }
@@ -317,6 +332,29 @@ mod tests {
             text(rewrite(r#"{"a":1,"b":{"x":1,"y":2,"x":3},"a":[{"k":1,"k":2}]}"#).unwrap()),
             r#"{"a":[{"k":2}],"b":{"x":3,"y":2}}"#
         );
+        // Beyond 32 members the repeats are found through a set.
+        let text = |keys: &[usize]| {
+            let members: Vec<String> = keys.iter().map(|k| format!("\"k{k}\":{k}")).collect();
+            format!("{{{}}}", members.join(","))
+        };
+        let all: Vec<usize> = (0..40).collect();
+        assert_eq!(
+            String::from_utf8(rewrite(&text(&all)).unwrap()).unwrap(),
+            text(&all)
+        );
+        let twice: Vec<usize> = (0..40).chain(35..36).collect();
+        let got = String::from_utf8(rewrite(&text(&twice)).unwrap()).unwrap();
+        assert_eq!(got, text(&all));
+        let first_late = format!(
+            "{{{},\"k3\":\"last\"}}",
+            &text(&all)[1..text(&all).len() - 1]
+        );
+        let got = String::from_utf8(rewrite(&first_late).unwrap()).unwrap();
+        assert!(
+            got.starts_with(r#"{"k0":0,"k1":1,"k2":2,"k3":"last","k4":4"#),
+            "{got}"
+        );
+        assert_eq!(got.matches("\"k3\"").count(), 1);
     }
 
     #[test]

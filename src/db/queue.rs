@@ -97,7 +97,7 @@ pub struct Queue<S: Schema> {
     cursors: [Option<(String, i64)>; 2],
     /// How pages find their rows on this table; found on first use.
     plan: Option<Plan>,
-    /// MySQL: the index that leads with `id`, named in claims by id.
+    /// MySQL: the primary key when it leads with `id`, named in claims by id.
     id_index: Option<String>,
     /// [`Plan::Keys`]: the backlog's order, read once and shared by the run's connections.
     order: Order,
@@ -161,21 +161,28 @@ impl SortedOrder {
         }
     }
 
-    /// The statement that creates the container, if any, and the one that sorts `select` (a
-    /// query of one column, the address) into it.
-    fn create(&self, select: &str) -> (Option<String>, String) {
+    /// The statements that create the container (dropping what a failed sort left), and the
+    /// one that sorts `select` (a query of one column, the address) into it.
+    fn create(&self, select: &str) -> (Vec<String>, String) {
         let name = &self.name;
         match self.d {
+            // A failed DECLARE leaves no cursor behind.
             Dialect::Postgres => (
-                None,
+                Vec::new(),
                 format!("DECLARE {name} NO SCROLL CURSOR WITH HOLD FOR {select}"),
             ),
             Dialect::MySql => (
-                Some(format!("CREATE TEMPORARY TABLE {name} (seq BIGINT AUTO_INCREMENT PRIMARY KEY, addr BIGINT NOT NULL)")),
+                vec![
+                    format!("DROP TEMPORARY TABLE IF EXISTS {name}"),
+                    format!("CREATE TEMPORARY TABLE {name} (seq BIGINT AUTO_INCREMENT PRIMARY KEY, addr BIGINT NOT NULL)"),
+                ],
                 format!("INSERT INTO {name} (addr) {select}"),
             ),
             Dialect::Sqlite => (
-                Some(format!("CREATE TEMP TABLE {name} (seq INTEGER PRIMARY KEY, addr INTEGER NOT NULL)")),
+                vec![
+                    format!("DROP TABLE IF EXISTS temp.{name}"),
+                    format!("CREATE TEMP TABLE {name} (seq INTEGER PRIMARY KEY, addr INTEGER NOT NULL)"),
+                ],
                 format!("INSERT INTO temp.{name} (addr) {select}"),
             ),
         }
@@ -204,6 +211,44 @@ impl SortedOrder {
             Dialect::Sqlite => format!("DROP TABLE temp.{name}"),
         }
     }
+}
+
+/// Sorts the lane's backlog into the order's own connection, unless done or drained.
+#[allow(clippy::too_many_arguments)]
+async fn sort_once(
+    lanes: &mut [LaneOrder; 2],
+    conn: &mut Option<AnyConnection>,
+    cfg: &super::DatabaseConfig,
+    d: Dialect,
+    lane: Lane,
+    select: &str,
+    key: &str,
+    max: u32,
+    route_sql: &RouteSql,
+) -> Result<()> {
+    let lane_order = &mut lanes[lane as usize];
+    if lane_order.declared || lane_order.drained {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    if conn.is_none() {
+        *conn = Some(super::Db::connect(cfg).await?.conn);
+    }
+    let conn = conn.as_mut().expect("connected above");
+    let (prepare, fill) = SortedOrder::new(d, lane).create(select);
+    for prepare in prepare {
+        sqlx::query(&prepare)
+            .execute(&mut *conn)
+            .await
+            .context("preparing the order of the unsent audit rows")?;
+    }
+    bind_claim(&fill, key.to_string(), lane, max, &None, route_sql)
+        .execute(&mut *conn)
+        .await
+        .context("sorting the order of the unsent audit rows")?;
+    lane_order.declared = true;
+    tracing::debug!(lane = ?lane, ms = started.elapsed().as_millis() as u64, "sorted the order of the backlog");
+    Ok(())
 }
 
 /// How a page's rows are found. Chosen from the table's indexes, never by creating one.
@@ -576,12 +621,12 @@ impl<S: Schema> Queue<S> {
         // MySQL: a claim by id names the index. On a small table the optimizer prefers a full
         // scan, which locks every row it passes for a moment, so another worker's claim (SKIP
         // LOCKED) could pass over one of its own rows and leave it to the next run.
+        // Only the primary key: another index may be invisible or ignored, and naming it fails.
         if self.db.dialect == Dialect::MySql {
             self.id_index = indexes
                 .iter()
-                .filter(|(_, cols)| cols.first().is_some_and(|c| c == "id"))
-                .map(|(name, _)| name.clone())
-                .min_by_key(|name| name != "PRIMARY");
+                .find(|(name, cols)| name == "PRIMARY" && cols.first().is_some_and(|c| c == "id"))
+                .map(|(name, _)| name.clone());
         }
         tracing::debug!(plan = ?p, "claim plan");
         self.plan = Some(p);
@@ -736,6 +781,18 @@ impl<S: Schema> Queue<S> {
         let max = *max_attempts;
         let fanout = self.routing.fans_out();
 
+        if let Plan::Keys(addr) = plan {
+            // Sorted before the page's transaction begins, so that no page waits idle in a
+            // transaction while the backlog is sorted.
+            let select = format!(
+                "SELECT {} FROM {table} t WHERE {} ORDER BY {ts}, t.id",
+                addr.select(d),
+                filters(schema, d, lane, false, route_sql)
+            );
+            let mut shared = order.0.lock().await;
+            let OrderState { lanes, conn } = &mut *shared;
+            sort_once(lanes, conn, &db.cfg, d, lane, &select, &key, max, route_sql).await?;
+        }
         let mut tx = db
             .conn
             .begin_with(d.begin())
@@ -818,33 +875,19 @@ impl<S: Schema> Queue<S> {
                 // pages (sorting it again for every page made a run quadratic in the backlog).
                 let mut shared = order.0.lock().await;
                 let OrderState { lanes, conn } = &mut *shared;
-                let lane_order = &mut lanes[lane as usize];
-                if lane_order.keys.is_empty() && !lane_order.drained {
+                let next = &lanes[lane as usize];
+                if next.keys.is_empty() && !next.drained {
                     let started = std::time::Instant::now();
-                    if conn.is_none() {
-                        *conn = Some(super::Db::connect(&db.cfg).await?.conn);
-                    }
-                    let conn = conn.as_mut().expect("connected above");
+                    let select = format!(
+                        "SELECT {} FROM {table} t WHERE {} ORDER BY {ts}, t.id",
+                        addr.select(d),
+                        filters(schema, d, lane, false, route_sql)
+                    );
+                    // Sorted before the transaction began: this finds it done.
+                    sort_once(lanes, conn, &db.cfg, d, lane, &select, &key, max, route_sql).await?;
+                    let lane_order = &mut lanes[lane as usize];
+                    let conn = conn.as_mut().expect("connected by sort_once");
                     let sorted = SortedOrder::new(d, lane);
-                    if !lane_order.declared {
-                        let filter = filters(schema, d, lane, false, route_sql);
-                        let select = format!(
-                            "SELECT {} FROM {table} t WHERE {filter} ORDER BY {ts}, t.id",
-                            addr.select(d)
-                        );
-                        let (prepare, fill) = sorted.create(&select);
-                        if let Some(prepare) = prepare {
-                            sqlx::query(&prepare)
-                                .execute(&mut *conn)
-                                .await
-                                .context("preparing the order of the unsent audit rows")?;
-                        }
-                        bind_claim(&fill, key.clone(), lane, max, &None, route_sql)
-                            .execute(&mut *conn)
-                            .await
-                            .context("reading the order of the unsent audit rows")?;
-                        lane_order.declared = true;
-                    }
                     let fetch = sorted.fetch(lane_order.last_seq);
                     let mut stream = sqlx::query(&fetch).fetch(&mut *conn);
                     let mut read = 0;
@@ -873,7 +916,7 @@ impl<S: Schema> Queue<S> {
                         "read the order of the backlog"
                     );
                 }
-                let keys = &mut lane_order.keys;
+                let keys = &mut lanes[lane as usize].keys;
                 let take = want.min(keys.len());
                 let batch: Vec<i64> = keys.drain(..take).collect();
                 let none = batch.is_empty();
