@@ -221,7 +221,7 @@ async fn sort_once(
     cfg: &super::DatabaseConfig,
     d: Dialect,
     lane: Lane,
-    select: &str,
+    select: impl FnOnce() -> String,
     key: &str,
     max: u32,
     route_sql: &RouteSql,
@@ -235,7 +235,7 @@ async fn sort_once(
         *conn = Some(super::Db::connect(cfg).await?.conn);
     }
     let conn = conn.as_mut().expect("connected above");
-    let (prepare, fill) = SortedOrder::new(d, lane).create(select);
+    let (prepare, fill) = SortedOrder::new(d, lane).create(&select());
     for prepare in prepare {
         sqlx::query(&prepare)
             .execute(&mut *conn)
@@ -784,14 +784,16 @@ impl<S: Schema> Queue<S> {
         if let Plan::Keys(addr) = plan {
             // Sorted before the page's transaction begins, so that no page waits idle in a
             // transaction while the backlog is sorted.
-            let select = format!(
-                "SELECT {} FROM {table} t WHERE {} ORDER BY {ts}, t.id",
-                addr.select(d),
-                filters(schema, d, lane, false, route_sql)
-            );
+            let select = || {
+                format!(
+                    "SELECT {} FROM {table} t WHERE {} ORDER BY {ts}, t.id",
+                    addr.select(d),
+                    filters(schema, d, lane, false, route_sql)
+                )
+            };
             let mut shared = order.0.lock().await;
             let OrderState { lanes, conn } = &mut *shared;
-            sort_once(lanes, conn, &db.cfg, d, lane, &select, &key, max, route_sql).await?;
+            sort_once(lanes, conn, &db.cfg, d, lane, select, &key, max, route_sql).await?;
         }
         let mut tx = db
             .conn
@@ -875,18 +877,11 @@ impl<S: Schema> Queue<S> {
                 // pages (sorting it again for every page made a run quadratic in the backlog).
                 let mut shared = order.0.lock().await;
                 let OrderState { lanes, conn } = &mut *shared;
-                let next = &lanes[lane as usize];
-                if next.keys.is_empty() && !next.drained {
+                let lane_order = &mut lanes[lane as usize];
+                if lane_order.keys.is_empty() && !lane_order.drained {
                     let started = std::time::Instant::now();
-                    let select = format!(
-                        "SELECT {} FROM {table} t WHERE {} ORDER BY {ts}, t.id",
-                        addr.select(d),
-                        filters(schema, d, lane, false, route_sql)
-                    );
-                    // Sorted before the transaction began: this finds it done.
-                    sort_once(lanes, conn, &db.cfg, d, lane, &select, &key, max, route_sql).await?;
-                    let lane_order = &mut lanes[lane as usize];
-                    let conn = conn.as_mut().expect("connected by sort_once");
+                    // Sorted (and connected) before the transaction began.
+                    let conn = conn.as_mut().expect("connected when the lane was sorted");
                     let sorted = SortedOrder::new(d, lane);
                     let fetch = sorted.fetch(lane_order.last_seq);
                     let mut stream = sqlx::query(&fetch).fetch(&mut *conn);
